@@ -1,0 +1,50 @@
+# dcsched: `make demo` and `make test` are the two commands a new user needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_HOME ?= $(CURDIR)/.dcsched-demo
+
+.PHONY: install test lint typecheck unit demo demo-down bench clean
+
+install: $(STAMP)
+
+# torch is pinned here (a CPU build that lies on this machine's disk); the package
+# itself only asks for a range.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# mypy follows the installed layout (dcsched, dcsched.plugins, dcsched.exporters) through
+# a tree of symlinks, since setuptools' editable finder is invisible to it.
+typecheck: install
+	rm -rf build/typecheck && mkdir -p build/typecheck/dcsched
+	for f in scheduler/*; do ln -s ../../../$$f build/typecheck/dcsched/; done
+	ln -s ../../../plugins build/typecheck/dcsched/plugins
+	ln -s ../../../exporters build/typecheck/dcsched/exporters
+	MYPYPATH=build/typecheck $(BIN)/mypy -p dcsched
+
+test: lint typecheck
+	$(BIN)/python -m pytest -ra
+
+unit: install
+	$(BIN)/python -m pytest -ra tests/unit
+
+demo: install
+	DCSCHED_HOME=$(DEMO_HOME) $(BIN)/python examples/demo.py
+
+demo-down:
+	DCSCHED_HOME=$(DEMO_HOME) $(BIN)/dcsched down
+
+bench: install
+	$(BIN)/python bench/train_overhead.py
+	$(BIN)/python bench/cli_latency.py
+
+clean:
+	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache

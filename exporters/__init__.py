@@ -1,0 +1,1 @@
+"""Prometheus collectors: scheduler metrics now; NVML GPU and host collectors next."""

@@ -1,0 +1,1 @@
+"""Model-type plugins: the plugin API, the registry and the built-in plugins."""

@@ -1,0 +1,1 @@
+"""Adapters: Ray, SQLite and HTTP implementations of the ports in dcsched.ports."""

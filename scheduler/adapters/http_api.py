@@ -1,0 +1,285 @@
+"""The REST API of the dcsched server (FastAPI), bound to loopback by default.
+
+Every route, ``/metrics`` and ``/openapi.json`` included, requires the bearer token from
+``$DCSCHED_HOME/token``; a missing or wrong token gets 401 and changes nothing. Errors
+are JSON ``{"error": str, "problems": [str, ...]}`` with 400 for bad input, 404 for an
+unknown job or model, 409 for a job that already ended. The routes are thin: the
+service decides, the store remembers.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel
+
+from dcsched import __version__
+from dcsched.core.job import Job
+from dcsched.core.lifecycle import JobState
+from dcsched.core.spec import JobSpec, SpecError
+from dcsched.ports import ModelVersion
+from dcsched.service import JobAlreadyEnded, JobNotFound, SchedulerService
+
+logger = logging.getLogger(__name__)
+
+
+class SubmitRequest(BaseModel):
+    spec: dict[str, Any]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.problems = status, message, problems or []
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def last_progress(run_dir: Path) -> dict[str, Any] | None:
+    """The last line of the run's progress.jsonl, read from the end of the file."""
+    path = run_dir / "progress.jsonl"
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - 4096))
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+def job_view(job: Job, position: int | None, progress: dict[str, Any] | None) -> dict[str, Any]:
+    """The API's one representation of a job (stable field names)."""
+    resources = job.spec.resources
+    return {
+        "id": job.id,
+        "name": job.name,
+        "kind": job.kind,
+        "team": job.team,
+        "state": job.state.value,
+        "priority": job.priority,
+        "resources": {
+            "workers": resources.workers,
+            "cpus": resources.cpus,
+            "gpus": resources.gpus,
+            "memory": resources.memory,
+        },
+        "submitted_at": iso(job.submitted_at),
+        "admitted_at": iso(job.admitted_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "nodes": list(job.nodes),
+        "reason": job.reason,
+        "position": position if job.state is JobState.PENDING else None,
+        "result": job.result,
+        "progress": progress,
+    }
+
+
+def model_view(version: ModelVersion) -> dict[str, Any]:
+    return {
+        "name": version.name,
+        "version": version.version,
+        "job_id": version.job_id,
+        "plugin": version.plugin,
+        "params": version.params,
+        "metrics": version.metrics,
+        "created_at": iso(version.created_at),
+        "checksum": version.checksum,
+        "path": version.path,
+    }
+
+
+def create_app(
+    service: SchedulerService,
+    token: str,
+    registry: CollectorRegistry,
+    info: dict[str, Any],
+    plugins: Any,
+) -> FastAPI:
+    """Build the app. ``plugins`` is a callable returning the plugin descriptions."""
+
+    def require_token(request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+            raise ApiError(
+                401,
+                "missing or wrong bearer token; use the token in $DCSCHED_HOME/token",
+            )
+
+    app = FastAPI(
+        title="dcsched",
+        version=__version__,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        dependencies=[Depends(require_token)],
+    )
+    store = service.store
+    paths = service.paths
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        body = {"error": exc.message, "problems": exc.problems}
+        return JSONResponse(body, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+        return JSONResponse({"error": "malformed request", "problems": problems}, 400)
+
+    def view(job: Job) -> dict[str, Any]:
+        progress = None
+        if job.state is not JobState.PENDING:
+            progress = last_progress(paths.run_dir(job.id))
+        return job_view(job, service.position(job.id), progress)
+
+    def get_job_or_404(job_id: str) -> Job:
+        job = store.get_job(job_id)
+        if job is None:
+            raise ApiError(404, str(JobNotFound(job_id)))
+        return job
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi() -> dict[str, Any]:
+        return app.openapi()
+
+    @app.get("/v1/info")
+    def get_info() -> dict[str, Any]:
+        return {"version": __version__, **info}
+
+    @app.get("/v1/schema/job-spec")
+    def job_spec_schema() -> dict[str, Any]:
+        return JobSpec.model_json_schema()
+
+    @app.post("/v1/jobs", status_code=201)
+    def submit(request: SubmitRequest) -> dict[str, Any]:
+        try:
+            job = service.submit(request.spec)
+        except SpecError as exc:
+            raise ApiError(400, "invalid job spec", exc.problems) from None
+        return view(job)
+
+    @app.get("/v1/jobs")
+    def list_jobs(
+        state: str | None = None, team: str | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
+        states = None
+        if state:
+            try:
+                states = [JobState(s.strip().upper()) for s in state.split(",")]
+            except ValueError:
+                known = ", ".join(s.value for s in JobState)
+                raise ApiError(400, f"unknown state {state!r}; states: {known}") from None
+        if limit is not None and limit < 1:
+            raise ApiError(400, "limit must be at least 1")
+        return {"jobs": [view(j) for j in store.list_jobs(states=states, team=team, limit=limit)]}
+
+    @app.get("/v1/jobs/{job_id}")
+    def get_job(job_id: str) -> dict[str, Any]:
+        job = get_job_or_404(job_id)
+        body = view(job)
+        body["spec"] = job.spec.model_dump(mode="json")
+        body["events"] = [
+            {
+                "at": iso(e.at),
+                "from_state": e.from_state.value if e.from_state else None,
+                "to_state": e.to_state.value,
+                "reason": e.reason,
+            }
+            for e in store.events(job_id)
+        ]
+        return body
+
+    @app.get("/v1/jobs/{job_id}/logs")
+    def get_logs(job_id: str, offset: int = 0) -> dict[str, Any]:
+        job = get_job_or_404(job_id)
+        text = "" if job.state is JobState.PENDING else service.executor.logs(job_id)
+        offset = max(0, min(offset, len(text)))
+        return {"logs": text[offset:], "offset": len(text), "done": job.state.is_terminal()}
+
+    @app.post("/v1/jobs/{job_id}/cancel")
+    def cancel(job_id: str) -> dict[str, Any]:
+        try:
+            return view(service.cancel(job_id))
+        except JobNotFound as exc:
+            raise ApiError(404, str(exc)) from None
+        except JobAlreadyEnded as exc:
+            raise ApiError(409, str(exc)) from None
+
+    @app.get("/v1/nodes")
+    def nodes() -> dict[str, Any]:
+        on_node: dict[str, list[str]] = {}
+        for job in store.list_jobs(states=[JobState.ADMITTED, JobState.RUNNING]):
+            for node in dict.fromkeys(job.nodes):
+                on_node.setdefault(node, []).append(job.id)
+        return {
+            "nodes": [
+                {
+                    "id": node.id,
+                    "address": node.address,
+                    "alive": node.alive,
+                    "labels": dict(node.labels),
+                    "total": node.total.as_dict(),
+                    "available": node.available.as_dict(),
+                    "jobs": on_node.get(node.id, []),
+                }
+                for node in service.cluster.snapshot().nodes
+            ]
+        }
+
+    @app.get("/v1/models")
+    def models() -> dict[str, Any]:
+        return {
+            "models": [
+                {"name": n, "latest_version": latest, "versions": count, "updated_at": iso(at)}
+                for n, latest, count, at in store.model_names()
+            ]
+        }
+
+    @app.get("/v1/models/{name}")
+    def model(name: str) -> dict[str, Any]:
+        versions = store.model_versions(name)
+        if not versions:
+            raise ApiError(404, f"no model named {name!r}; `dcsched models list` shows them")
+        return {"name": name, "versions": [model_view(v) for v in versions]}
+
+    @app.get("/v1/models/{name}/versions/{version}")
+    def model_version(name: str, version: int) -> dict[str, Any]:
+        for v in store.model_versions(name):
+            if v.version == version:
+                return model_view(v)
+        raise ApiError(404, f"no version {version} of model {name!r}")
+
+    @app.get("/v1/plugins")
+    def list_plugins() -> dict[str, Any]:
+        return {"plugins": plugins()}
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,211 @@
+"""The local Ray head that dcsched starts when no ``--ray-address`` is given.
+
+It runs as its own process group (``ray start --head --block``), not as a child that
+dies with the server: running jobs outlive a crash of the dcsched server, and a
+restarted server finds the head again through ``$DCSCHED_HOME/ray/head.json``.
+Stopping it sends SIGTERM to that process, which drains and ends every Ray process
+it started; nothing is ever killed by name and ``ray stop`` is never used.
+
+Token authentication is on, with a token of our own (``ray/auth_token``, mode 0600)
+so that ~/.ray is left alone. Ports are explicit and recorded in head.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from dcsched.paths import Paths
+
+logger = logging.getLogger(__name__)
+
+PREFERRED_DASHBOARD_PORT = 8265
+
+
+@dataclass(frozen=True)
+class RayHead:
+    pid: int
+    gcs_address: str
+    dashboard_url: str
+    temp_dir: str
+    token_path: str
+    num_cpus: float
+    num_gpus: float
+
+
+def ray_env(token_path: Path | str) -> dict[str, str]:
+    """Environment that makes Ray clients use our head's token."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
+
+
+def ensure_token(paths: Paths) -> Path:
+    token = paths.ray / "auth_token"
+    if not token.exists():
+        paths.ray.mkdir(parents=True, exist_ok=True)
+        fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return token
+
+
+def _free_port(preferred: int | None = None) -> int:
+    for candidate in ([preferred] if preferred else []) + [0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise RuntimeError("no free port")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _dashboard_up(url: str) -> bool:
+    """True once the dashboard answers at all (401 included: token auth is on)."""
+    try:
+        with urllib.request.urlopen(url + "/api/version", timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except Exception:  # refused, reset, timed out: not up yet
+        return False
+
+
+def find_running(paths: Paths) -> RayHead | None:
+    """The head recorded in head.json, if its process is still alive."""
+    record = paths.ray / "head.json"
+    if not record.exists():
+        return None
+    head = RayHead(**json.loads(record.read_text()))
+    return head if _alive(head.pid) else None
+
+
+def start(
+    paths: Paths,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    timeout_s: float = 90.0,
+) -> RayHead:
+    """Start (or find) the local Ray head for this DCSCHED_HOME and wait for its dashboard."""
+    running = find_running(paths)
+    if running is not None:
+        return running
+    token = ensure_token(paths)
+    # Ray's socket paths must stay short: keep its temp dir under /tmp, keyed by home.
+    key = hashlib.sha256(str(paths.home.resolve()).encode()).hexdigest()[:10]
+    temp_dir = Path(tempfile.gettempdir()) / f"dcsched-ray-{key}"
+    gcs_port = _free_port()
+    dashboard_port = _free_port(PREFERRED_DASHBOARD_PORT)
+    cpus = num_cpus if num_cpus is not None else float(os.cpu_count() or 1)
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    cmd = [
+        ray_bin,
+        "start",
+        "--head",
+        "--block",
+        "--disable-usage-stats",
+        f"--port={gcs_port}",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard_port}",
+        f"--num-cpus={cpus:g}",
+        f"--temp-dir={temp_dir}",
+    ]
+    if num_gpus is not None:
+        cmd.append(f"--num-gpus={num_gpus:g}")
+    paths.ray.mkdir(parents=True, exist_ok=True)
+    log = (paths.ray / "head.log").open("ab")
+    env = {**os.environ, **ray_env(token)}
+    process = subprocess.Popen(
+        cmd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+    )
+    dashboard_url = f"http://127.0.0.1:{dashboard_port}"
+    head = RayHead(
+        pid=process.pid,
+        gcs_address=f"127.0.0.1:{gcs_port}",
+        dashboard_url=dashboard_url,
+        temp_dir=str(temp_dir),
+        token_path=str(token),
+        num_cpus=cpus,
+        num_gpus=num_gpus or 0.0,
+    )
+    deadline = time.monotonic() + timeout_s
+    while not _dashboard_up(dashboard_url):
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"Ray head exited with code {process.returncode}; see {paths.ray / 'head.log'}"
+            )
+        if time.monotonic() > deadline:
+            stop_pid(process.pid)
+            raise RuntimeError(f"Ray head did not start in {timeout_s:g}s; see head.log")
+        time.sleep(0.5)
+    (paths.ray / "head.json").write_text(json.dumps(asdict(head), indent=2))
+    logger.info("started Ray head pid %s, dashboard %s", process.pid, dashboard_url)
+    return head
+
+
+def stop(paths: Paths, timeout_s: float = 60.0) -> bool:
+    """Stop the head recorded for this home, if any. True if one was stopped."""
+    head = find_running(paths)
+    record = paths.ray / "head.json"
+    if head is None:
+        record.unlink(missing_ok=True)
+        return False
+    stop_pid(head.pid, timeout_s)
+    record.unlink(missing_ok=True)
+    return True
+
+
+def stop_pid(pid: int, timeout_s: float = 60.0) -> None:
+    """SIGTERM the ``ray start --block`` process (it drains and ends its children), then
+    SIGKILL its process group if it has not finished in time."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            waited, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            waited = 0
+            if not _alive(pid):
+                break
+        if waited == pid:
+            break
+        time.sleep(0.2)
+    # Whatever is left of the head's own process group (it was started in a new session,
+    # so the group holds only its processes) is ended too.
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(1.0)

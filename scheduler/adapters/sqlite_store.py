@@ -1,0 +1,408 @@
+"""SQLite implementation of the JobStore port: the durable source of truth.
+
+One file (WAL mode, synchronous=FULL) holds jobs, their append-only event history and
+registered model versions. Schema changes are numbered migrations applied in order at
+open; ``schema_migrations`` records which ran. Every state change goes through
+``transition``, which checks the lifecycle and appends the event in the same
+transaction, so the history can never disagree with the job row.
+
+Connections are per thread; writers take ``BEGIN IMMEDIATE`` so that check-then-write
+sequences are atomic across threads and processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from dcsched.core.job import Job, JobEvent
+from dcsched.core.lifecycle import JobState, check_transition
+from dcsched.core.spec import JobSpec
+from dcsched.ports import ModelVersion
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: jobs, events, models
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        team TEXT NOT NULL,
+        priority TEXT NOT NULL,
+        state TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        submitted_at REAL NOT NULL,
+        admitted_at REAL,
+        started_at REAL,
+        finished_at REAL,
+        nodes TEXT NOT NULL DEFAULT '[]',
+        reason TEXT,
+        result TEXT
+    );
+    CREATE INDEX jobs_state ON jobs(state);
+    CREATE INDEX jobs_submitted ON jobs(submitted_at);
+    CREATE TABLE job_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL REFERENCES jobs(id),
+        at REAL NOT NULL,
+        from_state TEXT,
+        to_state TEXT NOT NULL,
+        reason TEXT
+    );
+    CREATE INDEX job_events_job ON job_events(job_id, seq);
+    CREATE TABLE models (
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        job_id TEXT NOT NULL UNIQUE REFERENCES jobs(id),
+        plugin TEXT NOT NULL,
+        params TEXT NOT NULL,
+        metrics TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        checksum TEXT NOT NULL,
+        path TEXT NOT NULL,
+        PRIMARY KEY (name, version)
+    );
+    """,
+)
+
+_JOB_COLUMNS = (
+    "id, spec, state, submitted_at, admitted_at, started_at, finished_at, nodes, reason, result"
+)
+
+
+class SQLiteStore:
+    def __init__(self, path: Path, models_dir: Path):
+        self.path = Path(path)
+        self.models_dir = Path(models_dir)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._migrate()
+
+    # -- connections -------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def _migrate(self) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+            )
+            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            for number, script in enumerate(MIGRATIONS, start=1):
+                if number in done:
+                    continue
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute("INSERT INTO schema_migrations(version) VALUES (?)", (number,))
+
+    def schema_version(self) -> int:
+        row = self._conn().execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0)
+
+    # -- jobs --------------------------------------------------------------------------
+
+    def add_job(self, job: Job) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO jobs (id, name, kind, team, priority, state, spec, submitted_at,"
+                " nodes, reason) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    job.id,
+                    job.name,
+                    job.kind,
+                    job.team,
+                    job.priority,
+                    job.state.value,
+                    job.spec.model_dump_json(),
+                    job.submitted_at,
+                    json.dumps(list(job.nodes)),
+                    job.reason,
+                ),
+            )
+            conn.execute(
+                "INSERT INTO job_events (job_id, at, from_state, to_state, reason)"
+                " VALUES (?,?,?,?,?)",
+                (job.id, job.submitted_at, None, job.state.value, "submitted"),
+            )
+
+    def get_job(self, job_id: str) -> Job | None:
+        row = (
+            self._conn()
+            .execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+            .fetchone()
+        )
+        return _job_from_row(row) if row else None
+
+    def list_jobs(
+        self,
+        states: Sequence[JobState] | None = None,
+        team: str | None = None,
+        limit: int | None = None,
+    ) -> list[Job]:
+        where: list[str] = []
+        args: list[Any] = []
+        if states is not None:
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            args.extend(s.value for s in states)
+        if team is not None:
+            where.append("team = ?")
+            args.append(team)
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY submitted_at DESC, id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [_job_from_row(row) for row in self._conn().execute(sql, args)]
+
+    def transition(
+        self,
+        job_id: str,
+        target: JobState,
+        at: float,
+        reason: str | None = None,
+        *,
+        nodes: Sequence[str] | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> Job:
+        with self._write() as conn:
+            return self._transition(conn, job_id, target, at, reason, nodes, result)
+
+    def _transition(
+        self,
+        conn: sqlite3.Connection,
+        job_id: str,
+        target: JobState,
+        at: float,
+        reason: str | None,
+        nodes: Sequence[str] | None,
+        result: dict[str, Any] | None,
+    ) -> Job:
+        row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise KeyError(job_id)
+        current = JobState(row[0])
+        check_transition(job_id, current, target)
+        sets = ["state = ?", "reason = ?"]
+        args: list[Any] = [target.value, reason]
+        if target is JobState.ADMITTED:
+            sets.append("admitted_at = ?")
+            args.append(at)
+        if target is JobState.RUNNING:
+            sets.append("started_at = ?")
+            args.append(at)
+        if target is JobState.PENDING:
+            sets.extend(["admitted_at = NULL", "nodes = '[]'"])
+        if target.is_terminal():
+            sets.append("finished_at = ?")
+            args.append(at)
+        if nodes is not None:
+            sets.append("nodes = ?")
+            args.append(json.dumps(list(nodes)))
+        if result is not None:
+            sets.append("result = ?")
+            args.append(json.dumps(result))
+        conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", [*args, job_id])
+        conn.execute(
+            "INSERT INTO job_events (job_id, at, from_state, to_state, reason) VALUES (?,?,?,?,?)",
+            (job_id, at, current.value, target.value, reason),
+        )
+        fresh = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job_from_row(fresh)
+
+    def set_reason(self, job_id: str, reason: str | None) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE jobs SET reason = ? WHERE id = ?", (reason, job_id))
+
+    def set_reasons(self, reasons: dict[str, str]) -> None:
+        """Update many pending jobs' reasons in one transaction (only those that changed)."""
+        if not reasons:
+            return
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE jobs SET reason = ? WHERE id = ? AND state = 'PENDING' AND reason IS NOT ?",
+                [(reason, job_id, reason) for job_id, reason in reasons.items()],
+            )
+
+    def events(self, job_id: str) -> list[JobEvent]:
+        rows = self._conn().execute(
+            "SELECT job_id, at, from_state, to_state, reason FROM job_events"
+            " WHERE job_id = ? ORDER BY seq",
+            (job_id,),
+        )
+        return [
+            JobEvent(r[0], r[1], JobState(r[2]) if r[2] else None, JobState(r[3]), r[4])
+            for r in rows
+        ]
+
+    def counts_by_state(self) -> dict[tuple[str, str, str], int]:
+        rows = self._conn().execute(
+            "SELECT state, team, kind, COUNT(*) FROM jobs GROUP BY state, team, kind"
+        )
+        return {(r[0], r[1], r[2]): int(r[3]) for r in rows}
+
+    # -- models ------------------------------------------------------------------------
+
+    def finish_with_model(
+        self,
+        job_id: str,
+        at: float,
+        artifact: Path,
+        metrics: dict[str, float],
+        plugin: str,
+        params: dict[str, Any],
+        result: dict[str, Any],
+    ) -> ModelVersion:
+        checksum = directory_checksum(artifact)
+        with self._write() as conn:
+            existing = conn.execute(
+                "SELECT name, version FROM models WHERE job_id = ?", (job_id,)
+            ).fetchone()
+            if existing is not None:  # already registered before a crash; finish the job only
+                version = self.model_version(existing[0], existing[1])
+                assert version is not None
+                self._finish(conn, job_id, at, result, version)
+                return version
+            name = conn.execute("SELECT name FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+            row = conn.execute("SELECT MAX(version) FROM models WHERE name = ?", (name,)).fetchone()
+            number = int(row[0] or 0) + 1
+            target = self.models_dir / name / str(number)
+            if target.exists():  # left by a crash before the commit below
+                shutil.rmtree(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(artifact, target)
+            version = ModelVersion(
+                name, number, job_id, plugin, params, metrics, at, checksum, str(target)
+            )
+            conn.execute(
+                "INSERT INTO models (name, version, job_id, plugin, params, metrics, created_at,"
+                " checksum, path) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    name,
+                    number,
+                    job_id,
+                    plugin,
+                    json.dumps(params),
+                    json.dumps(metrics),
+                    at,
+                    checksum,
+                    str(target),
+                ),
+            )
+            self._finish(conn, job_id, at, result, version)
+            return version
+
+    def _finish(
+        self,
+        conn: sqlite3.Connection,
+        job_id: str,
+        at: float,
+        result: dict[str, Any],
+        version: ModelVersion,
+    ) -> None:
+        full = {**result, "model": {"name": version.name, "version": version.version}}
+        self._transition(conn, job_id, JobState.SUCCEEDED, at, None, None, full)
+
+    def model_versions(self, name: str) -> list[ModelVersion]:
+        rows = self._conn().execute(
+            "SELECT name, version, job_id, plugin, params, metrics, created_at, checksum, path"
+            " FROM models WHERE name = ? ORDER BY version",
+            (name,),
+        )
+        return [_model_from_row(r) for r in rows]
+
+    def model_version(self, name: str, version: int) -> ModelVersion | None:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT name, version, job_id, plugin, params, metrics, created_at, checksum,"
+                " path FROM models WHERE name = ? AND version = ?",
+                (name, version),
+            )
+            .fetchone()
+        )
+        return _model_from_row(row) if row else None
+
+    def model_names(self) -> list[tuple[str, int, int, float]]:
+        rows = self._conn().execute(
+            "SELECT name, MAX(version), COUNT(*), MAX(created_at) FROM models"
+            " GROUP BY name ORDER BY name"
+        )
+        return [(r[0], int(r[1]), int(r[2]), float(r[3])) for r in rows]
+
+
+def directory_checksum(directory: Path) -> str:
+    """sha256 over the relative paths and contents of every file, in sorted order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(directory)).encode())
+        digest.update(b"\0")
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def _job_from_row(row: tuple[Any, ...]) -> Job:
+    return Job(
+        id=row[0],
+        spec=JobSpec.model_validate_json(row[1]),
+        state=JobState(row[2]),
+        submitted_at=row[3],
+        admitted_at=row[4],
+        started_at=row[5],
+        finished_at=row[6],
+        nodes=tuple(json.loads(row[7])),
+        reason=row[8],
+        result=json.loads(row[9]) if row[9] else None,
+    )
+
+
+def _model_from_row(row: tuple[Any, ...]) -> ModelVersion:
+    return ModelVersion(
+        name=row[0],
+        version=int(row[1]),
+        job_id=row[2],
+        plugin=row[3],
+        params=json.loads(row[4]),
+        metrics=json.loads(row[5]),
+        created_at=float(row[6]),
+        checksum=row[7],
+        path=row[8],
+    )

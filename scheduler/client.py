@@ -1,0 +1,253 @@
+"""A small HTTP client for the dcsched API, used by the CLI.
+
+Standard library only (``http.client`` and ``json``): the CLI's start-up path must stay
+free of ray, torch, pydantic, httpx and yaml, so nothing heavy is imported here.
+
+Finding the server: ``DCSCHED_URL`` if set, else the ``url`` field of
+``$DCSCHED_HOME/server.json`` (written by ``dcsched server`` / ``dcsched up``).
+The bearer token: ``DCSCHED_TOKEN`` if set, else the file ``$DCSCHED_HOME/token``.
+
+Errors, in words the CLI can print as they are:
+- ``ServerUnreachable``: no server is known, or it does not answer (names the URL and how
+  to start one);
+- ``ApiError(status, message, problems)``: the server answered with an HTTP error; the
+  body ``{"error": str, "problems": [str, ...]}`` is parsed into ``message`` and
+  ``problems``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+from dcsched import __version__
+from dcsched.paths import Paths
+
+DEFAULT_TIMEOUT_S = 30.0
+
+
+class ServerUnreachable(Exception):
+    """No dcsched server is known or it does not answer."""
+
+
+class ApiError(Exception):
+    """The server answered with an HTTP error status."""
+
+    def __init__(self, status: int, message: str, problems: list[str] | None = None):
+        self.status = status
+        self.message = message
+        self.problems = list(problems or [])
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Client:
+    """Calls the dcsched API at ``url``; every method returns decoded JSON."""
+
+    url: str
+    token: str | None
+    token_source: str = "the DCSCHED_TOKEN environment variable"
+    timeout: float = DEFAULT_TIMEOUT_S
+
+    @classmethod
+    def from_env(
+        cls,
+        paths: Paths | None = None,
+        environ: Mapping[str, str] | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> Client:
+        """Find the server and the token as the module docstring describes."""
+        paths = paths or Paths.from_env()
+        env = os.environ if environ is None else environ
+        url = env.get("DCSCHED_URL") or _url_from_server_json(paths)
+        token = env.get("DCSCHED_TOKEN")
+        source = "the DCSCHED_TOKEN environment variable"
+        if not token:
+            source = str(paths.token)
+            try:
+                token = paths.token.read_text().strip() or None
+            except FileNotFoundError:
+                token = None
+            except OSError as exc:
+                raise ServerUnreachable(f"cannot read the API token {paths.token}: {exc}") from None
+        return cls(url=url.rstrip("/"), token=token, token_source=source, timeout=timeout)
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def submit(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        return _mapping(self.request("POST", "/v1/jobs", body={"spec": dict(spec)}))
+
+    def list_jobs(
+        self, state: str | None = None, team: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        query = {"state": state, "team": team, "limit": limit}
+        return _items(self.request("GET", "/v1/jobs", query=query), "jobs")
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        return _mapping(self.request("GET", f"/v1/jobs/{_seg(job_id)}"))
+
+    def job_logs(self, job_id: str, offset: int = 0) -> dict[str, Any]:
+        path = f"/v1/jobs/{_seg(job_id)}/logs"
+        return _mapping(self.request("GET", path, query={"offset": offset}))
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return _mapping(self.request("POST", f"/v1/jobs/{_seg(job_id)}/cancel"))
+
+    # -- cluster, models, plugins ----------------------------------------------------------
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return _items(self.request("GET", "/v1/nodes"), "nodes")
+
+    def models(self) -> list[dict[str, Any]]:
+        return _items(self.request("GET", "/v1/models"), "models")
+
+    def model(self, name: str) -> dict[str, Any]:
+        return _mapping(self.request("GET", f"/v1/models/{_seg(name)}"))
+
+    def model_version(self, name: str, version: int) -> dict[str, Any]:
+        return _mapping(self.request("GET", f"/v1/models/{_seg(name)}/versions/{version}"))
+
+    def plugins(self) -> list[dict[str, Any]]:
+        return _items(self.request("GET", "/v1/plugins"), "plugins")
+
+    def info(self) -> dict[str, Any]:
+        return _mapping(self.request("GET", "/v1/info"))
+
+    # -- transport -------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, object] | None = None,
+        body: object = None,
+    ) -> Any:
+        """Send one request; return the decoded JSON body or raise ApiError/ServerUnreachable."""
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ServerUnreachable(
+                f"the server URL {self.url!r} is not an http(s) URL; check DCSCHED_URL "
+                "or server.json"
+            )
+        target = parts.path.rstrip("/") + path
+        if query:
+            pairs = {k: str(v) for k, v in query.items() if v is not None}
+            if pairs:
+                target += "?" + urlencode(pairs)
+        headers = {"Accept": "application/json", "User-Agent": f"dcsched-cli/{__version__}"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        connection_class = (
+            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        )
+        try:
+            port = parts.port
+        except ValueError:
+            raise ServerUnreachable(f"the server URL {self.url!r} has an invalid port") from None
+        connection = connection_class(parts.hostname, port, timeout=self.timeout)
+        try:
+            connection.request(method, target, body=data, headers=headers)
+            response = connection.getresponse()
+            raw = response.read()
+            status, reason = response.status, response.reason
+        except TimeoutError:
+            raise ServerUnreachable(
+                f"the dcsched server at {self.url} did not answer within {self.timeout:g}s"
+            ) from None
+        except (OSError, http.client.HTTPException) as exc:
+            why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise ServerUnreachable(
+                f"cannot reach the dcsched server at {self.url} ({why}); start it with `dcsched up`"
+            ) from None
+        finally:
+            connection.close()
+        if status >= 400:
+            raise _api_error(status, reason, raw, self.url)
+        if not raw:
+            return {}
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ApiError(
+                status, f"the server at {self.url} answered with something that is not JSON"
+            ) from None
+
+
+def _url_from_server_json(paths: Paths) -> str:
+    where = paths.server_json
+    try:
+        info = json.loads(where.read_text())
+    except FileNotFoundError:
+        raise ServerUnreachable(
+            f"no dcsched server is known: {where} is missing; start the server with "
+            "`dcsched up` (or set DCSCHED_URL)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ServerUnreachable(
+            f"cannot read {where} ({exc}); restart the server with `dcsched up`"
+        ) from None
+    url = info.get("url") if isinstance(info, dict) else None
+    if not isinstance(url, str) or not url:
+        raise ServerUnreachable(f"{where} has no server url; restart the server with `dcsched up`")
+    return url
+
+
+def _api_error(status: int, reason: str, raw: bytes, url: str) -> ApiError:
+    """Build an ApiError from an error body, tolerating bodies that are not ours."""
+    try:
+        payload = json.loads(raw) if raw else None
+    except ValueError:
+        payload = None
+    message: str | None = None
+    problems: list[str] = []
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        if isinstance(error, str):
+            message = error
+        found = payload.get("problems")
+        if isinstance(found, list):
+            problems = [str(p) for p in found]
+        detail = payload.get("detail")  # a framework's own error shape, e.g. FastAPI's 422
+        if message is None and isinstance(detail, str):
+            message = detail
+        elif message is None and isinstance(detail, list):
+            message = "invalid request"
+            problems = problems or [_describe_detail(d) for d in detail]
+    if message is None:
+        message = f"HTTP {status} {reason} from {url} (is a dcsched server listening there?)"
+    return ApiError(status, message, problems)
+
+
+def _describe_detail(item: object) -> str:
+    if isinstance(item, dict):
+        loc = ".".join(str(p) for p in item.get("loc", []) if p != "body")
+        return f"{loc}: {item.get('msg', item)}" if loc else str(item.get("msg", item))
+    return str(item)
+
+
+def _seg(value: str) -> str:
+    """One path segment, quoted so an id cannot change the route."""
+    return quote(value, safe="")
+
+
+def _mapping(payload: Any) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        raise ApiError(200, "the server answered with an unexpected shape (not an object)")
+    return payload
+
+
+def _items(payload: Any, key: str) -> list[dict[str, Any]]:
+    items = _mapping(payload).get(key)
+    if not isinstance(items, list):
+        raise ApiError(200, f"the server's answer has no {key!r} list")
+    return items

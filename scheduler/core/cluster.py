@@ -1,0 +1,63 @@
+"""A frozen view of the cluster that the policy decides against.
+
+``available`` is what a node can still give: the smaller of what Ray reports free and
+its total less what dcsched has already reserved there (Ray's view lags by a tick).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from dcsched.core.resources import Resources
+
+
+@dataclass(frozen=True)
+class NodeState:
+    id: str
+    address: str
+    alive: bool
+    total: Resources
+    available: Resources
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClusterSnapshot:
+    nodes: tuple[NodeState, ...]
+
+    def alive_nodes(self) -> tuple[NodeState, ...]:
+        return tuple(n for n in self.nodes if n.alive)
+
+    def total(self) -> Resources:
+        total = Resources()
+        for node in self.alive_nodes():
+            total = total + node.total
+        return total
+
+    def largest_node(self) -> Resources:
+        """Component-wise largest capacity of any one alive node."""
+        nodes = self.alive_nodes()
+        if not nodes:
+            return Resources()
+        return Resources(
+            cpus=max(n.total.cpus for n in nodes),
+            gpus=max(n.total.gpus for n in nodes),
+            memory=max(n.total.memory for n in nodes),
+        )
+
+    def with_reservations(self, reserved: Mapping[str, Resources]) -> ClusterSnapshot:
+        """Cap each node's availability by its total less dcsched's own reservations."""
+        nodes = []
+        for node in self.nodes:
+            held = reserved.get(node.id, Resources())
+            cap = node.total - held
+            available = Resources(
+                cpus=max(0.0, min(node.available.cpus, cap.cpus)),
+                gpus=max(0.0, min(node.available.gpus, cap.gpus)),
+                memory=max(0, min(node.available.memory, cap.memory)),
+            )
+            nodes.append(
+                NodeState(node.id, node.address, node.alive, node.total, available, node.labels)
+            )
+        return ClusterSnapshot(tuple(nodes))

@@ -1,0 +1,61 @@
+"""Resource vectors: CPUs, GPUs and memory, added, subtracted and compared as a whole.
+
+A ``Resources`` value is immutable. ``fits_in`` is true when every component is within
+the other's; a small tolerance absorbs float noise from fractional CPUs and GPUs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dcsched.core.units import format_bytes
+
+_EPS = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """An amount of CPUs, GPUs and memory (bytes)."""
+
+    cpus: float = 0.0
+    gpus: float = 0.0
+    memory: int = 0
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(self.cpus + other.cpus, self.gpus + other.gpus, self.memory + other.memory)
+
+    def __sub__(self, other: Resources) -> Resources:
+        return Resources(self.cpus - other.cpus, self.gpus - other.gpus, self.memory - other.memory)
+
+    def scaled(self, factor: int) -> Resources:
+        return Resources(self.cpus * factor, self.gpus * factor, self.memory * factor)
+
+    def fits_in(self, capacity: Resources) -> bool:
+        return (
+            self.cpus <= capacity.cpus + _EPS
+            and self.gpus <= capacity.gpus + _EPS
+            and self.memory <= capacity.memory
+        )
+
+    def shortfall(self, capacity: Resources) -> list[str]:
+        """Name each component of ``self`` that exceeds ``capacity``, in words."""
+        missing = []
+        if self.cpus > capacity.cpus + _EPS:
+            missing.append(f"{_num(self.cpus)} CPUs (has {_num(capacity.cpus)})")
+        if self.gpus > capacity.gpus + _EPS:
+            missing.append(f"{_num(self.gpus)} GPUs (has {_num(capacity.gpus)})")
+        if self.memory > capacity.memory:
+            missing.append(
+                f"{format_bytes(self.memory)} memory (has {format_bytes(capacity.memory)})"
+            )
+        return missing
+
+    def describe(self) -> str:
+        return f"{_num(self.cpus)} CPUs, {_num(self.gpus)} GPUs, {format_bytes(self.memory)}"
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"cpus": self.cpus, "gpus": self.gpus, "memory": self.memory}
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"

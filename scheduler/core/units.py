@@ -1,0 +1,66 @@
+"""Human-friendly quantities: memory sizes like ``1GiB`` or ``512MB``.
+
+Binary suffixes (KiB, MiB, GiB, TiB) are powers of 1024, decimal ones (KB, MB, GB, TB)
+powers of 1000; a bare number is bytes. Case of the suffix is ignored, ``Gi`` and ``G``
+are accepted as short forms.
+"""
+
+from __future__ import annotations
+
+import re
+
+_MULTIPLIERS: dict[str, int] = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "ki": 1024,
+    "kib": 1024,
+    "mi": 1024**2,
+    "mib": 1024**2,
+    "gi": 1024**3,
+    "gib": 1024**3,
+    "ti": 1024**4,
+    "tib": 1024**4,
+}
+
+_MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_memory(value: str | int | float) -> int:
+    """Return a memory size in bytes.
+
+    Raises ValueError with a message that shows accepted forms.
+    """
+    if isinstance(value, bool):
+        raise ValueError("memory must be a size like 512MiB or 2GiB, not a boolean")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"memory must not be negative, got {value}")
+        return int(value)
+    match = _MEMORY_RE.match(value)
+    if match is None or match.group(2).lower() not in _MULTIPLIERS:
+        raise ValueError(
+            f"memory {value!r} is not a size; write a number with a unit, "
+            "for example 512MiB, 2GiB or 4GB"
+        )
+    number, unit = match.groups()
+    return int(float(number) * _MULTIPLIERS[unit.lower()])
+
+
+def format_bytes(n: int) -> str:
+    """Format bytes with the largest binary unit that keeps the number >= 1."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            if unit == "B":
+                return f"{int(size)}B"
+            return f"{size:.1f}{unit}".replace(".0", "")
+        size /= 1024
+    raise AssertionError("unreachable")

@@ -1,0 +1,262 @@
+"""Running the dcsched server: in the foreground (``dcsched server``) or in the background
+(``dcsched up`` / ``dcsched down``).
+
+The server owns the SQLite store, the scheduling loop and the REST API. Without a Ray
+address it starts (or finds) a local Ray head as a separate process group, so jobs keep
+running if the server dies; ``dcsched up`` after a crash finds that head and the store,
+and the service reconciles what happened meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from dcsched.paths import Paths
+
+logger = logging.getLogger(__name__)
+
+
+class ServerError(RuntimeError):
+    """A problem starting or stopping the server, in words for the user."""
+
+
+def ensure_home(paths: Paths) -> None:
+    paths.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def ensure_api_token(paths: Paths) -> str:
+    """Create the API token on first start (mode 0600) and return it."""
+    ensure_home(paths)
+    try:
+        fd = os.open(paths.token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return paths.token.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return token
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ServerError(
+                f"port {port} on {host} is in use ({exc.strerror}); pick another with --port "
+                "or DCSCHED_PORT"
+            ) from None
+
+
+def run_server(paths: Paths, host: str, port: int, ray_address: str | None) -> None:
+    """Run the server in this process until SIGTERM or Ctrl-C."""
+    import uvicorn
+    from prometheus_client import CollectorRegistry
+
+    from dcsched.adapters import ray_executor, ray_head
+    from dcsched.adapters.http_api import create_app
+    from dcsched.adapters.sqlite_store import SQLiteStore
+    from dcsched.exporters.scheduler import SchedulerMetrics
+    from dcsched.plugins.registry import describe_plugins
+    from dcsched.service import SchedulerService
+    from dcsched.validation import check_runnable
+
+    logging.basicConfig(
+        level=os.environ.get("DCSCHED_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    _check_port_free(host, port)
+    token = ensure_api_token(paths)
+    started_ray = False
+    if ray_address is None:
+        head = ray_head.find_running(paths)
+        if head is None:
+            logger.info("starting a local Ray head (dashboard on)")
+            head = ray_head.start(paths)
+            started_ray = True
+        os.environ.update(ray_head.ray_env(head.token_path))
+        gcs_address, dashboard_url = head.gcs_address, head.dashboard_url
+    else:
+        gcs_address = ray_address
+        dashboard_url = ""
+    reported_dashboard = ray_executor.connect(gcs_address)
+    dashboard_url = dashboard_url or reported_dashboard
+    if not dashboard_url:
+        raise ServerError(
+            f"the Ray cluster at {ray_address} has no dashboard; dcsched submits Ray Jobs "
+            "through it, so start Ray with --include-dashboard=true"
+        )
+    store = SQLiteStore(paths.db, paths.models)
+    registry = CollectorRegistry()
+    metrics = SchedulerMetrics(registry, store.counts_by_state)
+    service = SchedulerService(
+        store=store,
+        executor=ray_executor.RayExecutor(dashboard_url),
+        cluster=ray_executor.RayClusterView(),
+        paths=paths,
+        check_runnable=check_runnable,
+        events=metrics,
+    )
+    url = f"http://{host}:{port}"
+    info = {
+        "api_url": url,
+        "metrics_url": url + "/metrics",
+        "ray_dashboard_url": dashboard_url,
+        "ray_address": gcs_address,
+        "home": str(paths.home),
+    }
+    app = create_app(service, token, registry, info, describe_plugins)
+    stop = threading.Event()
+    loop = threading.Thread(target=service.run_forever, args=(stop,), name="scheduler", daemon=True)
+    loop.start()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    )
+
+    def announce() -> None:
+        while not server.started and loop.is_alive():
+            time.sleep(0.05)
+        record = {**info, "url": url, "pid": os.getpid(), "started_ray": started_ray}
+        tmp = paths.server_json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=2))
+        os.replace(tmp, paths.server_json)
+        logger.info("dcsched API on %s, Ray dashboard on %s", url, dashboard_url)
+
+    threading.Thread(target=announce, name="announce", daemon=True).start()
+    try:
+        server.run()
+    finally:
+        stop.set()
+        service.wake()
+        loop.join(timeout=10)
+        _remove_if_ours(paths.server_json)
+        logger.info("dcsched server stopped; the Ray head keeps running (`dcsched down` ends it)")
+
+
+def _remove_if_ours(path: Path) -> None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if record.get("pid") == os.getpid():
+        path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still "exists"; treat it as dead.
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        return waited != pid
+    except ChildProcessError:
+        return True
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _info_ok(url: str, token: str) -> bool:
+    request = urllib.request.Request(url + "/v1/info", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return bool(response.status == 200)
+    except Exception:  # not up (yet)
+        return False
+
+
+def start_background(
+    paths: Paths, host: str, port: int, ray_address: str | None, timeout: float = 180.0
+) -> dict[str, Any]:
+    """Start the server detached (its own session), wait until it answers, return server.json."""
+    ensure_home(paths)
+    pid = _read_pid(paths.server_pid)
+    if pid is not None and _alive(pid) and paths.server_json.exists():
+        record: dict[str, Any] = json.loads(paths.server_json.read_text())
+        if _info_ok(record["url"], ensure_api_token(paths)):
+            record["already_running"] = True
+            return record
+    _check_port_free(host, port)
+    token = ensure_api_token(paths)
+    paths.server_json.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "dcsched.cli", "server", "--host", host, "--port", str(port)]
+    if ray_address:
+        cmd += ["--ray-address", ray_address]
+    env = {**os.environ, "DCSCHED_HOME": str(paths.home)}
+    with paths.server_log.open("ab") as log:
+        process = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+        )
+    paths.server_pid.write_text(f"{process.pid}\n")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerError(
+                f"the server exited with code {process.returncode}:\n{_tail(paths.server_log)}"
+            )
+        if paths.server_json.exists():
+            record = json.loads(paths.server_json.read_text())
+            if record.get("pid") == process.pid and _info_ok(record["url"], token):
+                record["already_running"] = False
+                return record
+        time.sleep(0.3)
+    raise ServerError(f"the server did not answer within {timeout:g}s; see {paths.server_log}")
+
+
+def stop_background(paths: Paths, stop_ray: bool = True, timeout: float = 30.0) -> list[str]:
+    """Stop the background server and, unless told otherwise, the Ray head it started."""
+    from dcsched.adapters import ray_head
+
+    messages = []
+    pid = _read_pid(paths.server_pid)
+    if pid is not None and _alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        messages.append(f"stopped the dcsched server (pid {pid})")
+    else:
+        messages.append("no dcsched server was running")
+    paths.server_pid.unlink(missing_ok=True)
+    paths.server_json.unlink(missing_ok=True)
+    if stop_ray:
+        if ray_head.stop(paths):
+            messages.append("stopped the local Ray head")
+    elif ray_head.find_running(paths) is not None:
+        messages.append("the local Ray head keeps running")
+    return messages
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

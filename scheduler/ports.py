@@ -1,0 +1,141 @@
+"""Ports: what the scheduling service needs from the world, as protocols.
+
+Adapters implement them (``dcsched.adapters``): SQLite for the store, Ray for the
+executor and cluster view. Tests and the simulator supply their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+from dcsched.core.cluster import ClusterSnapshot
+from dcsched.core.job import Job, JobEvent
+from dcsched.core.lifecycle import JobState
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Unix seconds."""
+        ...
+
+
+class RunPhase(StrEnum):
+    """Where the executor says a job's run is; maps onto Ray's JobStatus."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+
+    def is_terminal(self) -> bool:
+        return self in (RunPhase.SUCCEEDED, RunPhase.FAILED, RunPhase.STOPPED)
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    phase: RunPhase
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: int
+    job_id: str
+    plugin: str
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    created_at: float
+    checksum: str
+    path: str
+
+
+class JobStore(Protocol):
+    def add_job(self, job: Job) -> None: ...
+
+    def get_job(self, job_id: str) -> Job | None: ...
+
+    def list_jobs(
+        self,
+        states: Sequence[JobState] | None = None,
+        team: str | None = None,
+        limit: int | None = None,
+    ) -> list[Job]: ...
+
+    def transition(
+        self,
+        job_id: str,
+        target: JobState,
+        at: float,
+        reason: str | None = None,
+        *,
+        nodes: Sequence[str] | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> Job:
+        """Move a job to ``target`` (checked by the lifecycle) and append the event."""
+        ...
+
+    def set_reason(self, job_id: str, reason: str | None) -> None: ...
+
+    def set_reasons(self, reasons: dict[str, str]) -> None:
+        """Set the waiting reason of many pending jobs at once."""
+        ...
+
+    def events(self, job_id: str) -> list[JobEvent]: ...
+
+    def finish_with_model(
+        self,
+        job_id: str,
+        at: float,
+        artifact: Path,
+        metrics: dict[str, float],
+        plugin: str,
+        params: dict[str, Any],
+        result: dict[str, Any],
+    ) -> ModelVersion:
+        """Register the artifact as the next version of the job's model and mark the job
+        SUCCEEDED, atomically."""
+        ...
+
+    def model_versions(self, name: str) -> list[ModelVersion]: ...
+
+    def model_names(self) -> list[tuple[str, int, int, float]]:
+        """(name, latest version, number of versions, updated_at) per model."""
+        ...
+
+    def counts_by_state(self) -> dict[tuple[str, str, str], int]:
+        """Number of jobs per (state, team, kind)."""
+        ...
+
+
+class Executor(Protocol):
+    """Runs admitted jobs. Every method is idempotent and keyed by the dcsched job id."""
+
+    def reserve(self, job: Job, nodes: Sequence[str]) -> None:
+        """Reserve one bundle per worker on the given nodes (a gang)."""
+        ...
+
+    def reservation_ready(self, job_id: str, timeout_s: float) -> bool: ...
+
+    def start(self, job: Job, run_dir: Path) -> None: ...
+
+    def status(self, job_id: str) -> RunStatus | None:
+        """None when the executor has never heard of the job."""
+        ...
+
+    def stop(self, job_id: str) -> None: ...
+
+    def release(self, job_id: str) -> None:
+        """Free the job's reservation; a no-op if there is none."""
+        ...
+
+    def logs(self, job_id: str) -> str: ...
+
+
+class ClusterView(Protocol):
+    def snapshot(self) -> ClusterSnapshot: ...

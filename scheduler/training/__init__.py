@@ -1,0 +1,1 @@
+"""Training inside a Ray job: data loading, the training loop and evaluation."""

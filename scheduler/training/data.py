@@ -1,0 +1,315 @@
+"""Data for training jobs: check a ``DataSpec`` cheaply, then load, split and scale it.
+
+Sources (``DataSpec.source``):
+- ``sklearn:NAME``: a dataset that ships inside scikit-learn (no download), one of
+  ``SKLEARN_DATASETS``.
+- ``csv:PATH``: a CSV file with a header row; ``DataSpec.target`` names the column to
+  predict and every other column is a numeric feature. A relative PATH is relative to the
+  current directory (the CLI makes it absolute before submitting).
+
+Task detection for CSV targets: a non-numeric target, or an integer-valued one with at
+most ``MAX_CLASSES`` distinct values, is a classification target (``binary`` with two
+classes, else ``multiclass``); any other numeric target is ``regression``.
+
+Invariants of ``PreparedData``: features are float32, standardised with a scaler fitted
+on the training rows only; targets are int64 class indices ``0..k-1`` (labels in sorted
+order, ``info.classes[i]`` is the original label of index i) or float32 values. The split
+is deterministic for a given ``DataSpec.seed`` and stratified for classifiers.
+
+``check_source`` is for the server at submit time: it never imports torch, never imports
+scikit-learn, and reads at most a CSV's header.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from dcsched.core.spec import DataSpec, SpecError
+from dcsched.plugins.api import ClassLabel, DatasetInfo, TaskType
+
+logger = logging.getLogger(__name__)
+
+SKLEARN_DATASETS: dict[str, TaskType] = {
+    "breast_cancer": "binary",
+    "iris": "multiclass",
+    "wine": "multiclass",
+    "digits": "multiclass",
+    "diabetes": "regression",
+}
+MAX_CLASSES = 20
+"""An integer-valued CSV target with more distinct values than this is regression."""
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """A dataset split into train and test parts, features standardised."""
+
+    x_train: npt.NDArray[np.float32]
+    x_test: npt.NDArray[np.float32]
+    y_train: npt.NDArray[Any]
+    y_test: npt.NDArray[Any]
+    info: DatasetInfo
+    scaler_mean: npt.NDArray[np.float64]
+    """Per-feature mean of the raw training rows."""
+    scaler_scale: npt.NDArray[np.float64]
+    """Per-feature standard deviation of the raw training rows (1 where it is 0)."""
+
+    @property
+    def n_train(self) -> int:
+        return len(self.x_train)
+
+    @property
+    def n_test(self) -> int:
+        return len(self.x_test)
+
+
+def check_source(data: DataSpec) -> None:
+    """Raise SpecError if the source cannot be loaded; cheap (a CSV's header at most)."""
+    if data.scheme == "sklearn":
+        _sklearn_task(data.location)
+        return
+    path = _csv_path(data)
+    header = _read_header(path)
+    if data.target not in header:
+        raise SpecError(
+            [
+                f"data.target: column {data.target!r} is not in {path}; "
+                f"its columns are: {', '.join(header)}"
+            ]
+        )
+
+
+def load_dataset(data: DataSpec) -> PreparedData:
+    """Load, split (``data.test_size``, ``data.seed``) and standardise; SpecError if unusable."""
+    if data.scheme == "sklearn":
+        x, labels, task, feature_names = _load_sklearn(data.location)
+    else:
+        x, labels, task, feature_names = _load_csv(data)
+    return _prepare(data, x, labels, task, feature_names)
+
+
+# -- sklearn -----------------------------------------------------------------------------
+
+
+def _sklearn_task(name: str) -> TaskType:
+    task = SKLEARN_DATASETS.get(name)
+    if task is None:
+        raise SpecError(
+            [f"data.source: unknown sklearn dataset {name!r}; known: {', '.join(SKLEARN_DATASETS)}"]
+        )
+    return task
+
+
+def _load_sklearn(
+    name: str,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[Any], TaskType, list[str]]:
+    task = _sklearn_task(name)
+    import sklearn.datasets
+
+    bunch = getattr(sklearn.datasets, f"load_{name}")()
+    x = np.asarray(bunch.data, dtype=np.float64)
+    names = [str(feature) for feature in bunch.feature_names]
+    labels = np.asarray(bunch.target)
+    if task != "regression":
+        labels = labels.astype(np.int64)
+    return x, labels, task, names
+
+
+# -- CSV ---------------------------------------------------------------------------------
+
+
+def _csv_path(data: DataSpec) -> Path:
+    path = Path(data.location).expanduser()
+    if not path.exists():
+        raise SpecError([f"data.source: CSV file {str(path)!r} does not exist"])
+    if not path.is_file():
+        raise SpecError([f"data.source: {str(path)!r} is not a file"])
+    return path
+
+
+def _read_header(path: Path) -> list[str]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            header = next(csv.reader(handle), None)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise SpecError([f"data.source: cannot read CSV file {str(path)!r}: {exc}"]) from None
+    if not header or not any(cell.strip() for cell in header):
+        raise SpecError([f"data.source: CSV file {str(path)!r} has no header row"])
+    return [cell.strip() for cell in header]
+
+
+def _load_csv(
+    data: DataSpec,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[Any], TaskType, list[str]]:
+    check_source(data)
+    path = _csv_path(data)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = [cell.strip() for cell in next(reader)]
+            rows = [
+                (reader.line_num, [cell.strip() for cell in row])
+                for row in reader
+                if any(cell.strip() for cell in row)
+            ]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise SpecError([f"data.source: cannot read CSV file {str(path)!r}: {exc}"]) from None
+
+    duplicates = sorted({name for name in header if header.count(name) > 1})
+    if duplicates:
+        raise SpecError([f"data.source: {path} repeats column names: {', '.join(duplicates)}"])
+    bad_width = [(line, len(row)) for line, row in rows if len(row) != len(header)]
+    if bad_width:
+        line, width = bad_width[0]
+        raise SpecError(
+            [
+                f"data.source: line {line} of {path} has {width} fields, the header has "
+                f"{len(header)} ({len(bad_width)} such lines)"
+            ]
+        )
+    if len(rows) < 2:
+        raise SpecError([f"data.source: {path} has {len(rows)} data rows; at least 2 needed"])
+
+    lines = [line for line, _ in rows]
+    columns = list(zip(*(row for _, row in rows), strict=True))
+    target_index = header.index(str(data.target))
+    feature_names = [name for i, name in enumerate(header) if i != target_index]
+    if not feature_names:
+        raise SpecError([f"data.source: {path} has no feature columns besides the target"])
+
+    problems: list[str] = []
+    non_numeric: list[str] = []
+    features = []
+    for name, column in zip(header, columns, strict=True):
+        if name == data.target:
+            continue
+        values, bad = _to_float(column)
+        if values is None:
+            non_numeric.append(f"{name} (line {lines[bad]}: {column[bad]!r})")
+        elif bad >= 0:
+            problems.append(
+                f"data.source: column {name!r} has a missing or non-finite value on line "
+                f"{lines[bad]}; fill or drop such rows"
+            )
+        else:
+            features.append(values)
+    if non_numeric:
+        problems.insert(
+            0,
+            f"data.source: feature columns must be numeric; not numeric: {', '.join(non_numeric)}",
+        )
+    target_column = columns[target_index]
+    missing = [i for i, value in enumerate(target_column) if value == ""]
+    if missing:
+        problems.append(
+            f"data.target: column {data.target!r} is empty on line {lines[missing[0]]} "
+            f"({len(missing)} rows); drop rows without a target"
+        )
+    if problems:
+        raise SpecError(problems)
+
+    labels, task = _csv_target(str(data.target), target_column, lines)
+    return np.column_stack(features), labels, task, feature_names
+
+
+def _to_float(column: tuple[str, ...]) -> tuple[npt.NDArray[np.float64] | None, int]:
+    """(values, -1) if all finite; (values, i) if row i is missing; (None, i) if non-numeric."""
+    try:
+        values = np.asarray(column, dtype=str).astype(np.float64)
+    except ValueError:
+        for i, cell in enumerate(column):
+            if cell == "":
+                continue
+            try:
+                float(cell)
+            except ValueError:
+                return None, i
+        return np.zeros(0), column.index("")
+    not_finite = np.flatnonzero(~np.isfinite(values))
+    return values, int(not_finite[0]) if len(not_finite) else -1
+
+
+def _csv_target(
+    name: str, column: tuple[str, ...], lines: list[int]
+) -> tuple[npt.NDArray[Any], TaskType]:
+    values, bad = _to_float(column)
+    if values is None:
+        labels: npt.NDArray[Any] = np.asarray(column, dtype=object)
+        n_classes = len(set(column))
+    else:
+        if bad >= 0:
+            raise SpecError(
+                [
+                    f"data.target: column {name!r} is not finite on line {lines[bad]}: "
+                    f"{column[bad]!r}"
+                ]
+            )
+        distinct = np.unique(values)
+        if len(distinct) > MAX_CLASSES or not np.all(distinct == np.round(distinct)):
+            return values, "regression"
+        labels = values.astype(np.int64)
+        n_classes = len(distinct)
+    if n_classes < 2:
+        raise SpecError([f"data.target: column {name!r} has a single value; nothing to learn"])
+    return labels, "binary" if n_classes == 2 else "multiclass"
+
+
+# -- split and scale ---------------------------------------------------------------------
+
+
+def _prepare(
+    data: DataSpec,
+    x: npt.NDArray[np.float64],
+    labels: npt.NDArray[Any],
+    task: TaskType,
+    feature_names: list[str],
+) -> PreparedData:
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    classes: tuple[ClassLabel, ...] = ()
+    if task == "regression":
+        y = labels.astype(np.float32)
+    else:
+        sorted_labels = sorted(set(labels.tolist()))
+        classes = tuple(sorted_labels)
+        index = {label: i for i, label in enumerate(sorted_labels)}
+        y = np.fromiter(
+            (index[label] for label in labels.tolist()), dtype=np.int64, count=len(labels)
+        )
+    try:
+        x_train, x_test, y_train, y_test = train_test_split(
+            x,
+            y,
+            test_size=data.test_size,
+            random_state=data.seed,
+            stratify=None if task == "regression" else y,
+        )
+    except ValueError as exc:
+        raise SpecError(
+            [f"data.test_size: cannot split {len(x)} rows into train and test parts: {exc}"]
+        ) from None
+    scaler = StandardScaler().fit(x_train)
+    info = DatasetInfo(
+        task=task,
+        n_features=x.shape[1],
+        classes=classes,
+        feature_names=tuple(feature_names),
+    )
+    logger.debug("prepared %s: %s train, %s test rows", data.source, len(x_train), len(x_test))
+    return PreparedData(
+        x_train=scaler.transform(x_train).astype(np.float32),
+        x_test=scaler.transform(x_test).astype(np.float32),
+        y_train=y_train,
+        y_test=y_test,
+        info=info,
+        scaler_mean=np.asarray(scaler.mean_, dtype=np.float64),
+        scaler_scale=np.asarray(scaler.scale_, dtype=np.float64),
+    )

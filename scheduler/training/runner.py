@@ -1,0 +1,262 @@
+"""The training job itself: ``python -m dcsched.training.runner RUN_DIR``, run inside Ray.
+
+The run directory is the whole interface with the scheduler:
+
+- in: ``spec.json``, a ``JobSpec.model_dump(mode="json")``;
+- ``checkpoint/``: the plugin's checkpoint after every epoch; a rerun resumes from it;
+- ``progress.jsonl``: one JSON line per epoch ``{"epoch", "loss", "samples_per_s",
+  "seconds", "at"}`` (``at``: unix time), appended as training goes;
+- ``model/``: the trained model (``ModelPlugin.load`` reads it back) and
+  ``preprocessing.json`` (the feature scaler fitted on the training rows);
+- ``result.json``: written last and atomically, so its presence means success;
+- ``error.txt``: one line saying why the run failed (exit status 1).
+
+stdout carries a short human log (it shows in the Ray dashboard). ``run`` does the same
+work in-process and returns the result dict. torch and scikit-learn are imported inside
+functions so that importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from dcsched.core.spec import JobSpec, SpecError, parse_spec
+from dcsched.plugins.api import CheckpointError, EpochReport, PluginParamsError
+from dcsched.plugins.registry import DuplicatePluginError, UnknownPluginError
+
+logger = logging.getLogger(__name__)
+
+SPEC_FILE = "spec.json"
+PROGRESS_FILE = "progress.jsonl"
+RESULT_FILE = "result.json"
+ERROR_FILE = "error.txt"
+CHECKPOINT_DIR = "checkpoint"
+MODEL_DIR = "model"
+PREPROCESSING_FILE = "preprocessing.json"
+
+
+class RunDirError(Exception):
+    """The run directory or its spec.json is missing or unreadable."""
+
+
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (
+    RunDirError,
+    SpecError,
+    PluginParamsError,
+    UnknownPluginError,
+    DuplicatePluginError,
+    CheckpointError,
+    FloatingPointError,  # training diverged; the message suggests a smaller lr
+)
+"""Failures caused by the job's input: reported in one line, without a traceback."""
+
+
+def read_spec(run_dir: Path) -> JobSpec:
+    """The JobSpec in ``run_dir/spec.json``; RunDirError or SpecError if unusable."""
+    path = run_dir / SPEC_FILE
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunDirError(f"{path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"cannot read {path}: {exc}") from None
+    return parse_spec(document)
+
+
+def choose_device(spec: JobSpec) -> str:
+    """The torch device: cuda when the job asked for GPUs and one is visible, else cpu."""
+    import torch
+
+    return "cuda" if spec.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
+
+
+def run(spec: JobSpec, run_dir: Path) -> dict[str, Any]:
+    """Train, evaluate and save the model of ``spec`` in ``run_dir``; return result.json's dict.
+
+    Raises the errors of the steps (SpecError, PluginParamsError, UnknownPluginError, ...).
+    """
+    from dcsched.plugins.registry import load_plugin
+    from dcsched.training.data import check_source, load_dataset
+    from dcsched.training.evaluation import evaluate
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (ERROR_FILE, RESULT_FILE):
+        (run_dir / stale).unlink(missing_ok=True)
+    checkpoint_dir = run_dir / CHECKPOINT_DIR
+    # Without a checkpoint training starts over, and so does the progress log.
+    resuming = checkpoint_dir.is_dir() and any(checkpoint_dir.iterdir())
+
+    # The cheap checks come first, so that a bad spec fails before torch is imported.
+    plugin = load_plugin(spec.model.type)
+    params = plugin.validate_params(spec.model.params)
+    check_source(spec.data)
+
+    import torch
+
+    data = load_dataset(spec.data)
+    info = data.info
+    logger.info(
+        "data %s: %s task, %s features, %s train rows, %s test rows",
+        spec.data.source,
+        info.task,
+        info.n_features,
+        data.n_train,
+        data.n_test,
+    )
+
+    if spec.resources.workers > 1:
+        logger.warning(
+            "the job asked for %s workers; this runner trains in one process",
+            spec.resources.workers,
+        )
+    torch.set_num_threads(max(1, int(spec.resources.cpus)))
+    _preload_torch_compiler()
+    device = choose_device(spec)
+    model = plugin.create(params, info, device)
+    logger.info(
+        "model %s %s on %s; %s epochs, batch %s, %s lr=%s",
+        plugin.name,
+        json.dumps(params.model_dump(mode="json")),
+        device,
+        spec.train.epochs,
+        spec.train.batch_size,
+        spec.train.optimizer,
+        spec.train.lr,
+    )
+
+    epochs_run = 0
+    with open(run_dir / PROGRESS_FILE, "a" if resuming else "w") as progress:
+
+        def on_epoch(report: EpochReport) -> None:
+            nonlocal epochs_run
+            epochs_run += 1
+            line = {
+                "epoch": report.epoch,
+                "loss": report.loss,
+                "samples_per_s": report.samples_per_s,
+                "seconds": report.seconds,
+                "at": time.time(),
+            }
+            progress.write(json.dumps(line) + "\n")
+            progress.flush()
+            logger.info(
+                "epoch %s/%s loss %.4f (%.0f samples/s)",
+                report.epoch,
+                spec.train.epochs,
+                report.loss,
+                report.samples_per_s,
+            )
+
+        began = time.perf_counter()
+        model.fit(
+            data.x_train,
+            data.y_train,
+            spec.train,
+            spec.data.seed,
+            on_epoch,
+            checkpoint_dir,
+        )
+        train_seconds = time.perf_counter() - began
+
+    metrics = evaluate(info, data.y_test, model.predict(data.x_test))
+    logger.info(
+        "test metrics: %s", ", ".join(f"{name} {value:.4f}" for name, value in metrics.items())
+    )
+    model_dir = run_dir / MODEL_DIR
+    model.save(model_dir)
+    preprocessing = {
+        "feature_names": list(info.feature_names),
+        "mean": data.scaler_mean.tolist(),
+        "scale": data.scaler_scale.tolist(),
+    }
+    _write_json_atomically(model_dir / PREPROCESSING_FILE, preprocessing)
+
+    result: dict[str, Any] = {
+        "task": info.task,
+        "metrics": metrics,
+        "plugin": plugin.name,
+        "params": params.model_dump(mode="json"),
+        "n_train": data.n_train,
+        "n_test": data.n_test,
+        "n_features": info.n_features,
+        "classes": list(info.classes),
+        "epochs": spec.train.epochs,
+        "epochs_run": epochs_run,
+        "train_seconds": train_seconds,
+        "device": device,
+    }
+    _write_json_atomically(run_dir / RESULT_FILE, result)
+    logger.info("done in %.2fs of training; model saved in %s", train_seconds, model_dir)
+    return result
+
+
+def _preload_torch_compiler() -> None:
+    """Import torch._dynamo now, so that ``train_seconds`` measures training alone.
+
+    Every torch optimizer imports it on first construction (it disables the compiler
+    around ``Optimizer.__init__``); that costs seconds on a small CPU, once per process.
+    """
+    try:
+        import torch._dynamo  # noqa: F401 -- imported for its side effect only
+    except ImportError:  # pragma: no cover - a torch without the compiler
+        logger.debug("torch._dynamo is not available")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m dcsched.training.runner RUN_DIR``; returns the exit status."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m dcsched.training.runner RUN_DIR", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stdout,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    run_dir = Path(args[0])
+    try:
+        spec = read_spec(run_dir)
+        run(spec, run_dir)
+    except EXPECTED_ERRORS as exc:
+        return _fail(run_dir, _one_line(exc))
+    except Exception as exc:
+        traceback.print_exc()
+        return _fail(run_dir, f"internal error: {type(exc).__name__}: {_one_line(exc)}")
+    return 0
+
+
+def _fail(run_dir: Path, reason: str) -> int:
+    print(f"training failed: {reason}", file=sys.stderr)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_text_atomically(run_dir / ERROR_FILE, reason + "\n")
+    except OSError as exc:
+        print(f"cannot write {run_dir / ERROR_FILE}: {exc}", file=sys.stderr)
+    return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _write_json_atomically(path: Path, document: Any) -> None:
+    _write_text_atomically(path, json.dumps(document, indent=2) + "\n")
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

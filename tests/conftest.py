@@ -1,0 +1,150 @@
+"""Shared fixtures: one real Ray head for the whole session, and real dcsched servers.
+
+The Ray head is started by dcsched's own launcher (``ray start --head --block`` in its
+own process group, token auth on, explicit ports, its own temp dir) with more logical
+CPUs than this machine has, and stopped by PID at the end. Nothing is killed by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dcsched.paths import Paths
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+SESSION_CPUS = 8
+
+# Tests set Ray's auth mode explicitly; the session head uses token auth.
+os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    from dcsched.adapters import ray_head as launcher
+
+    paths = Paths(tmp_path_factory.mktemp("ray-home"))
+    head = launcher.start(paths, num_cpus=SESSION_CPUS, num_gpus=0)
+    os.environ.update(launcher.ray_env(head.token_path))
+    try:
+        yield head
+    finally:
+        launcher.stop(paths)
+
+
+@dataclass
+class Server:
+    home: Path
+    url: str
+    token: str
+    process: subprocess.Popen[bytes]
+    env: dict[str, str]
+
+    def cli(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, env=self.env, timeout=timeout)
+
+    def cli_json(self, *args: str) -> object:
+        done = self.cli(*args, "-o", "json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def api(self, method: str, path: str, body: object = None, token: str | None = None):
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        request.add_header("Authorization", f"Bearer {self.token if token is None else token}")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def cli_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DCSCHED_")}
+    env["DCSCHED_HOME"] = str(home)
+    return env
+
+
+def run_cli(
+    *args: str, env: dict[str, str], timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dcsched.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
+def start_server(home: Path, ray_address: str) -> Server:
+    port = free_port()
+    env = cli_env(home)
+    log = (home / "server.log").open("ab")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dcsched.cli",
+            "server",
+            "--port",
+            str(port),
+            "--ray-address",
+            ray_address,
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    record = home / "server.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError((home / "server.log").read_text())
+        if record.exists():
+            info = json.loads(record.read_text())
+            token = (home / "token").read_text().strip()
+            return Server(home, info["url"], token, process, env)
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("server did not start: " + (home / "server.log").read_text())
+
+
+@pytest.fixture(scope="module")
+def server(ray_head: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("dcsched-home")
+    srv = start_server(home, ray_head.gcs_address)  # type: ignore[attr-defined]
+    try:
+        yield srv
+    finally:
+        srv.stop()

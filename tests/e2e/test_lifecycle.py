@@ -1,0 +1,77 @@
+"""Cancel in every live state frees the resources; a run that fails is FAILED with its reason."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLES, SESSION_CPUS, Server
+
+pytestmark = [pytest.mark.e2e, pytest.mark.ray]
+
+BASE = (EXAMPLES / "train-mlp.yaml").read_text()
+
+
+def long_spec(tmp_path: Path, name: str, cpus: int) -> Path:
+    text = (
+        BASE.replace("name: mlp-breast-cancer", f"name: {name}")
+        .replace("cpus: 1", f"cpus: {cpus}")
+        .replace("epochs: 30", "epochs: 100000")
+    )
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def wait_state(server: Server, job_id: str, states: set[str], timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = server.cli_json("status", job_id)
+        if job["state"] in states:
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"{job_id} never reached {states}: {job}")
+
+
+def free_cpus(server: Server) -> float:
+    return sum(n["available"]["cpus"] for n in server.cli_json("nodes"))
+
+
+def test_cancel_running_and_pending_jobs_frees_resources(server: Server, tmp_path: Path) -> None:
+    hog = server.cli("submit", str(long_spec(tmp_path, "hog", SESSION_CPUS))).stdout.strip()
+    waiter = server.cli("submit", str(long_spec(tmp_path, "waiter", 1))).stdout.strip()
+    running = wait_state(server, hog, {"RUNNING"})
+    assert running["progress"] is None or running["progress"]["epoch"] >= 1
+    pending = wait_state(server, waiter, {"PENDING"})
+    assert pending["position"] == 1 and "waiting for resources" in pending["reason"]
+    listed = server.cli("list")
+    assert "waiting for resources" in listed.stdout
+
+    done = server.cli("cancel", waiter)
+    assert done.returncode == 0 and "CANCELLED" in done.stdout
+    done = server.cli("cancel", hog)
+    assert done.returncode == 0 and "CANCELLED" in done.stdout
+    job = server.cli_json("status", hog)
+    assert job["state"] == "CANCELLED" and job["reason"] == "cancelled by user"
+    again = server.cli("cancel", hog)
+    assert again.returncode == 1 and "already ended as CANCELLED" in again.stderr
+
+    deadline = time.monotonic() + 30
+    while free_cpus(server) < SESSION_CPUS and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert free_cpus(server) == SESSION_CPUS
+
+
+def test_run_that_fails_is_failed_with_its_reason(server: Server, tmp_path: Path) -> None:
+    data = tmp_path / "data.csv"
+    data.write_bytes((EXAMPLES / "data.csv").read_bytes())
+    spec = tmp_path / "csv.yaml"
+    spec.write_text((EXAMPLES / "train-csv.yaml").read_text())
+    job_id = server.cli("submit", str(spec)).stdout.strip()
+    data.write_text("broken\n")  # the data vanishes between submit and run
+    done = server.cli("wait", job_id, "--timeout", "120")
+    assert done.returncode == 1
+    job = server.cli_json("status", job_id)
+    assert job["state"] == "FAILED" and job["reason"]

@@ -1,0 +1,211 @@
+"""The training runner end to end: ``python -m dcsched.training.runner RUN_DIR`` and ``run``.
+
+The straight 3-epoch run goes in a subprocess, started once for the module; the resumed
+run goes in-process meanwhile (two cores), and both must end with identical metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from dcsched.core.spec import JobSpec, parse_spec
+from dcsched.training.runner import main, run
+
+SPEC: dict[str, Any] = {
+    "name": "mlp-breast-cancer",
+    "kind": "train",
+    "team": "research",
+    "priority": "normal",
+    "resources": {"workers": 1, "cpus": 1, "gpus": 0, "memory": "1GiB"},
+    "model": {"type": "mlp", "params": {"hidden": [64, 32]}},
+    "data": {"source": "sklearn:breast_cancer", "test_size": 0.2, "seed": 42},
+    "train": {"epochs": 3, "batch_size": 32, "optimizer": "adam", "lr": 0.001},
+}
+RUNNER = [sys.executable, "-m", "dcsched.training.runner"]
+
+
+def _spec(epochs: int = 3, **changes: Any) -> JobSpec:
+    document = json.loads(json.dumps(SPEC))
+    document["train"]["epochs"] = epochs
+    document.update(changes)
+    return parse_spec(document)
+
+
+def _write_spec(run_dir: Path, document: dict[str, Any]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "spec.json").write_text(json.dumps(document))
+
+
+@dataclass
+class Finished:
+    run_dir: Path
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def result(self) -> dict[str, Any]:
+        return dict(json.loads((self.run_dir / "result.json").read_text()))
+
+
+class StraightRun:
+    """The subprocess run, started at once and waited for on first use."""
+
+    def __init__(self, run_dir: Path):
+        _write_spec(run_dir, _spec().model_dump(mode="json"))
+        self.run_dir = run_dir
+        self._process = subprocess.Popen(
+            [*RUNNER, str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self._finished: Finished | None = None
+
+    def wait(self) -> Finished:
+        if self._finished is None:
+            stdout, stderr = self._process.communicate(timeout=120)
+            self._finished = Finished(self.run_dir, self._process.returncode, stdout, stderr)
+        return self._finished
+
+    def kill(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StraightRun]:
+    started = StraightRun(tmp_path_factory.mktemp("straight"))
+    yield started
+    started.kill()
+
+
+def _progress(run_dir: Path) -> list[dict[str, Any]]:
+    lines = (run_dir / "progress.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_resumed_run_completes_only_the_remaining_epochs(
+    straight_run: StraightRun, tmp_path: Path
+) -> None:
+    first = run(_spec(epochs=2), tmp_path)
+    assert first["epochs_run"] == 2
+    assert [line["epoch"] for line in _progress(tmp_path)] == [1, 2]
+    assert (tmp_path / "checkpoint" / "checkpoint.pt").is_file()
+
+    resumed = run(_spec(epochs=3), tmp_path)
+    assert resumed["epochs"] == 3 and resumed["epochs_run"] == 1
+    assert [line["epoch"] for line in _progress(tmp_path)] == [1, 2, 3]
+
+    # Resuming ends exactly where the uninterrupted subprocess run did.
+    straight = straight_run.wait()
+    assert straight.returncode == 0, straight.stderr
+    assert resumed["metrics"] == straight.result["metrics"]
+
+    # Without its checkpoint a run starts over, progress log included.
+    shutil.rmtree(tmp_path / "checkpoint")
+    again = run(_spec(epochs=1), tmp_path)
+    assert again["epochs_run"] == 1
+    assert [line["epoch"] for line in _progress(tmp_path)] == [1]
+
+
+def test_runner_writes_result_progress_and_a_human_log(straight_run: StraightRun) -> None:
+    finished = straight_run.wait()
+    assert finished.returncode == 0, finished.stderr
+    result = finished.result
+    assert result["task"] == "binary"
+    assert set(result["metrics"]) == {"accuracy", "precision", "recall", "f1", "log_loss"}
+    assert result["metrics"]["accuracy"] > 0.9
+    assert result["plugin"] == "mlp"
+    assert result["params"] == {"hidden": [64, 32], "activation": "relu", "dropout": 0.0}
+    assert (result["n_train"], result["n_test"], result["n_features"]) == (455, 114, 30)
+    assert result["classes"] == [0, 1]
+    assert result["epochs"] == 3 and result["epochs_run"] == 3
+    assert result["device"] == "cpu"
+    assert 0 < result["train_seconds"] < 60
+
+    progress = _progress(finished.run_dir)
+    assert [line["epoch"] for line in progress] == [1, 2, 3]
+    assert set(progress[0]) == {"epoch", "loss", "samples_per_s", "seconds", "at"}
+    assert progress[2]["loss"] < progress[0]["loss"]
+    assert not (finished.run_dir / "error.txt").exists()
+    assert not list(finished.run_dir.rglob("*.tmp"))
+
+    assert "455 train rows, 114 test rows" in finished.stdout
+    assert "epoch 3/3 loss" in finished.stdout
+    assert "test metrics: accuracy" in finished.stdout
+
+
+def test_saved_model_reloads_and_predicts_identically(straight_run: StraightRun) -> None:
+    from dcsched.plugins.mlp import MLPPlugin
+    from dcsched.training.data import load_dataset
+    from dcsched.training.evaluation import evaluate
+
+    finished = straight_run.wait()
+    assert finished.returncode == 0, finished.stderr
+    model_dir = finished.run_dir / "model"
+    data = load_dataset(_spec().data)
+    model = MLPPlugin().load(model_dir, "cpu")
+    predictions = model.predict(data.x_test)
+    # Metrics from the reloaded model's predictions equal the run's to the last bit.
+    assert evaluate(data.info, data.y_test, predictions) == finished.result["metrics"]
+    assert np.array_equal(MLPPlugin().load(model_dir, "cpu").predict(data.x_test), predictions)
+
+    preprocessing = json.loads((model_dir / "preprocessing.json").read_text())
+    np.testing.assert_allclose(preprocessing["mean"], data.scaler_mean)
+    np.testing.assert_allclose(preprocessing["scale"], data.scaler_scale)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"model": None}, "model: Input should be a valid dictionary"),
+        ({"model": {"type": "mlp", "params": {"hiden": [4]}}}, "model.params.hiden: unknown"),
+        ({"data": {"source": "sklearn:mnist"}}, "data.source: unknown sklearn dataset 'mnist'"),
+        ({"train": {"epochs": 0}}, "train.epochs: Input should be greater than or equal to 1"),
+        (
+            {
+                "data": {"source": "sklearn:diabetes"},
+                "train": {"epochs": 1, "optimizer": "sgd", "lr": 10},
+            },
+            "training diverged at epoch 1 (loss nan); try a smaller train.lr",
+        ),
+    ],
+)
+def test_a_bad_spec_fails_with_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict[str, Any], reason: str
+) -> None:
+    _write_spec(tmp_path, {**SPEC, **change})
+    assert main([str(tmp_path)]) == 1
+    error = (tmp_path / "error.txt").read_text()
+    assert error.count("\n") == 1 and reason in error
+    stderr = capsys.readouterr().err
+    assert reason in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "result.json").exists()
+
+
+def test_the_module_exits_1_on_an_unknown_plugin(tmp_path: Path) -> None:
+    _write_spec(tmp_path, {**SPEC, "model": {"type": "xgboost"}})
+    done = subprocess.run([*RUNNER, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    error = (tmp_path / "error.txt").read_text()
+    assert "unknown model type 'xgboost'; installed model plugins: mlp" in error
+    assert error.count("\n") == 1
+    assert "unknown model type 'xgboost'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_missing_spec_fails_and_bad_arguments_are_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([str(tmp_path)]) == 1
+    assert "spec.json does not exist" in (tmp_path / "error.txt").read_text()
+    assert main([]) == 2
+    assert "usage:" in capsys.readouterr().err
