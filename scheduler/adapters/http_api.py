@@ -20,7 +20,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from dcsched import __version__
 from dcsched.core.job import Job
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 
 class SubmitRequest(BaseModel):
-    spec: dict[str, Any]
+    spec: Any = Field(description="The job spec as a mapping; GET /v1/schema/job-spec describes it.")
 
 
 class ApiError(Exception):
