@@ -138,6 +138,17 @@ def _output_option(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _print_json(value: Any) -> None:
+    """Objects pretty-printed; lists one object per line (still one JSON document).
+
+    ``indent`` switches json to its pure-Python encoder, which costs ~0.1 s for 1,000
+    jobs; a line per object keeps the C encoder and stays readable and greppable.
+    """
+    if isinstance(value, list):
+        if not value:
+            click.echo("[]")
+            return
+        click.echo("[\n" + ",\n".join(json.dumps(item) for item in value) + "\n]")
+        return
     click.echo(json.dumps(value, indent=2))
 
 

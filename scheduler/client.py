@@ -1,6 +1,6 @@
 """A small HTTP client for the dcsched API, used by the CLI.
 
-Standard library only (``http.client`` and ``json``): the CLI's start-up path must stay
+Standard library only (a socket and ``json``): the CLI's start-up path must stay
 free of ray, torch, pydantic, httpx and yaml, so nothing heavy is imported here.
 
 Finding the server: ``DCSCHED_URL`` if set, else the ``url`` field of
@@ -17,13 +17,15 @@ Errors, in words the CLI can print as they are:
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
+
+import orjson
 
 from dcsched import __version__
 from dcsched.paths import Paths
@@ -147,40 +149,125 @@ class Client:
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        connection_class = (
-            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        )
         try:
             port = parts.port
         except ValueError:
             raise ServerUnreachable(f"the server URL {self.url!r} has an invalid port") from None
-        connection = connection_class(parts.hostname, port, timeout=self.timeout)
         try:
-            connection.request(method, target, body=data, headers=headers)
-            response = connection.getresponse()
-            raw = response.read()
-            status, reason = response.status, response.reason
+            if parts.scheme == "https":
+                status, reason, raw = _https(
+                    parts.hostname, port, method, target, headers, data, self.timeout
+                )
+            else:
+                status, reason, raw = _plain_http(
+                    parts.hostname, port or 80, method, target, headers, data, self.timeout
+                )
         except TimeoutError:
             raise ServerUnreachable(
                 f"the dcsched server at {self.url} did not answer within {self.timeout:g}s"
             ) from None
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, ValueError) as exc:
             why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise ServerUnreachable(
                 f"cannot reach the dcsched server at {self.url} ({why}); start it with `dcsched up`"
             ) from None
-        finally:
-            connection.close()
         if status >= 400:
             raise _api_error(status, reason, raw, self.url)
         if not raw:
             return {}
         try:
-            return json.loads(raw)
+            return orjson.loads(raw)
         except ValueError:
             raise ApiError(
                 status, f"the server at {self.url} answered with something that is not JSON"
             ) from None
+
+
+def _plain_http(
+    host: str,
+    port: int,
+    method: str,
+    target: str,
+    headers: dict[str, str],
+    data: bytes | None,
+    timeout: float,
+) -> tuple[int, str, bytes]:
+    """One HTTP/1.1 exchange over a plain socket (``Connection: close``).
+
+    The CLI's start-up budget is small and ``http.client`` alone costs ~50 ms to import
+    (it pulls in the email package); this covers what the dcsched API sends: a status
+    line, headers, and a body framed by Content-Length, chunks, or the connection's end.
+    Malformed responses raise ValueError.
+    """
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}:{port}", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    lines.append(f"Content-Length: {len(data) if data else 0}")
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (data or b"")
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(request)
+        chunks = []
+        while True:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    response = b"".join(chunks)
+    head, separator, body = response.partition(b"\r\n\r\n")
+    if not separator:
+        raise ValueError("incomplete HTTP response")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    version, _, rest = status_line.partition(" ")
+    code, _, reason = rest.partition(" ")
+    if not version.startswith("HTTP/") or not code.isdigit():
+        raise ValueError(f"not an HTTP response: {status_line[:80]!r}")
+    fields = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+    if "chunked" in fields.get("transfer-encoding", "").lower():
+        body = _unchunk(body)
+    elif "content-length" in fields:
+        length = int(fields["content-length"])
+        if len(body) < length:
+            raise ValueError("the response ended early")
+        body = body[:length]
+    return int(code), reason, body
+
+
+def _unchunk(body: bytes) -> bytes:
+    out = []
+    position = 0
+    while True:
+        line_end = body.index(b"\r\n", position)
+        size = int(body[position:line_end].split(b";")[0], 16)
+        if size == 0:
+            return b"".join(out)
+        start = line_end + 2
+        out.append(body[start : start + size])
+        position = start + size + 2
+
+
+def _https(
+    host: str,
+    port: int | None,
+    method: str,
+    target: str,
+    headers: dict[str, str],
+    data: bytes | None,
+    timeout: float,
+) -> tuple[int, str, bytes]:
+    """TLS goes through the standard library's client (imported only when needed)."""
+    import http.client
+
+    connection = http.client.HTTPSConnection(host, port, timeout=timeout)
+    try:
+        connection.request(method, target, body=data, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.reason, response.read()
+    except http.client.HTTPException as exc:
+        raise ValueError(str(exc) or type(exc).__name__) from None
+    finally:
+        connection.close()
 
 
 def _url_from_server_json(paths: Paths) -> str:

@@ -79,7 +79,10 @@ class _NoEvents:
 class ServiceConfig:
     priorities: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PRIORITY_CLASSES))
     reservation_timeout_s: float = 60.0
-    pass_interval_s: float = 0.25
+    # Passes run when woken (a submission, a cancel) and at least this often: quickly
+    # while jobs are admitted or running (to notice starts and ends), slowly when idle.
+    active_pass_interval_s: float = 0.1
+    idle_pass_interval_s: float = 1.0
 
 
 class SchedulerService:
@@ -164,27 +167,34 @@ class SchedulerService:
 
     def run_forever(self, stop: threading.Event) -> None:
         while not stop.is_set():
+            busy = True
             try:
-                self.tick()
+                busy = self.tick()
             except Exception:
                 logger.exception("scheduling pass failed; retrying next pass")
-            self._wake.wait(self.config.pass_interval_s)
+            interval = self.config.active_pass_interval_s
+            if not busy:
+                interval = self.config.idle_pass_interval_s
+            self._wake.wait(interval)
             self._wake.clear()
 
-    def tick(self) -> None:
+    def tick(self) -> bool:
+        """One pass; returns whether any job is admitted, running or pending."""
         with self._lock:
-            for job in self.store.list_jobs(states=ACTIVE_STATES):
+            active = self.store.list_jobs(states=ACTIVE_STATES)
+            for job in active:
                 try:
                     self._reconcile(job)
                 except Exception:
                     logger.exception("could not reconcile job %s; retrying next pass", job.id)
-            self._admit_pending()
+            pending = self._admit_pending()
+            return bool(active) or pending
 
-    def _admit_pending(self) -> None:
+    def _admit_pending(self) -> bool:
         pending = self.store.list_jobs(states=[JobState.PENDING])
         if not pending:
             self._positions = {}
-            return
+            return False
         active = self.store.list_jobs(states=ACTIVE_STATES)
         snapshot = self.cluster.snapshot().with_reservations(_reserved_by_node(active))
         by_id = {job.id: job for job in pending}
@@ -198,6 +208,7 @@ class SchedulerService:
                 positions[decision.job_id] = decision.position
         self._positions = positions
         self.store.set_reasons(reasons)
+        return True
 
     def _admit(self, job: Job, nodes: tuple[str, ...]) -> None:
         now = self.clock.now()

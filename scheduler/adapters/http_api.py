@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 
 class SubmitRequest(BaseModel):
-    spec: Any = Field(description="The job spec as a mapping; GET /v1/schema/job-spec describes it.")
+    spec: Any = Field(description="The job spec (a mapping); see GET /v1/schema/job-spec.")
 
 
 class ApiError(Exception):
@@ -151,11 +152,22 @@ def create_app(
         problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
         return JSONResponse({"error": "malformed request", "problems": problems}, 400)
 
+    final_progress: dict[str, dict[str, Any] | None] = {}
+
+    def progress_of(job: Job) -> dict[str, Any] | None:
+        if job.state is JobState.PENDING:
+            return None
+        if job.id in final_progress:  # an ended job's progress never changes
+            return final_progress[job.id]
+        progress = last_progress(paths.run_dir(job.id))
+        if job.state.is_terminal():
+            if len(final_progress) > 100_000:
+                final_progress.clear()
+            final_progress[job.id] = progress
+        return progress
+
     def view(job: Job) -> dict[str, Any]:
-        progress = None
-        if job.state is not JobState.PENDING:
-            progress = last_progress(paths.run_dir(job.id))
-        return job_view(job, service.position(job.id), progress)
+        return job_view(job, service.position(job.id), progress_of(job))
 
     def get_job_or_404(job_id: str) -> Job:
         job = store.get_job(job_id)
@@ -186,7 +198,7 @@ def create_app(
     @app.get("/v1/jobs")
     def list_jobs(
         state: str | None = None, team: str | None = None, limit: int | None = None
-    ) -> dict[str, Any]:
+    ) -> Response:
         states = None
         if state:
             try:
@@ -196,7 +208,10 @@ def create_app(
                 raise ApiError(400, f"unknown state {state!r}; states: {known}") from None
         if limit is not None and limit < 1:
             raise ApiError(400, "limit must be at least 1")
-        return {"jobs": [view(j) for j in store.list_jobs(states=states, team=team, limit=limit)]}
+        jobs = store.list_jobs(states=states, team=team, limit=limit)
+        # orjson directly: FastAPI's generic encoder costs ~0.1 s for 1,000 jobs.
+        body = orjson.dumps({"jobs": [view(j) for j in jobs]})
+        return Response(body, media_type="application/json")
 
     @app.get("/v1/jobs/{job_id}")
     def get_job(job_id: str) -> dict[str, Any]:

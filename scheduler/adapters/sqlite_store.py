@@ -379,10 +379,25 @@ def directory_checksum(directory: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+_SPEC_CACHE_SIZE = 100_000
+_spec_cache: dict[str, JobSpec] = {}
+
+
+def _spec_of(job_id: str, text: str) -> JobSpec:
+    """Specs never change after submission: parse each once (bounded cache)."""
+    spec = _spec_cache.get(job_id)
+    if spec is None:
+        spec = JobSpec.model_validate_json(text)
+        if len(_spec_cache) >= _SPEC_CACHE_SIZE:
+            _spec_cache.clear()
+        _spec_cache[job_id] = spec
+    return spec
+
+
 def _job_from_row(row: tuple[Any, ...]) -> Job:
     return Job(
         id=row[0],
-        spec=JobSpec.model_validate_json(row[1]),
+        spec=_spec_of(row[0], row[1]),
         state=JobState(row[2]),
         submitted_at=row[3],
         admitted_at=row[4],
