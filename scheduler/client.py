@@ -235,7 +235,7 @@ def _plain_http(
 
 
 def _unchunk(body: bytes) -> bytes:
-    out = []
+    out: list[bytes] = []
     position = 0
     while True:
         line_end = body.index(b"\r\n", position)
