@@ -215,11 +215,17 @@ class SchedulerService:
         job = self.store.transition(job.id, JobState.ADMITTED, now, None, nodes=nodes)
         try:
             self.executor.reserve(job, nodes)
+        except Exception as exc:
+            logger.exception("reserving resources for job %s failed", job.id)
+            self._requeue(job, f"could not reserve resources on Ray ({exc}); requeued")
+            return
+        # Starting is retried by later passes (see _reconcile) until the reservation
+        # timeout, so a slow or briefly unavailable Ray does not cost the job its place.
+        try:
             if self.executor.reservation_ready(job.id, timeout_s=2.0):
                 self._start(job)
-        except Exception as exc:
-            logger.exception("admitting job %s failed", job.id)
-            self._requeue(job, f"could not reserve resources on Ray ({exc}); requeued")
+        except Exception:
+            logger.exception("starting job %s failed; retrying next pass", job.id)
 
     def _start(self, job: Job) -> None:
         run_dir = self.paths.run_dir(job.id)
@@ -241,15 +247,19 @@ class SchedulerService:
                 self._requeue(job, "Ray no longer knows this run (cluster restarted?); requeued")
                 return
             # ADMITTED but not started yet: make sure the reservation exists, then start.
-            self.executor.reserve(job, job.nodes)
-            if self.executor.reservation_ready(job.id, timeout_s=0.0):
-                self._start(job)
-            elif self.clock.now() - (job.admitted_at or 0) > self.config.reservation_timeout_s:
-                self._requeue(
-                    job,
-                    f"resources were not reserved within {self.config.reservation_timeout_s:g}s;"
-                    " requeued",
-                )
+            problem = "its resources were not reserved"
+            try:
+                self.executor.reserve(job, job.nodes)
+                if self.executor.reservation_ready(job.id, timeout_s=0.0):
+                    self._start(job)
+                    return
+            except Exception as exc:
+                logger.warning("starting job %s failed (%s); retrying", job.id, exc)
+                problem = f"it could not be started ({exc})"
+            waited = self.clock.now() - (job.admitted_at or 0)
+            if waited > self.config.reservation_timeout_s:
+                timeout = self.config.reservation_timeout_s
+                self._requeue(job, f"{problem} within {timeout:g}s; requeued")
             return
         if status.phase is RunPhase.RUNNING and job.state is JobState.ADMITTED:
             now = self.clock.now()

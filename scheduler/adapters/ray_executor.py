@@ -73,12 +73,14 @@ class RayExecutor:
         dashboard_url: str,
         python: str = sys.executable,
         run_in_group: Callable[[Job], bool] = needs_group_task,
+        agent_wait_s: float = 30.0,
     ):
         from ray.job_submission import JobSubmissionClient
 
         self.dashboard_url = dashboard_url
         self.python = python
         self.run_in_group = run_in_group
+        self.agent_wait_s = agent_wait_s
         self._client = JobSubmissionClient(dashboard_url)
 
     # -- reservations ------------------------------------------------------------------
@@ -137,18 +139,28 @@ class RayExecutor:
         else:
             argv = ["-m", "dcsched.training.runner", str(run_dir)]
         entrypoint = shlex.join([self.python, *argv])
-        self._client.submit_job(
-            entrypoint=entrypoint,
-            submission_id=job.id,
-            metadata={
+        submit_args: dict[str, Any] = {
+            "entrypoint": entrypoint,
+            "submission_id": job.id,
+            "metadata": {
                 "dcsched_team": job.team,
                 "dcsched_kind": job.kind,
                 "dcsched_name": job.name,
-                "dcsched_resources": (f"{job.workers}x {job.per_worker.describe()}"),
+                "dcsched_resources": f"{job.workers}x {job.per_worker.describe()}",
             },
-            entrypoint_num_cpus=0,
-            entrypoint_label_selector={NODE_ID_LABEL: job.nodes[0]} if job.nodes else None,
-        )
+            "entrypoint_num_cpus": 0,
+            "entrypoint_label_selector": {NODE_ID_LABEL: job.nodes[0]} if job.nodes else None,
+        }
+        # A dashboard that has just started may have no job agent yet; Ray says to retry.
+        deadline = time.monotonic() + self.agent_wait_s
+        while True:
+            try:
+                self._client.submit_job(**submit_args)
+                return
+            except RuntimeError as exc:
+                if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.5)
 
     def status(self, job_id: str) -> RunStatus | None:
         try:

@@ -132,6 +132,15 @@ def start(
         f"--dashboard-port={dashboard_port}",
         f"--num-cpus={cpus:g}",
         f"--temp-dir={temp_dir}",
+        # Every listening port explicit, so that two heads on one machine (a test
+        # suite's and a user's) never collide on Ray's fixed defaults.
+        f"--dashboard-agent-listen-port={_free_port()}",
+        f"--dashboard-agent-grpc-port={_free_port()}",
+        f"--metrics-export-port={_free_port()}",
+        f"--runtime-env-agent-port={_free_port()}",
+        f"--node-manager-port={_free_port()}",
+        f"--object-manager-port={_free_port()}",
+        f"--ray-client-server-port={_free_port()}",
     ]
     if num_gpus is not None:
         cmd.append(f"--num-gpus={num_gpus:g}")

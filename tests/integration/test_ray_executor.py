@@ -1,0 +1,165 @@
+"""The Ray executor on a real multi-node cluster (ray.cluster_utils.Cluster): reservations
+land exactly on the nodes the decision chose, the driver runs on the first worker's node,
+both run paths train for real, and releasing frees the resources."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dcsched.core.job import Job
+from dcsched.core.lifecycle import JobState
+from dcsched.core.spec import load_spec_yaml
+from dcsched.ports import RunPhase
+from tests.conftest import EXAMPLES, free_port
+
+pytestmark = [pytest.mark.ray]
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_head: object) -> Iterator[Any]:
+    """A head with no CPUs and three 2-CPU worker nodes (token auth as the session head)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 0,
+            "include_dashboard": True,
+            "dashboard_port": free_port(),
+            "dashboard_host": "127.0.0.1",
+            "dashboard_agent_listen_port": free_port(),
+            "metrics_export_port": free_port(),
+            "runtime_env_agent_port": free_port(),
+        },
+    )
+    for index in range(3):
+        cluster.add_node(
+            num_cpus=2,
+            labels={"dcsched.io/rack": f"r{index}"},
+            metrics_export_port=free_port(),
+            runtime_env_agent_port=free_port(),
+        )
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, namespace="dcsched", logging_level="WARNING")
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def worker_nodes() -> list[str]:
+    from dcsched.adapters.ray_executor import RayClusterView
+
+    snapshot = RayClusterView().snapshot()
+    return sorted(n.id for n in snapshot.nodes if n.total.cpus > 0)
+
+
+def make_job(job_id: str, nodes: tuple[str, ...], epochs: int = 3) -> Job:
+    text = (EXAMPLES / "train-mlp.yaml").read_text().replace("epochs: 30", f"epochs: {epochs}")
+    text = text.replace("memory: 1GiB", "memory: 64MiB")
+    spec = load_spec_yaml(text)
+    return Job(job_id, spec, JobState.ADMITTED, submitted_at=time.time(), nodes=nodes)
+
+
+def run_to_end(executor: Any, job: Job, run_dir: Path, timeout: float = 180) -> RunPhase:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "spec.json").write_text(job.spec.model_dump_json())
+    executor.start(job, run_dir)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = executor.status(job.id)
+        assert status is not None
+        if status.phase.is_terminal():
+            return status.phase
+        time.sleep(0.2)
+    raise AssertionError(f"{job.id} did not finish")
+
+
+def test_cluster_view_reports_every_node_with_labels(cluster: Any) -> None:
+    from dcsched.adapters.ray_executor import RayClusterView
+
+    snapshot = RayClusterView().snapshot()
+    workers = [n for n in snapshot.nodes if n.total.cpus > 0]
+    assert len(workers) == 3 and all(n.alive for n in workers)
+    assert sorted(n.labels["dcsched.io/rack"] for n in workers) == ["r0", "r1", "r2"]
+    assert all(n.total.cpus == 2 and n.available.cpus == 2 for n in workers)
+
+
+@pytest.mark.parametrize("in_group", [False, True], ids=["driver-trains", "task-in-group"])
+def test_job_runs_where_the_decision_placed_it(
+    cluster: Any, tmp_path: Path, in_group: bool
+) -> None:
+    import ray
+    from ray.util import placement_group_table
+
+    from dcsched.adapters.ray_executor import RayClusterView, RayExecutor
+
+    executor = RayExecutor(
+        "http://" + cluster.webui_url
+        if not cluster.webui_url.startswith("http")
+        else cluster.webui_url,
+        run_in_group=lambda job: in_group,
+    )
+    target = worker_nodes()[1]
+    job = make_job(f"placed-{int(in_group)}-{time.time_ns()}", (target,))
+    executor.reserve(job, job.nodes)
+    assert executor.reservation_ready(job.id, timeout_s=30)
+    from ray.util import get_placement_group
+
+    table = placement_group_table(get_placement_group(f"dcsched-{job.id}"))
+    assert list(table["bundles_to_node_id"].values()) == [target]
+    held = {n.id: n.available.cpus for n in RayClusterView().snapshot().nodes}
+    assert held[target] == 1
+
+    phase = run_to_end(executor, job, tmp_path / job.id)
+    logs = executor.logs(job.id)
+    assert phase is RunPhase.SUCCEEDED, logs
+    info = executor._client.get_job_info(job.id)  # the Ray job, as the dashboard shows it
+    assert info.driver_node_id == target
+    assert info.metadata["dcsched_team"] == "research"
+    result = json.loads((tmp_path / job.id / "result.json").read_text())
+    assert result["metrics"]["accuracy"] > 0.8
+
+    executor.release(job.id)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if {n.id: n.available.cpus for n in RayClusterView().snapshot().nodes}[target] == 2:
+            break
+        time.sleep(0.2)
+    assert {n.id: n.available.cpus for n in RayClusterView().snapshot().nodes}[target] == 2
+    assert ray.is_initialized()
+
+
+def test_stop_ends_a_running_job(cluster: Any, tmp_path: Path) -> None:
+    from dcsched.adapters.ray_executor import RayExecutor
+
+    url = (
+        cluster.webui_url if cluster.webui_url.startswith("http") else "http://" + cluster.webui_url
+    )
+    executor = RayExecutor(url)
+    assert executor.status("never-submitted") is None
+    job = make_job(f"stopped-{time.time_ns()}", (worker_nodes()[0],), epochs=100000)
+    executor.reserve(job, job.nodes)
+    assert executor.reservation_ready(job.id, timeout_s=30)
+    run_dir = tmp_path / job.id
+    run_dir.mkdir()
+    (run_dir / "spec.json").write_text(job.spec.model_dump_json())
+    executor.start(job, run_dir)
+    executor.start(job, run_dir)  # idempotent: a second start is a no-op
+    deadline = time.monotonic() + 60
+    while executor.status(job.id).phase is not RunPhase.RUNNING:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.2)
+    executor.stop(job.id)
+    status = executor.status(job.id)
+    assert status is not None and status.phase is RunPhase.STOPPED
+    executor.release(job.id)
+    executor.release(job.id)  # idempotent
