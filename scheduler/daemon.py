@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dcsched.paths import Paths
+from dcsched.processes import pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -155,21 +156,6 @@ def _remove_if_ours(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still "exists"; treat it as dead.
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        return waited != pid
-    except ChildProcessError:
-        return True
-
-
 def _read_pid(path: Path) -> int | None:
     try:
         return int(path.read_text().strip())
@@ -192,7 +178,7 @@ def start_background(
     """Start the server detached (its own session), wait until it answers, return server.json."""
     ensure_home(paths)
     pid = _read_pid(paths.server_pid)
-    if pid is not None and _alive(pid) and paths.server_json.exists():
+    if pid is not None and pid_alive(pid) and paths.server_json.exists():
         record: dict[str, Any] = json.loads(paths.server_json.read_text())
         if _info_ok(record["url"], ensure_api_token(paths)):
             record["already_running"] = True
@@ -235,12 +221,12 @@ def stop_background(paths: Paths, stop_ray: bool = True, timeout: float = 30.0) 
 
     messages = []
     pid = _read_pid(paths.server_pid)
-    if pid is not None and _alive(pid):
+    if pid is not None and pid_alive(pid):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if _alive(pid):
+        if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
         messages.append(f"stopped the dcsched server (pid {pid})")
     else:

@@ -18,7 +18,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dcsched.paths import Paths
+from dcsched.processes import free_port, pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -61,27 +61,6 @@ def ensure_token(paths: Paths) -> Path:
     return token
 
 
-def _free_port(preferred: int | None = None) -> int:
-    for candidate in ([preferred] if preferred else []) + [0]:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", candidate))
-            except OSError:
-                continue
-            return int(sock.getsockname()[1])
-    raise RuntimeError("no free port")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _dashboard_up(url: str) -> bool:
     """True once the dashboard answers at all (401 included: token auth is on)."""
     try:
@@ -99,7 +78,7 @@ def find_running(paths: Paths) -> RayHead | None:
     if not record.exists():
         return None
     head = RayHead(**json.loads(record.read_text()))
-    return head if _alive(head.pid) else None
+    return head if pid_alive(head.pid) else None
 
 
 def start(
@@ -116,8 +95,8 @@ def start(
     # Ray's socket paths must stay short: keep its temp dir under /tmp, keyed by home.
     key = hashlib.sha256(str(paths.home.resolve()).encode()).hexdigest()[:10]
     temp_dir = Path(tempfile.gettempdir()) / f"dcsched-ray-{key}"
-    gcs_port = _free_port()
-    dashboard_port = _free_port(PREFERRED_DASHBOARD_PORT)
+    gcs_port = free_port()
+    dashboard_port = free_port(PREFERRED_DASHBOARD_PORT)
     cpus = num_cpus if num_cpus is not None else float(os.cpu_count() or 1)
     ray_bin = str(Path(sys.executable).with_name("ray"))
     cmd = [
@@ -134,13 +113,13 @@ def start(
         f"--temp-dir={temp_dir}",
         # Every listening port explicit, so that two heads on one machine (a test
         # suite's and a user's) never collide on Ray's fixed defaults.
-        f"--dashboard-agent-listen-port={_free_port()}",
-        f"--dashboard-agent-grpc-port={_free_port()}",
-        f"--metrics-export-port={_free_port()}",
-        f"--runtime-env-agent-port={_free_port()}",
-        f"--node-manager-port={_free_port()}",
-        f"--object-manager-port={_free_port()}",
-        f"--ray-client-server-port={_free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
     ]
     if num_gpus is not None:
         cmd.append(f"--num-gpus={num_gpus:g}")
@@ -200,15 +179,7 @@ def stop_pid(pid: int, timeout_s: float = 60.0) -> None:
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            waited, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            waited = 0
-            if not _alive(pid):
-                break
-        if waited == pid:
-            break
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     # Whatever is left of the head's own process group (it was started in a new session,
     # so the group holds only its processes) is ended too.
