@@ -20,6 +20,9 @@ class NodeState:
     total: Resources
     available: Resources
     labels: Mapping[str, str] = field(default_factory=dict)
+    utilization: float | None = None
+    """Measured busyness, 0..1 (the larger of CPU and GPU use), work outside dcsched
+    included; None when not measured. Used by the least-loaded placement policy."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,14 @@ class ClusterSnapshot:
                 memory=max(0, min(node.available.memory, cap.memory)),
             )
             nodes.append(
-                NodeState(node.id, node.address, node.alive, node.total, available, node.labels)
+                NodeState(
+                    node.id,
+                    node.address,
+                    node.alive,
+                    node.total,
+                    available,
+                    node.labels,
+                    node.utilization,
+                )
             )
         return ClusterSnapshot(tuple(nodes))

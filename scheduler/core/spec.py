@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from dcsched.core.resources import Resources
-from dcsched.core.units import parse_memory
+from dcsched.core.units import parse_duration, parse_memory
 
 SLUG_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 SUPPORTED_KINDS = ("train",)
@@ -46,6 +46,13 @@ def _memory(value: Any) -> int:
 
 
 MemoryBytes = Annotated[int, BeforeValidator(_memory), Field(gt=0)]
+
+
+def _duration(value: Any) -> Any:
+    return None if value is None else parse_duration(value)
+
+
+DurationSeconds = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
 
 
 class _Strict(BaseModel):
@@ -126,6 +133,27 @@ class JobSpec(_Strict):
     model: ModelSpec
     data: DataSpec
     train: TrainSpec = Field(default_factory=lambda: TrainSpec())
+    max_runtime: DurationSeconds | None = Field(
+        None,
+        description="Longest the job may run (e.g. 30m, 2h); it is stopped after that. "
+        "Backfill and start estimates use it.",
+    )
+    placement: Literal["binpack", "spread", "least-loaded"] | None = Field(
+        None, description="Placement policy for this job; the cluster's policy if unset."
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Node labels the job's nodes must carry, e.g. {dcsched.io/gpu-type: A100}.",
+    )
+    preemptible: bool | None = Field(
+        None,
+        description="false keeps the job from being preempted, if its priority class allows.",
+    )
+    depends_on: list[str] = Field(
+        default_factory=list,
+        description="Job ids that must succeed before this job starts.",
+        max_length=64,
+    )
 
 
 def parse_spec(document: Any) -> JobSpec:

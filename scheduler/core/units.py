@@ -64,3 +64,37 @@ def format_bytes(n: int) -> str:
             return f"{size:.1f}{unit}".replace(".0", "")
         size /= 1024
     raise AssertionError("unreachable")
+
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s|ms)")
+_DURATION_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds from ``90``, ``"90s"``, ``"30m"``, ``"2h"``, ``"1d"`` or ``"1h30m"``."""
+    if isinstance(value, bool):
+        raise ValueError("a duration must be like 30m or 2h, not a boolean")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"a duration must not be negative, got {value}")
+        return float(value)
+    text = value.strip().lower().replace(" ", "")
+    if text and _DURATION_RE.sub("", text) == "":
+        return sum(float(n) * _DURATION_SECONDS[u] for n, u in _DURATION_RE.findall(text))
+    if text.replace(".", "", 1).isdigit():
+        return float(text)
+    raise ValueError(f"duration {value!r} is not understood; write e.g. 90s, 30m, 2h or 1h30m")
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"

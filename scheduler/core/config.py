@@ -1,0 +1,166 @@
+"""The cluster configuration (``dcsched.yaml``): teams and their quotas, cohorts, fair-share
+weights, priority classes, and the queueing and placement policies in force.
+
+One schema, used by the live scheduler (``dcsched config apply FILE`` and at start) and by
+the simulator. Without a file, the defaults below apply: priority ordering, binpack
+placement, the three default priority classes, and teams without quotas.
+
+Words:
+- nominal quota: what a team is guaranteed; ``None`` for a resource means unlimited.
+- cohort: a set of teams that lend each other their unused nominal quota.
+- borrowing limit: the most a team may use beyond its nominal quota (``None``: no limit
+  beyond what its cohort can lend). lending limit: the most of a team's unused quota that
+  others may borrow (``None``: all of it).
+- weight: a team's fair-share weight; under ``fair`` queueing a team with weight 2 gets
+  twice the dominant share of one with weight 1.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from dcsched.core.resources import Resources
+from dcsched.core.spec import (
+    SLUG_PATTERN,
+    DurationSeconds,
+    SpecError,
+    describe_validation_error,
+    load_yaml_mapping,
+)
+from dcsched.core.units import parse_memory
+
+QueueingPolicy = Literal["fifo", "priority", "fair"]
+PlacementPolicy = Literal["binpack", "spread", "least-loaded"]
+GPU_TYPE_LABEL = "dcsched.io/gpu-type"
+
+
+def _optional_memory(value: Any) -> Any:
+    return None if value is None else parse_memory(value)
+
+
+OptionalMemory = Annotated[int | None, BeforeValidator(_optional_memory)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Quota(_Strict):
+    """An amount of each resource; ``None`` means unlimited."""
+
+    cpus: float | None = Field(None, ge=0)
+    gpus: float | None = Field(None, ge=0)
+    memory: OptionalMemory = Field(None, ge=0)
+    gpu_types: dict[str, float] = Field(
+        default_factory=dict,
+        description="GPUs per GPU type (node label dcsched.io/gpu-type), within `gpus`.",
+    )
+
+    def caps(self) -> Resources:
+        """The quota as a Resources value, unlimited components as infinity."""
+        inf = float("inf")
+        return Resources(
+            cpus=inf if self.cpus is None else self.cpus,
+            gpus=inf if self.gpus is None else self.gpus,
+            memory=2**62 if self.memory is None else self.memory,
+        )
+
+
+class PriorityClass(_Strict):
+    name: str = Field(pattern=SLUG_PATTERN)
+    value: int
+    preemptible: bool = Field(True, description="Whether jobs of this class may be preempted.")
+
+
+class Team(_Strict):
+    name: str = Field(pattern=SLUG_PATTERN)
+    cohort: str | None = Field(None, pattern=SLUG_PATTERN)
+    weight: float = Field(1.0, gt=0)
+    quota: Quota = Field(default_factory=lambda: Quota())
+    borrowing_limit: Quota | None = None
+    lending_limit: Quota | None = None
+
+
+class Queueing(_Strict):
+    policy: QueueingPolicy = "priority"
+    backfill: bool = Field(False, description="Let later jobs start if they delay no one.")
+    preemption: bool = Field(True, description="Let higher priority and reclaims preempt.")
+    fair_share_half_life: DurationSeconds = Field(
+        6 * 3600.0, description="Half-life of past usage under `fair` queueing (e.g. 6h)."
+    )
+
+
+DEFAULT_PRIORITY_CLASSES = (
+    PriorityClass(name="low", value=0, preemptible=True),
+    PriorityClass(name="normal", value=100, preemptible=True),
+    PriorityClass(name="high", value=1000, preemptible=False),
+)
+
+
+class ClusterConfig(_Strict):
+    queueing: Queueing = Field(default_factory=lambda: Queueing())
+    placement: PlacementPolicy = "binpack"
+    priority_classes: tuple[PriorityClass, ...] = DEFAULT_PRIORITY_CLASSES
+    teams: tuple[Team, ...] = ()
+    unlisted_teams: Literal["allow", "reject"] = Field(
+        "allow",
+        description="allow: a team not listed runs without quota (weight 1, no cohort).",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClusterConfig:
+        problems = []
+        names = [c.name for c in self.priority_classes]
+        if len(set(names)) != len(names):
+            problems.append("priority_classes: names must be unique")
+        if "normal" not in names:
+            problems.append("priority_classes: a class named 'normal' is required (the default)")
+        teams = [t.name for t in self.teams]
+        if len(set(teams)) != len(teams):
+            problems.append("teams: names must be unique")
+        for team in self.teams:
+            quota = team.quota
+            typed = sum(quota.gpu_types.values())
+            if quota.gpus is not None and typed > quota.gpus + 1e-9:
+                problems.append(
+                    f"teams.{team.name}.quota: gpu_types add up to {typed:g}, "
+                    f"more than gpus ({quota.gpus:g})"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # -- lookups -------------------------------------------------------------------------
+
+    def priority_values(self) -> dict[str, int]:
+        return {c.name: c.value for c in self.priority_classes}
+
+    def priority_class(self, name: str) -> PriorityClass | None:
+        return next((c for c in self.priority_classes if c.name == name), None)
+
+    def team(self, name: str) -> Team | None:
+        """The team's settings; an unlisted team gets defaults if unlisted teams are allowed."""
+        found = next((t for t in self.teams if t.name == name), None)
+        if found is None and self.unlisted_teams == "allow":
+            return Team(name=name)
+        return found
+
+    def cohort_members(self, cohort: str) -> tuple[Team, ...]:
+        return tuple(t for t in self.teams if t.cohort == cohort)
+
+
+def parse_config(document: Any) -> ClusterConfig:
+    if document is None:
+        return ClusterConfig()
+    if not isinstance(document, dict):
+        raise SpecError([f"the configuration must be a mapping, not a {type(document).__name__}"])
+    try:
+        return ClusterConfig.model_validate(document)
+    except ValidationError as exc:
+        raise SpecError(describe_validation_error(exc)) from None
+
+
+def load_config_yaml(text: str) -> ClusterConfig:
+    return parse_config(load_yaml_mapping(text))
