@@ -45,6 +45,7 @@ demo-down:
 bench: install
 	$(BIN)/python bench/train_overhead.py
 	$(BIN)/python bench/cli_latency.py
+	$(BIN)/python bench/admission.py
 
 clean:
 	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache

@@ -1,26 +1,102 @@
-"""One admission pass: which pending jobs start now, and why the others wait.
+"""One admission pass: which pending jobs start now, which jobs are preempted to make room,
+and why every other job waits.
 
-Input: the pending jobs, a cluster snapshot and the priority classes. Output: one
-decision per pending job, in queue order. The pass is strict priority-then-FIFO: once a
-job cannot be placed, the jobs after it wait behind it (no backfill yet), so a large
-job at the head is never starved by a stream of small ones.
+``plan(SchedulingInput)`` decides against a frozen snapshot (pending jobs, the active
+jobs that hold resources, the cluster's free capacity, the configuration, ``now``) and
+returns one decision per pending job, in queue order:
+
+- ``Admit(job, nodes)``: start now on these nodes (one per worker); ``borrowed`` when the
+  team goes beyond its nominal quota by borrowing from its cohort.
+- ``Preempt(job, victims, reason)``: evict these active jobs so that ``job`` fits; the
+  job itself is admitted by a later pass once they are gone.
+- ``Wait(job, position, reason, estimated_start)``: not now; ``position`` is 1-based
+  among the waiting jobs in queue order.
+- ``Cancel(job, reason)``: it can never start (a dependency failed or does not exist).
+
+The pass, in order:
+1. Dependencies: a job waits until every job in ``depends_on`` SUCCEEDED; a FAILED,
+   CANCELLED or unknown dependency cancels it. A job that can never fit the cluster as it
+   is now, or whose team is refused, waits too. Such jobs block no one.
+2. Queue order (``queueing.policy``): ``fifo``: submit time, then id. ``priority``:
+   priority class value (higher first), then submit time, then id. ``fair``: weighted
+   dominant-resource fairness with memory of the past. A team's share is
+
+       share(t) = max over r in {CPUs, GPUs, memory} with C_r > 0 of
+                  (A_t,r + U_t,r * ln 2 / H) / C_r,   divided by weight(t)
+
+   where C is the alive cluster's total, A the team's current allocation (its active
+   jobs, plus the jobs ordered before in this pass), U its decayed past usage in
+   resource-seconds (``fairshare.decayed_usage``) and H ``fair_share_half_life``;
+   ``U * ln 2 / H`` is the team's exponentially weighted average allocation, so a team
+   that held half the GPUs for the last few half-lives counts as holding half now.
+   The order repeatedly takes the team with the lowest share (ties by name), appends its
+   next job (priority class, then submit time, then id) and adds that job's resources
+   to A. Jobs decided in step 1 are appended without changing the share.
+3. Walk the queue. Quota (``quota.QuotaLedger``) first: a job its team's quota blocks
+   waits and blocks no other job. A job that would have to borrow is decided after all
+   the others, in queue order, so nominal quota goes before borrowing (and a team that
+   reclaimed its quota gets it before the borrower's requeued jobs). Then capacity
+   (``placement.CapacityIndex``, policy ``spec.placement`` or ``config.placement``,
+   ``spec.node_selector``; gangs are all or nothing and the index never over-commits).
+   The first job that does not fit is the
+   head: without backfill every later job waits behind it ("queued behind J"), so a big
+   job is not starved by a stream of small ones. With ``backfill`` (EASY): the head's
+   reserved start T and nodes R are the earliest time and place it fits, as the active
+   jobs (and those admitted in this pass) end at ``started_at`` (or ``admitted_at``) +
+   ``max_runtime``; a later job starts now only if it fits now and either ends by T (by
+   its own ``max_runtime``) or uses no node of R. A job without ``max_runtime`` is never
+   backfilled; if T cannot be computed (some needed job has no ``max_runtime``) nothing
+   is backfilled past the head.
+4. Preemption (``queueing.preemption``), tried by a job that blocks on quota or
+   capacity while no head blocks the queue: (a) lower-priority jobs of the same team;
+   (b) jobs of other teams of its cohort that borrow, when the job's team stays within
+   its nominal quota (reclaim). Never a job whose class is not preemptible or whose spec
+   says ``preemptible: false``; never a job another ``Preempt`` of this pass claimed;
+   never a same-team job that, requeued, would queue ahead of the job it makes way for
+   (under ``fifo``: one submitted earlier), so victims cannot take the room back.
+   Victims are chosen to lose the least work (fewest resource-seconds of progress: the
+   most recently started first; GPU-seconds, then CPU-seconds): the cheapest are added
+   until the job fits, any not needed are dropped, and one victim that alone makes room
+   for less replaces the set; and only if with them gone the job passes quota and
+   placement on a copy of the index. The room the job will use is then held for it in
+   this pass (quota and capacity), so no later job takes it.
+5. Estimated starts: the waiting jobs that wait for capacity are replayed in queue order
+   on a timeline where active and just-admitted jobs end by their ``max_runtime``; a job
+   gets the time it would start in strict order, or None once the timeline runs out of
+   known ends. Quota and dependency waits get None.
+
+Invariants: one decision per pending job; deterministic (every tie breaks by id);
+resources are never over-committed and gangs are whole; a team exceeds its nominal
+quota only by borrowing within limits (see ``quota``); victims are active, preemptible
+and claimed once. Speed: one ``CapacityIndex`` per pass, "cannot fit" answers cached
+per (shape, selector, policy) while capacity only shrinks, quota checks O(1) per job.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import heapq
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from dcsched.core.cluster import ClusterSnapshot
+from dcsched.core.config import ClusterConfig, PlacementPolicy, PriorityClass
 from dcsched.core.job import Job
-from dcsched.core.placement import NoFit, fits_cluster_at_all, place_gang
+from dcsched.core.lifecycle import JobState
+from dcsched.core.placement import CapacityIndex, NoFit, Placement, fits_cluster_at_all
+from dcsched.core.quota import QuotaFit, QuotaLedger, job_gpu_type
 from dcsched.core.resources import Resources
+from dcsched.core.units import format_duration
+
+_LN2 = math.log(2.0)
+_SINGLE_VICTIM_TRIES = 32
 
 
 @dataclass(frozen=True)
 class Admit:
     job_id: str
     nodes: tuple[str, ...]
+    borrowed: bool = False
 
 
 @dataclass(frozen=True)
@@ -28,48 +104,694 @@ class Wait:
     job_id: str
     position: int
     reason: str
+    estimated_start: float | None = None
 
 
-Decision = Admit | Wait
+@dataclass(frozen=True)
+class Preempt:
+    """Evict ``victims`` so that ``job_id`` fits; ``reason`` goes into each victim's
+    history."""
+
+    job_id: str
+    victims: tuple[str, ...]
+    reason: str
 
 
-def queue_order(jobs: Sequence[Job], priorities: Mapping[str, int]) -> list[Job]:
-    """Higher priority class first, then earlier submission, then id."""
-    return sorted(jobs, key=lambda j: (-priorities.get(j.priority, 0), j.submitted_at, j.id))
+@dataclass(frozen=True)
+class Cancel:
+    job_id: str
+    reason: str
 
 
-def plan_admissions(
-    pending: Sequence[Job],
-    cluster: ClusterSnapshot,
-    priorities: Mapping[str, int],
-) -> list[Decision]:
-    free: dict[str, Resources] = {n.id: n.available for n in cluster.alive_nodes()}
-    decisions: list[Decision] = []
-    blocked_by: Job | None = None
-    position = 0
-    for job in queue_order(pending, priorities):
-        if blocked_by is not None:
-            position += 1
-            decisions.append(
-                Wait(job.id, position, f"queued behind {blocked_by.id} (priority, then FIFO order)")
+Decision = Admit | Wait | Preempt | Cancel
+
+
+@dataclass(frozen=True)
+class SchedulingInput:
+    """Everything one pass decides against. ``active``: ADMITTED and RUNNING jobs, which
+    hold their resources on ``job.nodes``; ``past_usage``: decayed resource-seconds per
+    team (``fairshare.decayed_usage``), used by ``fair``; ``job_states``: the state of
+    every job named in some ``depends_on`` (pending and active jobs are known anyway)."""
+
+    pending: Sequence[Job]
+    active: Sequence[Job]
+    cluster: ClusterSnapshot
+    config: ClusterConfig
+    now: float
+    past_usage: Mapping[str, Resources] = field(default_factory=dict)
+    job_states: Mapping[str, JobState] = field(default_factory=dict)
+
+
+_SelectorKey = tuple[tuple[str, str], ...]
+_Shape = tuple[Resources, int, str, _SelectorKey]
+_ORDER_WORDS = {
+    "fifo": "submit time order",
+    "priority": "priority, then submit time",
+    "fair": "fair-share order",
+}
+
+
+@dataclass(slots=True)
+class _Item:
+    """A pending job with what the pass needs of it, computed once."""
+
+    job: Job
+    team: str
+    per_worker: Resources
+    workers: int
+    total: Resources
+    gpu_type: str | None
+    selector: Mapping[str, str] | None
+    policy: PlacementPolicy
+    prio: int
+    runtime: float | None
+    shape: _Shape
+    early: Cancel | str | None = None  # decided in step 1: a Cancel, or a wait reason
+
+
+@dataclass(slots=True)
+class _Running:
+    """An active job: what it holds, since when, until when (if known)."""
+
+    job: Job
+    team: str
+    per_worker: Resources
+    nodes: tuple[str, ...]
+    total: Resources
+    gpu_type: str | None
+    prio: int
+    preemptible: bool
+    start: float
+    end: float | None
+
+
+@dataclass(order=True, slots=True)
+class _Release:
+    at: float
+    seq: int
+    nodes: tuple[str, ...] = field(compare=False)
+    per_worker: Resources = field(compare=False)
+
+
+# -- public --------------------------------------------------------------------------------
+
+
+def plan(inp: SchedulingInput) -> list[Decision]:
+    """One decision per pending job, in queue order (see the module docstring)."""
+    return _Pass(inp).run()
+
+
+def queue_order(inp: SchedulingInput) -> list[Job]:
+    """The pending jobs in the order the pass considers them (for display)."""
+    p = _Pass(inp)
+    return [item.job for item in p.order()]
+
+
+def is_preemptible(job: Job, classes: Mapping[str, PriorityClass]) -> bool:
+    """A job may be preempted when its class allows it and its spec does not say false.
+    A job of an unknown class is preemptible unless its spec says false."""
+    cls = classes.get(job.priority)
+    if cls is not None and not cls.preemptible:
+        return False
+    return job.spec.preemptible is not False
+
+
+# -- the pass ------------------------------------------------------------------------------
+
+
+class _Pass:
+    def __init__(self, inp: SchedulingInput) -> None:
+        self.inp = inp
+        self.config = inp.config
+        self.now = inp.now
+        self.classes = {c.name: c for c in inp.config.priority_classes}
+        self.queueing = inp.config.queueing
+        self._sizes: dict[tuple[float, float, int, int], tuple[Resources, Resources]] = {}
+        self.items = [self._item(job) for job in inp.pending]
+        self.running = [self._running(job) for job in inp.active]
+        self.running_by_team: dict[str, list[_Running]] = {}
+        for run in self.running:
+            self.running_by_team.setdefault(run.team, []).append(run)
+        self.ledger = QuotaLedger(inp.config, inp.active)
+        self.ledger_at_start = self.ledger.copy()
+        self._never: dict[_Shape, str | None] = {}
+        self._matching: dict[_SelectorKey, set[str]] = {}
+
+    def _prio(self, job: Job) -> int:
+        cls = self.classes.get(job.priority)
+        return cls.value if cls is not None else 0
+
+    def _item(self, job: Job) -> _Item:
+        spec = job.spec
+        request = spec.resources
+        workers = request.workers
+        size = (request.cpus, request.gpus, request.memory, workers)
+        sizes = self._sizes.get(size)
+        if sizes is None:  # one Resources per distinct request in a pass
+            per_worker = request.per_worker()
+            sizes = self._sizes[size] = (per_worker, per_worker.scaled(workers))
+        per_worker, total = sizes
+        selector = spec.node_selector or None
+        policy = spec.placement or self.config.placement
+        key = tuple(sorted(selector.items())) if selector else ()
+        return _Item(
+            job=job,
+            team=spec.team,
+            per_worker=per_worker,
+            workers=workers,
+            total=total,
+            gpu_type=job_gpu_type(job),
+            selector=selector,
+            policy=policy,
+            prio=self._prio(job),
+            runtime=spec.max_runtime,
+            shape=(per_worker, workers, policy, key),
+        )
+
+    def _running(self, job: Job) -> _Running:
+        start = job.started_at if job.started_at is not None else job.admitted_at
+        start = self.now if start is None else start
+        runtime = job.spec.max_runtime
+        per_worker = job.per_worker
+        return _Running(
+            job=job,
+            team=job.team,
+            per_worker=per_worker,
+            nodes=job.nodes,
+            total=per_worker.scaled(job.workers),
+            gpu_type=job_gpu_type(job),
+            prio=self._prio(job),
+            preemptible=is_preemptible(job, self.classes),
+            start=start,
+            end=None if runtime is None else max(self.now, start + runtime),
+        )
+
+    # -- step 1 ----------------------------------------------------------------------------
+
+    def _early(self) -> None:
+        states: dict[str, JobState] = dict(self.inp.job_states)
+        for job in self.inp.active:
+            states.setdefault(job.id, job.state)
+        for job in self.inp.pending:
+            states.setdefault(job.id, job.state)
+        for item in self.items:
+            item.early = self._early_one(item, states)
+
+    def _early_one(self, item: _Item, states: Mapping[str, JobState]) -> Cancel | str | None:
+        job_id = item.job.id
+        waiting_for = []
+        for dependency in item.job.spec.depends_on:
+            state = states.get(dependency)
+            if state is None:
+                return Cancel(job_id, f"dependency {dependency} does not exist")
+            if state == JobState.FAILED:
+                return Cancel(job_id, f"dependency {dependency} failed")
+            if state == JobState.CANCELLED:
+                return Cancel(job_id, f"dependency {dependency} was cancelled")
+            if state != JobState.SUCCEEDED:
+                waiting_for.append(dependency)
+        if waiting_for:
+            return f"waiting for {', '.join(waiting_for)} to succeed"
+        if not self.ledger.known(item.team):
+            return f"team {item.team} is not a team of this cluster (unlisted teams are refused)"
+        if item.shape not in self._never:
+            self._never[item.shape] = fits_cluster_at_all(
+                item.per_worker, item.workers, self.inp.cluster, item.selector
             )
-            continue
-        never = fits_cluster_at_all(job.per_worker, job.workers, cluster)
+        never = self._never[item.shape]
         if never is not None:
-            # The cluster shrank below this job (nodes died); it waits for them to return
-            # and does not block the queue, since it cannot start anyway.
-            position += 1
-            decisions.append(
-                Wait(job.id, position, f"cannot fit the cluster as it is now: {never}")
+            return f"cannot fit the cluster as it is now: {never}"
+        return None
+
+    # -- step 2 ----------------------------------------------------------------------------
+
+    def order(self) -> list[_Item]:
+        self._early()
+        policy = self.queueing.policy
+        if policy == "fifo":
+            return sorted(self.items, key=lambda i: (i.job.submitted_at, i.job.id))
+        if policy == "priority":
+            return sorted(self.items, key=lambda i: (-i.prio, i.job.submitted_at, i.job.id))
+        return self._fair_order()
+
+    def _fair_order(self) -> list[_Item]:
+        capacity = self.inp.cluster.total()
+        caps = [
+            (i, float(c)) for i, c in enumerate((capacity.cpus, capacity.gpus, capacity.memory))
+        ]
+        caps = [(i, c) for i, c in caps if c > 0]
+        scale = _LN2 / self.queueing.fair_share_half_life
+        alloc: dict[str, list[float]] = {}
+        for run in self.running:
+            a = alloc.setdefault(run.team, [0.0, 0.0, 0.0])
+            a[0] += run.total.cpus
+            a[1] += run.total.gpus
+            a[2] += run.total.memory
+        queues: dict[str, list[_Item]] = {}
+        for item in sorted(self.items, key=lambda i: (-i.prio, i.job.submitted_at, i.job.id)):
+            queues.setdefault(item.team, []).append(item)
+        weights: dict[str, float] = {}
+        for team in queues:
+            settings = self.config.team(team)
+            weights[team] = settings.weight if settings is not None else 1.0
+            past = self.inp.past_usage.get(team, Resources())
+            a = alloc.setdefault(team, [0.0, 0.0, 0.0])
+            a[0] += past.cpus * scale
+            a[1] += past.gpus * scale
+            a[2] += past.memory * scale
+
+        def share(team: str) -> float:
+            a = alloc[team]
+            dominant = max((a[i] / c for i, c in caps), default=0.0)
+            return dominant / weights[team]
+
+        heap = [(share(team), team) for team in queues]
+        heapq.heapify(heap)
+        cursor = dict.fromkeys(queues, 0)
+        order: list[_Item] = []
+        while heap:
+            _, team = heapq.heappop(heap)
+            queue = queues[team]
+            i = cursor[team]
+            item = queue[i]
+            cursor[team] = i + 1
+            order.append(item)
+            if item.early is None:
+                a = alloc[team]
+                a[0] += item.total.cpus
+                a[1] += item.total.gpus
+                a[2] += item.total.memory
+            if i + 1 < len(queue):
+                heapq.heappush(heap, (share(team), team))
+        return order
+
+    # -- step 3 and 4 ----------------------------------------------------------------------
+
+    def run(self) -> list[Decision]:
+        order = self.order()
+        self.index = CapacityIndex(self.inp.cluster.nodes)
+        self.alive = {n.id for n in self.inp.cluster.alive_nodes()}
+        self.nofit: dict[_Shape, str] = {}
+        self.claimed: set[str] = set()
+        self.extra: list[_Release] = []  # this pass's admissions and reservations
+        self.held_until: dict[str, float | None] = {}  # victims: freed when their taker ends
+        self.head: _Item | None = None
+        self.head_start: float | None = None
+        self.reserved: frozenset[str] = frozenset()
+        self.shadow: CapacityIndex | None = None
+        self.shadow_nofit: dict[_Shape, str] = {}
+        self.preempt_failed: dict[tuple[str, _SelectorKey], list[tuple[int, Resources]]] = {}
+        # Per job: a Decision, or (reason, waits for capacity) to become a Wait. Jobs
+        # that would borrow are decided after all others (nominal quota goes first).
+        results: list[Decision | tuple[str, bool]] = []
+        deferred: list[int] = []
+        for i, item in enumerate(order):
+            early = item.early
+            if isinstance(early, Cancel):
+                results.append(early)
+            elif early is not None:
+                results.append((early, False))
+            else:
+                fit = self.ledger.check(item.team, item.total, item.gpu_type)
+                if fit.kind == "borrows":
+                    deferred.append(i)
+                    results.append(("", False))  # decided below
+                else:
+                    results.append(self._decide(item, fit))
+        for i in deferred:
+            item = order[i]
+            results[i] = self._decide(item, self.ledger.check(item.team, item.total, item.gpu_type))
+
+        starts = self._estimates(order, results)
+        decisions: list[Decision] = []
+        position = 0
+        for item, result in zip(order, results, strict=True):
+            if isinstance(result, tuple):
+                position += 1
+                reason, _ = result
+                decisions.append(Wait(item.job.id, position, reason, starts.get(item.job.id)))
+            else:
+                decisions.append(result)
+        return decisions
+
+    def _decide(self, item: _Item, fit: QuotaFit) -> Decision | tuple[str, bool]:
+        """Quota, then capacity (head of line, backfill), then preemption, for one job."""
+        if not fit.ok:
+            preempt = None if self.head is not None else self._preempt(item, fit, None)
+            return preempt if preempt is not None else (fit.reason, False)
+        if self.head is not None:
+            behind = f"queued behind {self.head.job.id} ({_ORDER_WORDS[self.queueing.policy]})"
+            if not self.queueing.backfill:
+                return (behind, True)
+            return self._backfill(item, fit, behind)
+        placed = self._place(self.index, self.nofit, item)
+        if isinstance(placed, Placement):
+            return self._admit(item, fit, placed)
+        preempt = self._preempt(item, fit, placed)
+        if preempt is not None:
+            return preempt
+        self.head = item
+        if self.queueing.backfill:
+            self._reserve_head(item)
+        return (placed.reason, True)
+
+    def _place(
+        self, index: CapacityIndex, nofit: dict[_Shape, str], item: _Item
+    ) -> Placement | NoFit:
+        known = nofit.get(item.shape)
+        if known is not None:
+            return NoFit(known)
+        placed = index.place(item.per_worker, item.workers, item.policy, item.selector)
+        if isinstance(placed, NoFit):
+            nofit[item.shape] = placed.reason
+        return placed
+
+    def _admit(self, item: _Item, fit: QuotaFit, placed: Placement) -> Admit:
+        self.index.take(placed.nodes, item.per_worker)
+        if self.shadow is not None:
+            outside = [n for n in placed.nodes if n not in self.reserved]
+            if outside:
+                self.shadow.take(outside, item.per_worker)
+        self.ledger.take(item.team, item.total, item.gpu_type)
+        if item.runtime is not None:
+            self._release_later(self.now + item.runtime, placed.nodes, item.per_worker)
+        return Admit(item.job.id, placed.nodes, borrowed=fit.kind == "borrows")
+
+    def _release_later(self, at: float, nodes: Sequence[str], per_worker: Resources) -> None:
+        self.extra.append(_Release(at, len(self.extra), tuple(nodes), per_worker))
+
+    def _backfill(self, item: _Item, fit: QuotaFit, behind: str) -> Decision | tuple[str, bool]:
+        head = self.head
+        assert head is not None
+        if item.runtime is None:
+            return (f"{behind}; it has no max_runtime, so it is not backfilled", True)
+        if self.head_start is None or self.shadow is None:
+            return (
+                f"{behind}; {head.job.id}'s start cannot be estimated (jobs without "
+                "max_runtime hold what it needs), so nothing is backfilled past it",
+                True,
             )
-            continue
-        placement = place_gang(job.per_worker, job.workers, free)
-        if isinstance(placement, NoFit):
-            position += 1
-            decisions.append(Wait(job.id, position, f"waiting for resources: {placement.reason}"))
-            blocked_by = job
-            continue
-        for node in placement.nodes:
-            free[node] = free[node] - job.per_worker
-        decisions.append(Admit(job.id, placement.nodes))
-    return decisions
+        if self.now + item.runtime <= self.head_start + 1e-9:
+            placed = self._place(self.index, self.nofit, item)
+        else:
+            placed = self._place(self.shadow, self.shadow_nofit, item)
+        if isinstance(placed, Placement):
+            return self._admit(item, fit, placed)
+        return (
+            f"{behind}; backfilling it now would delay {head.job.id}'s reserved start "
+            f"(in {format_duration(self.head_start - self.now)})",
+            True,
+        )
+
+    # -- the timeline (head reservation and estimates) -----------------------------------
+
+    def _releases(self) -> list[_Release]:
+        """When held resources come back: active jobs by their expected end (victims when
+        the job that took their place ends), and what this pass admitted or held."""
+        releases = list(self.extra)
+        seq = len(releases)
+        for run in self.running:
+            end = run.end
+            if run.job.id in self.claimed:
+                end = self.held_until.get(run.job.id)
+            if end is None:
+                continue
+            nodes = tuple(n for n in run.nodes if n in self.alive)
+            if nodes:
+                releases.append(_Release(end, seq, nodes, run.per_worker))
+                seq += 1
+        heapq.heapify(releases)
+        return releases
+
+    def _reserve_head(self, item: _Item) -> None:
+        timeline = _Timeline(self.index.copy(), self._releases(), self.now)
+        found = timeline.earliest(item)
+        if found is None:
+            return
+        self.head_start, placement = found
+        self.reserved = frozenset(placement.nodes)
+        shadow = self.index.copy()
+        for node in sorted(self.reserved):
+            free = shadow.free(node)
+            if free.cpus > 0 or free.gpus > 0 or free.memory > 0:
+                shadow.take([node], free)
+        self.shadow = shadow
+
+    def _estimates(
+        self, order: Sequence[_Item], results: Sequence[Decision | tuple[str, bool]]
+    ) -> dict[str, float]:
+        waiting = [
+            item
+            for item, result in zip(order, results, strict=True)
+            if isinstance(result, tuple) and result[1]
+        ]
+        if not waiting:
+            return {}
+        timeline = _Timeline(self.index.copy(), self._releases(), self.now)
+        starts: dict[str, float] = {}
+        for item in waiting:
+            found = timeline.earliest(item, hold=True)
+            if found is None:
+                break  # strict order: nothing after it has a known start either
+            starts[item.job.id] = found[0]
+        return starts
+
+    # -- preemption ------------------------------------------------------------------------
+
+    def _preempt(self, item: _Item, fit: QuotaFit, placed: NoFit | None) -> Preempt | None:
+        """Try to make room for ``item`` by preemption; ``placed`` is None when only quota
+        blocks it (it fits capacity now), else why it does not fit now."""
+        if not self.queueing.preemption:
+            return None
+        failed = self.preempt_failed.setdefault((item.team, item.shape[3]), [])
+        for prio, total in failed:
+            if item.prio <= prio and total.fits_in(item.total):
+                return None  # a no-larger job of this team found no victims this pass
+        now_fits: Placement | None = None
+        if placed is None:
+            found = self._place(self.index, self.nofit, item)
+            if isinstance(found, NoFit):
+                placed = found
+            else:
+                now_fits = found
+        candidates = self._candidates(item, fit)
+        chosen = self._choose_victims(item, candidates, now_fits) if candidates else None
+        if chosen is None:
+            failed.append((item.prio, item.total))
+            return None
+        victims, placement = chosen
+        return self._claim(item, victims, placement, now_fits)
+
+    def _candidates(self, item: _Item, fit: QuotaFit) -> list[_Running]:
+        reclaim = fit.reclaimable or fit.kind == "fits-nominal"
+        cohort = set(self.ledger.cohort_members(item.team)) if reclaim else set()
+        # Teams that borrowed before this pass and still do (not ones that borrow only by
+        # this pass's admissions: those jobs are not running yet).
+        borrowing = {
+            t
+            for t in cohort
+            if t != item.team and self.ledger.borrowing(t) and self.ledger_at_start.borrowing(t)
+        }
+        matching: set[str] | None = None
+        if item.selector:
+            key = item.shape[3]
+            matching = self._matching.get(key)
+            if matching is None:
+                matching = self._matching[key] = {
+                    n.id
+                    for n in self.inp.cluster.alive_nodes()
+                    if all(n.labels.get(k) == v for k, v in key)
+                }
+        out: list[_Running] = []
+        for team in (item.team, *sorted(borrowing)):
+            out.extend(self._victim_candidates(item, fit, team, matching))
+
+        out.sort(key=lambda run: (self._lost(run), -run.start, run.job.id))
+        return out
+
+    def _victim_candidates(
+        self, item: _Item, fit: QuotaFit, team: str, matching: set[str] | None
+    ) -> Iterable[_Running]:
+        for run in self.running_by_team.get(team, ()):
+            if not run.preemptible or run.job.id in self.claimed:
+                continue
+            if run.team == item.team and not self._queued_after(run, item):
+                continue
+            if matching is not None and fit.ok and not any(n in matching for n in run.nodes):
+                continue  # frees nothing the job can use
+            yield run
+
+    def _queued_after(self, run: _Running, item: _Item) -> bool:
+        """Whether a same-team victim has a lower priority and, were it pending, would
+        queue after ``item`` (under fifo: submitted later). So a requeued victim cannot
+        take back the room before the job it made way for."""
+        if run.prio >= item.prio:
+            return False
+        if self.queueing.policy == "fifo":
+            return (run.job.submitted_at, run.job.id) > (item.job.submitted_at, item.job.id)
+        return True
+
+    def _fits_without(
+        self, item: _Item, victims: Iterable[_Running], now_fits: Placement | None
+    ) -> Placement | None:
+        index = self.index.copy() if now_fits is None else None
+        ledger = self.ledger.copy()
+        for run in victims:
+            ledger.give(run.team, run.total, run.gpu_type)
+            if index is not None:
+                index.give(run.nodes, run.per_worker)
+        if not ledger.check(item.team, item.total, item.gpu_type).ok:
+            return None
+        if index is None:
+            return now_fits
+        placed = index.place(item.per_worker, item.workers, item.policy, item.selector)
+        return placed if isinstance(placed, Placement) else None
+
+    def _choose_victims(
+        self, item: _Item, candidates: list[_Running], now_fits: Placement | None
+    ) -> tuple[list[_Running], Placement] | None:
+        if self._fits_without(item, candidates, now_fits) is None:
+            return None  # not even all of them make room
+        # Fewest resource-seconds lost: add the cheapest until the job fits ...
+        index = self.index.copy() if now_fits is None else None
+        ledger = self.ledger.copy()
+        chosen: list[_Running] = []
+        for run in candidates:
+            chosen.append(run)
+            ledger.give(run.team, run.total, run.gpu_type)
+            if index is not None:
+                index.give(run.nodes, run.per_worker)
+            if not ledger.check(item.team, item.total, item.gpu_type).ok:
+                continue
+            if index is None:
+                break
+            if isinstance(
+                index.place(item.per_worker, item.workers, item.policy, item.selector), Placement
+            ):
+                break
+        # ... then drop any that turned out not to be needed, the costliest first.
+        for run in reversed(list(chosen)):
+            if len(chosen) > 1:
+                rest = [r for r in chosen if r is not run]
+                if self._fits_without(item, rest, now_fits) is not None:
+                    chosen = rest
+        # One victim that loses less than the whole set beats it (a big job started a
+        # moment ago against several small ones that ran for a while).
+        if len(chosen) > 1:
+            cost = sum(self._lost(r) for r in chosen)
+            for run in candidates[:_SINGLE_VICTIM_TRIES]:
+                if self._lost(run) >= cost:
+                    break
+                if self._fits_without(item, [run], now_fits) is not None:
+                    chosen = [run]
+                    break
+        placement = self._fits_without(item, chosen, now_fits)
+        if placement is None:  # pragma: no cover - the loops above ended on a fit
+            return None
+        return chosen, placement
+
+    def _lost(self, run: _Running) -> float:
+        """Progress a preemption loses, in weighted resource-seconds (a GPU-second
+        outweighs any CPU-seconds; memory breaks ties)."""
+        elapsed = max(0.0, self.now - run.start)
+        t = run.total
+        return elapsed * (t.gpus * 1e6 + t.cpus + t.memory / 2**40)
+
+    def _claim(
+        self,
+        item: _Item,
+        victims: list[_Running],
+        placement: Placement,
+        now_fits: Placement | None,
+    ) -> Preempt:
+        ends = None if item.runtime is None else self.now + item.runtime
+        for run in victims:
+            self.claimed.add(run.job.id)
+            self.held_until[run.job.id] = ends
+            self.ledger.give(run.team, run.total, run.gpu_type)
+        self.ledger.take(item.team, item.total, item.gpu_type)
+        if now_fits is not None:
+            self.index.take(now_fits.nodes, item.per_worker)
+            if ends is not None:
+                self._release_later(ends, now_fits.nodes, item.per_worker)
+        else:
+            # Hold for the job whatever is free now of what it will use; the rest comes
+            # from its victims.
+            counts: dict[str, int] = {}
+            for node in placement.nodes:
+                counts[node] = counts.get(node, 0) + 1
+            for node, count in counts.items():
+                need = item.per_worker.scaled(count)
+                free = self.index.free(node)
+                hold = Resources(
+                    min(need.cpus, free.cpus),
+                    min(need.gpus, free.gpus),
+                    min(need.memory, free.memory),
+                )
+                if hold.cpus > 0 or hold.gpus > 0 or hold.memory > 0:
+                    self.index.take([node], hold)
+                    if ends is not None:
+                        self._release_later(ends, [node], hold)
+        return Preempt(item.job.id, tuple(r.job.id for r in victims), self._why(item, victims))
+
+    def _why(self, item: _Item, victims: Sequence[_Running]) -> str:
+        parts = []
+        same = [r for r in victims if r.team == item.team]
+        if same:
+            parts.append(
+                f"preempted for {item.job.id} of team {item.team}, whose priority class "
+                f"{item.job.priority} outranks it"
+            )
+        others = sorted({r.team for r in victims if r.team != item.team})
+        if others:
+            parts.append(
+                f"preempted: team {item.team} reclaims the quota that team "
+                f"{', '.join(others)} borrowed (for job {item.job.id})"
+            )
+        return "; ".join(parts)
+
+
+class _Timeline:
+    """Free capacity going forward in time as held resources come back."""
+
+    def __init__(self, index: CapacityIndex, releases: list[_Release], now: float) -> None:
+        self.index = index
+        self.releases = releases  # a heap
+        self.now = now
+        self.nofit: dict[_Shape, str] = {}
+        self.seq = len(releases) + 1_000_000
+        self._advance_to(now)
+
+    def _advance_to(self, at: float) -> None:
+        released = False
+        while self.releases and self.releases[0].at <= at:
+            r = heapq.heappop(self.releases)
+            self.index.give(r.nodes, r.per_worker)
+            released = True
+        if released:
+            self.nofit.clear()  # capacity grew: old answers no longer hold
+        self.now = max(self.now, at)
+
+    def earliest(self, item: _Item, hold: bool = False) -> tuple[float, Placement] | None:
+        """The earliest time (not before the timeline's present) and nodes where the job
+        fits; with ``hold``, it is then placed there until it ends. None if it never
+        fits by the known ends."""
+        while True:
+            if item.shape not in self.nofit:
+                placed = self.index.place(item.per_worker, item.workers, item.policy, item.selector)
+                if isinstance(placed, Placement):
+                    if hold:
+                        self.index.take(placed.nodes, item.per_worker)
+                        if item.runtime is not None:
+                            self.seq += 1
+                            heapq.heappush(
+                                self.releases,
+                                _Release(
+                                    self.now + item.runtime, self.seq, placed.nodes, item.per_worker
+                                ),
+                            )
+                    return self.now, placed
+                self.nofit[item.shape] = placed.reason
+            if not self.releases:
+                return None
+            self._advance_to(self.releases[0].at)

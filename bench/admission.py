@@ -1,0 +1,201 @@
+"""One admission pass (``dcsched.core.admission.plan``) over 10,000 pending jobs from 50
+teams on a 1,000-node, 8,000-GPU cluster snapshot, for each queueing policy with and
+without backfill. Prints one JSON line per policy. Floor: 5,000 decisions/s for every one.
+
+The snapshot: 1,000 nodes of 8 GPUs, 64 CPUs and 512 GiB (half labelled A100, half
+H100); a third of them partly used by ~500 active jobs (most with max_runtime). The
+queue: 1/2/4/8-GPU single-worker jobs and 2- and 4-worker gangs (~6 GPUs a job on
+average, so the cluster fills after ~1,100 of them), some pinned to a GPU type, three in
+four with max_runtime, three priority classes. Teams: 50, each with a nominal quota of
+1.5x its even share, in five cohorts with some lending and borrowing limits (so some
+jobs borrow, some are blocked by quota, some preempt), preemption on. ``fair`` gets
+random past usage. Timing covers ``plan()`` only (the input is built beforehand).
+
+Usage: python bench/admission.py [--pending N] [--nodes N] [--repeat N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import emit, machine
+
+from dcsched.core.admission import Admit, Cancel, Preempt, SchedulingInput, Wait, plan
+from dcsched.core.cluster import ClusterSnapshot, NodeState
+from dcsched.core.config import GPU_TYPE_LABEL, ClusterConfig
+from dcsched.core.job import Job
+from dcsched.core.lifecycle import JobState
+from dcsched.core.resources import Resources
+from dcsched.core.spec import JobSpec, parse_spec
+
+FLOOR = 5000.0
+GiB = 1024**3
+NOW = 1_000_000.0
+TEAMS = 50
+
+
+def spec_factory() -> Any:
+    cache: dict[tuple[Any, ...], JobSpec] = {}
+
+    def make(
+        team: str,
+        gpus: int,
+        workers: int,
+        priority: str,
+        runtime: float | None,
+        gpu_type: str | None,
+    ) -> JobSpec:
+        key = (team, gpus, workers, priority, runtime, gpu_type)
+        if key not in cache:
+            cache[key] = parse_spec(
+                {
+                    "name": "bench",
+                    "kind": "train",
+                    "team": team,
+                    "priority": priority,
+                    "resources": {
+                        "workers": workers,
+                        "cpus": 8 * gpus,
+                        "gpus": gpus,
+                        "memory": f"{64 * gpus}GiB",
+                    },
+                    "model": {"type": "mlp"},
+                    "data": {"source": "sklearn:iris"},
+                    "max_runtime": runtime,
+                    "node_selector": {GPU_TYPE_LABEL: gpu_type} if gpu_type else {},
+                }
+            )
+        return cache[key]
+
+    return make
+
+
+def build(pending_count: int, node_count: int, seed: int = 7) -> tuple[Any, ...]:
+    rng = random.Random(seed)
+    make = spec_factory()
+    teams = [f"team-{i:02d}" for i in range(TEAMS)]
+    per_node = Resources(64, 8, 512 * GiB)
+    used: dict[str, Resources] = {}
+    active: list[Job] = []
+    labels = {}
+    for i in range(node_count):
+        node_id = f"node-{i:04d}"
+        labels[node_id] = {GPU_TYPE_LABEL: "A100" if i % 2 == 0 else "H100"}
+        used[node_id] = Resources()
+        if i % 3 == 0:  # partly used: one or two active jobs of 1-4 GPUs
+            for _ in range(rng.randint(1, 2)):
+                gpus = rng.choice([1, 2, 4])
+                if not (used[node_id] + Resources(8 * gpus, gpus, 64 * gpus * GiB)).fits_in(
+                    per_node
+                ):
+                    continue
+                runtime = rng.choice([None, 3600.0, 7200.0, 4 * 3600.0])
+                spec = make(rng.choice(teams), gpus, 1, "normal", runtime, None)
+                started = NOW - rng.uniform(0, 3000)
+                active.append(
+                    Job(
+                        f"active-{len(active):05d}",
+                        spec,
+                        JobState.RUNNING,
+                        submitted_at=started - 10,
+                        admitted_at=started - 1,
+                        started_at=started,
+                        nodes=(node_id,),
+                    )
+                )
+                used[node_id] = used[node_id] + spec.resources.total()
+    nodes = tuple(
+        NodeState(n, "10.0.0.1", True, per_node, per_node - used[n], labels[n]) for n in labels
+    )
+    pending: list[Job] = []
+    shapes = [(1, 1), (2, 1), (4, 1), (8, 1), (8, 2), (8, 4), (4, 2)]
+    weights = [30, 20, 15, 15, 10, 5, 5]
+    for i in range(pending_count):
+        gpus, workers = rng.choices(shapes, weights)[0]
+        runtime = rng.choice([None, 1800.0, 3600.0, 4 * 3600.0])
+        gpu_type = rng.choice([None, None, "A100", "H100"])
+        priority = rng.choices(["low", "normal", "high"], [3, 6, 1])[0]
+        spec = make(rng.choice(teams), gpus, workers, priority, runtime, gpu_type)
+        pending.append(Job(f"job-{i:05d}", spec, JobState.PENDING, submitted_at=NOW - 5000 + i))
+    team_configs = []
+    for i, team in enumerate(teams):
+        entry: dict[str, Any] = {
+            "name": team,
+            "cohort": f"cohort-{i % 5}",
+            "weight": 1 + (i % 3),
+            "quota": {"gpus": 12 * node_count // TEAMS, "cpus": 96 * node_count // TEAMS},
+        }
+        if i % 4 == 0:
+            entry["lending_limit"] = {"gpus": 4 * node_count // TEAMS}
+        if i % 7 == 0:
+            entry["borrowing_limit"] = {"gpus": 8}
+        team_configs.append(entry)
+    past = {
+        team: Resources(rng.uniform(0, 1e7), rng.uniform(0, 1e6), int(rng.uniform(0, 1e16)))
+        for team in teams
+    }
+    return ClusterSnapshot(nodes), active, pending, team_configs, past
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--pending", type=int, default=10_000)
+    parser.add_argument("--nodes", type=int, default=1_000)
+    parser.add_argument("--repeat", type=int, default=1, help="passes per policy; best is kept")
+    args = parser.parse_args()
+    cluster, active, pending, team_configs, past = build(args.pending, args.nodes)
+    for policy in ("fifo", "priority", "fair"):
+        for backfill in (False, True):
+            config = ClusterConfig.model_validate(
+                {
+                    "queueing": {"policy": policy, "backfill": backfill, "preemption": True},
+                    "teams": team_configs,
+                }
+            )
+            inp = SchedulingInput(
+                pending=pending,
+                active=active,
+                cluster=cluster,
+                config=config,
+                now=NOW,
+                past_usage=past if policy == "fair" else {},
+            )
+            best = float("inf")
+            decisions: list[Any] = []
+            for _ in range(args.repeat):
+                started = time.perf_counter()
+                decisions = plan(inp)
+                best = min(best, time.perf_counter() - started)
+            rate = len(decisions) / best
+            counts = {
+                kind.__name__.lower(): sum(isinstance(d, kind) for d in decisions)
+                for kind in (Admit, Wait, Preempt, Cancel)
+            }
+            emit(
+                {
+                    "benchmark": "admission",
+                    "policy": policy,
+                    "backfill": backfill,
+                    "pending": len(pending),
+                    "active": len(active),
+                    "nodes": len(cluster.nodes),
+                    "decisions": len(decisions),
+                    "kinds": counts,
+                    "seconds": round(best, 4),
+                    "decisions_per_s": round(rate, 1),
+                    "floor_decisions_per_s": FLOOR,
+                    "meets_floor": rate >= FLOOR,
+                    "machine": machine(),
+                }
+            )
+
+
+if __name__ == "__main__":
+    main()
