@@ -10,6 +10,8 @@ lifecycle):
 - dcsched_job_submissions_total{team,kind}           counter
 - dcsched_job_queue_wait_seconds{team,kind}          histogram, submit -> start
 - dcsched_job_run_seconds{team,kind,state}           histogram, start -> end
+- dcsched_allocated_gpu_seconds_total{team}          counter, from the allocation history
+- dcsched_allocated_cpu_seconds_total{team}          counter
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from dcsched.core.job import Job
+from dcsched.core.resources import Resources
 
 WAIT_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 RUN_BUCKETS = (1, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 24 * 3600, 7 * 24 * 3600)
@@ -39,6 +42,27 @@ class _JobsByState(Collector):
         yield family
 
 
+class _AllocatedSeconds(Collector):
+    """Allocated GPU- and CPU-seconds per team since the store began, computed from the
+    jobs' allocation history at scrape time (so it survives restarts and only grows)."""
+
+    def __init__(self, allocated_by_team: Callable[[], dict[str, Resources]]):
+        self._allocated = allocated_by_team
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        gpu = CounterMetricFamily(
+            "dcsched_allocated_gpu_seconds", "GPU-seconds allocated to jobs", labels=["team"]
+        )
+        cpu = CounterMetricFamily(
+            "dcsched_allocated_cpu_seconds", "CPU-seconds allocated to jobs", labels=["team"]
+        )
+        for team, total in sorted(self._allocated().items()):
+            gpu.add_metric([team], total.gpus)
+            cpu.add_metric([team], total.cpus)
+        yield gpu
+        yield cpu
+
+
 class SchedulerMetrics:
     """Implements the service's JobEvents and registers the series above."""
 
@@ -46,6 +70,7 @@ class SchedulerMetrics:
         self,
         registry: CollectorRegistry,
         job_counts: Callable[[], dict[tuple[str, str, str], int]],
+        allocated_by_team: Callable[[], dict[str, Resources]] | None = None,
     ):
         self.registry = registry
         self.submissions = Counter(
@@ -69,6 +94,8 @@ class SchedulerMetrics:
             registry=registry,
         )
         registry.register(_JobsByState(job_counts))
+        if allocated_by_team is not None:
+            registry.register(_AllocatedSeconds(allocated_by_team))
 
     def submitted(self, job: Job) -> None:
         self.submissions.labels(job.team, job.kind).inc()

@@ -172,6 +172,14 @@ _host_option = click.option("--host", default="127.0.0.1", show_default=True)
 _ray_option = click.option(
     "--ray-address", default=None, help="Join this Ray cluster instead of starting a head."
 )
+_config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Cluster configuration (dcsched.yaml) to apply at start; "
+    "default $DCSCHED_HOME/dcsched.yaml if present, else the last one applied.",
+)
 
 
 def _daemon() -> Any:
@@ -193,22 +201,29 @@ def _daemon_failure(exc: Exception) -> Failure:
 @_port_option
 @_host_option
 @_ray_option
-def server(port: int, host: str, ray_address: str | None) -> None:
+@_config_option
+def server(port: int, host: str, ray_address: str | None, config_path: Path | None) -> None:
     """Run the API server in the foreground."""
-    _daemon().run_server(Paths.from_env(), host, port, ray_address)
+    try:
+        _daemon().run_server(Paths.from_env(), host, port, ray_address, config_path)
+    except Exception as exc:  # a start failure is reported in words, not a traceback
+        raise _daemon_failure(exc) from None
 
 
 @cli.command()
 @_port_option
 @_host_option
 @_ray_option
+@_config_option
 @click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds.")
-def up(port: int, host: str, ray_address: str | None, timeout: float) -> None:
+def up(
+    port: int, host: str, ray_address: str | None, config_path: Path | None, timeout: float
+) -> None:
     """Start the server in the background and say where it is."""
     daemon = _daemon()
     paths = Paths.from_env()
     try:
-        info = daemon.start_background(paths, host, port, ray_address, timeout)
+        info = daemon.start_background(paths, host, port, ray_address, timeout, config_path)
     except Exception as exc:  # any start failure is reported in words, not a traceback
         raise _daemon_failure(exc) from None
     click.echo(f"dcsched server is up (pid {info.get('pid', '?')})")
@@ -315,7 +330,7 @@ def list_jobs(state: str | None, team: str | None, limit: int, output: str) -> N
             _resources(job.get("resources")),
             _ago(job.get("submitted_at"), now),
             _node_list(job.get("nodes")),
-            _shorten(_queue_reason(job), 60),
+            _shorten(_queue_reason(job), 100),
         ]
         for job in jobs
     ]
@@ -586,6 +601,138 @@ def _print_model(model: Mapping[str, Any], output: str) -> None:
 
 
 @cli.group()
+def config() -> None:
+    """The cluster configuration: teams, quotas, cohorts, priority classes, policies."""
+
+
+@config.command("apply")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def config_apply(file: Path) -> None:
+    """Validate FILE (dcsched.yaml) and put it in force."""
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise BadInput(f"cannot read {file}: {exc.strerror or exc}") from None
+    applied = _client().put_config(text).get("config") or {}
+    teams = applied.get("teams") or []
+    queueing = applied.get("queueing") or {}
+    click.echo(
+        f"applied {file}: {len(teams)} teams, queueing {queueing.get('policy')}"
+        f"{' with backfill' if queueing.get('backfill') else ''}, "
+        f"placement {applied.get('placement')}"
+    )
+
+
+@config.command("show")
+@_output_option
+def config_show(output: str) -> None:
+    """Print the configuration in force."""
+    found = _client().get_config()
+    if output == "json":
+        _print_json(found)
+    elif found.get("text"):
+        click.echo(found["text"].rstrip("\n"))
+    else:
+        click.echo("# no configuration applied; the defaults are in force", err=True)
+        click.echo(json.dumps(found.get("config"), indent=2))
+
+
+def _quota_cell(quota: Any, key: str) -> str:
+    if not isinstance(quota, dict) or quota.get(key) is None:
+        return "-"
+    return _memory(quota[key]) if key == "memory" else _num(quota[key])
+
+
+@cli.command()
+@_output_option
+def teams(output: str) -> None:
+    """Each team's quota, what it uses, what it borrowed, and its pending work."""
+    found = _client().teams()
+    if output == "json":
+        _print_json(found)
+        return
+    headers = ["TEAM", "COHORT", "WEIGHT", "GPUS used/quota", "CPUS used/quota",
+               "MEMORY used/quota", "BORROWED", "RUNNING", "PENDING"]  # fmt: skip
+    rows = []
+    for team in found:
+        used, quota, borrowed = team.get("used") or {}, team.get("quota"), team.get("borrowed")
+        lent = [
+            f"{_num(borrowed[k]) if k != 'memory' else _memory(borrowed[k])} {k}"
+            for k in ("gpus", "cpus", "memory")
+            if isinstance(borrowed, dict) and borrowed.get(k)
+        ]
+        rows.append(
+            [
+                team.get("name"),
+                team.get("cohort") or "-",
+                _num(team.get("weight")),
+                f"{_num(used.get('gpus'))}/{_quota_cell(quota, 'gpus')}",
+                f"{_num(used.get('cpus'))}/{_quota_cell(quota, 'cpus')}",
+                f"{_memory(used.get('memory'))}/{_quota_cell(quota, 'memory')}",
+                ", ".join(lent) or "-",
+                team.get("running"),
+                team.get("pending"),
+            ]
+        )
+    click.echo(_table(headers, rows) if rows else "no teams")
+
+
+def _since(value: str | None) -> float | None:
+    """`2h`, `7d` (that long ago), an ISO date/time, or unix seconds."""
+    if value is None:
+        return None
+    from dcsched.core.units import parse_duration
+
+    try:
+        return time.time() - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadInput(f"--since {value!r}: write a duration like 2h or 7d, or a date") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+@cli.command()
+@click.option("--team", default=None, help="Only this team.")
+@click.option("--since", "since_text", default=None, help="Window start: 24h, 7d or a date.")
+@click.option(
+    "-o", "--output", type=click.Choice(["table", "json", "csv"]), default="table",
+    show_default=True,
+)  # fmt: skip
+def usage(team: str | None, since_text: str | None, output: str) -> None:
+    """Allocated GPU- and CPU-seconds per team and per job."""
+    report = _client().usage(team=team, since=_since(since_text))
+    if output == "json":
+        _print_json(report)
+        return
+    if output == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["scope", "team", "job", "gpu_seconds", "cpu_seconds"])
+        for row in report.get("teams") or []:
+            writer.writerow(["team", row["team"], "", row["gpu_seconds"], row["cpu_seconds"]])
+        for row in report.get("jobs") or []:
+            writer.writerow(["job", row["team"], row["id"], row["gpu_seconds"], row["cpu_seconds"]])
+        return
+    since = report.get("since") or "the beginning"
+    click.echo(f"allocated from {since} to {report.get('until')}")
+    rows = [
+        [
+            r["team"],
+            _num(round(r["gpu_seconds"] / 3600, 3)),
+            _num(round(r["cpu_seconds"] / 3600, 3)),
+        ]
+        for r in report.get("teams") or []
+    ]
+    click.echo(_table(["TEAM", "GPU-HOURS", "CPU-HOURS"], rows) if rows else "no usage")
+
+
+@cli.group()
 def plugins() -> None:
     """Installed model plugins."""
 
@@ -688,7 +835,11 @@ def _queue_reason(job: Mapping[str, Any]) -> str:
     reason = job.get("reason") or ""
     position = job.get("position")
     if job.get("state") == JobState.PENDING and position is not None:
-        return f"#{position} in queue: {reason}" if reason else f"#{position} in queue"
+        text = f"#{position} in queue: {reason}" if reason else f"#{position} in queue"
+        estimate = _parse_time(job.get("estimated_start"))
+        if estimate is not None:
+            text += f" (estimated start in {_duration((estimate - _now()).total_seconds())})"
+        return text
     return str(reason)
 
 

@@ -117,6 +117,18 @@ class Client:
     def plugins(self) -> list[dict[str, Any]]:
         return _items(self.request("GET", "/v1/plugins"), "plugins")
 
+    def get_config(self) -> dict[str, Any]:
+        return _mapping(self.request("GET", "/v1/config"))
+
+    def put_config(self, text: str) -> dict[str, Any]:
+        return _mapping(self.request("PUT", "/v1/config", body={"text": text}))
+
+    def teams(self) -> list[dict[str, Any]]:
+        return _items(self.request("GET", "/v1/teams"), "teams")
+
+    def usage(self, team: str | None = None, since: float | None = None) -> dict[str, Any]:
+        return _mapping(self.request("GET", "/v1/usage", query={"team": team, "since": since}))
+
     def info(self) -> dict[str, Any]:
         return _mapping(self.request("GET", "/v1/info"))
 

@@ -62,7 +62,13 @@ def _check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-def run_server(paths: Paths, host: str, port: int, ray_address: str | None) -> None:
+def run_server(
+    paths: Paths,
+    host: str,
+    port: int,
+    ray_address: str | None,
+    config_path: Path | None = None,
+) -> None:
     """Run the server in this process until SIGTERM or Ctrl-C."""
     import uvicorn
     from prometheus_client import CollectorRegistry
@@ -80,6 +86,7 @@ def run_server(paths: Paths, host: str, port: int, ray_address: str | None) -> N
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     _check_port_free(host, port)
+    config_text = _read_config(config_path or (paths.home / "dcsched.yaml"))
     token = ensure_api_token(paths)
     started_ray = False
     if ray_address is None:
@@ -102,7 +109,14 @@ def run_server(paths: Paths, host: str, port: int, ray_address: str | None) -> N
         )
     store = SQLiteStore(paths.db, paths.models)
     registry = CollectorRegistry()
-    metrics = SchedulerMetrics(registry, store.counts_by_state)
+    service_ref: list[Any] = []
+
+    def allocated_by_team() -> dict[str, Any]:
+        from dcsched.core import accounting
+
+        return accounting.by_team(service_ref[0].allocations(), time.time())
+
+    metrics = SchedulerMetrics(registry, store.counts_by_state, allocated_by_team)
     service = SchedulerService(
         store=store,
         executor=ray_executor.RayExecutor(dashboard_url),
@@ -111,6 +125,9 @@ def run_server(paths: Paths, host: str, port: int, ray_address: str | None) -> N
         check_runnable=check_runnable,
         events=metrics,
     )
+    if config_text is not None:
+        service.apply_config(config_text)
+    service_ref.append(service)
     url = f"http://{host}:{port}"
     info = {
         "api_url": url,
@@ -147,6 +164,22 @@ def run_server(paths: Paths, host: str, port: int, ray_address: str | None) -> N
         logger.info("dcsched server stopped; the Ray head keeps running (`dcsched down` ends it)")
 
 
+def _read_config(path: Path) -> str | None:
+    """The configuration's text if the file exists, checked before anything starts."""
+    from dcsched.core.config import load_config_yaml
+    from dcsched.core.spec import SpecError
+
+    if not path.exists():
+        return None
+    text = path.read_text()
+    try:
+        load_config_yaml(text)
+    except SpecError as exc:
+        problems = "\n  - ".join(exc.problems)
+        raise ServerError(f"{path} is not a valid configuration:\n  - {problems}") from None
+    return text
+
+
 def _remove_if_ours(path: Path) -> None:
     try:
         record = json.loads(path.read_text())
@@ -173,7 +206,12 @@ def _info_ok(url: str, token: str) -> bool:
 
 
 def start_background(
-    paths: Paths, host: str, port: int, ray_address: str | None, timeout: float = 180.0
+    paths: Paths,
+    host: str,
+    port: int,
+    ray_address: str | None,
+    timeout: float = 180.0,
+    config_path: Path | None = None,
 ) -> dict[str, Any]:
     """Start the server detached (its own session), wait until it answers, return server.json."""
     ensure_home(paths)
@@ -189,6 +227,8 @@ def start_background(
     cmd = [sys.executable, "-m", "dcsched.cli", "server", "--host", host, "--port", str(port)]
     if ray_address:
         cmd += ["--ray-address", ray_address]
+    if config_path is not None:
+        cmd += ["--config", str(Path(config_path).resolve())]
     env = {**os.environ, "DCSCHED_HOME": str(paths.home)}
     with paths.server_log.open("ab") as log:
         process = subprocess.Popen(

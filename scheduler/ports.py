@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from dcsched.core.cluster import ClusterSnapshot
 from dcsched.core.job import Job, JobEvent
 from dcsched.core.lifecycle import JobState
+from dcsched.core.spec import JobSpec
 
 
 class Clock(Protocol):
@@ -53,6 +54,16 @@ class ModelVersion:
     created_at: float
     checksum: str
     path: str
+
+
+@dataclass(frozen=True)
+class AllocationInterval:
+    """A span during which a job held its resources; ``end`` is None while it still does."""
+
+    job_id: str
+    spec: JobSpec
+    start: float
+    end: float | None
 
 
 class JobStore(Protocol):
@@ -108,33 +119,40 @@ class JobStore(Protocol):
         """(name, latest version, number of versions, updated_at) per model."""
         ...
 
+    def allocation_intervals(self, since: float | None = None) -> list[AllocationInterval]: ...
+
+    def save_config(self, text: str, at: float) -> None: ...
+
+    def latest_config(self) -> tuple[str, float] | None: ...
+
     def counts_by_state(self) -> dict[tuple[str, str, str], int]:
         """Number of jobs per (state, team, kind)."""
         ...
 
 
 class Executor(Protocol):
-    """Runs admitted jobs. Every method is idempotent and keyed by the dcsched job id."""
+    """Runs admitted jobs. Every method is idempotent. Runs are keyed by ``Job.run_id``
+    (the job id, with a suffix when a job runs again after a preemption)."""
 
     def reserve(self, job: Job, nodes: Sequence[str]) -> None:
         """Reserve one bundle per worker on the given nodes (a gang)."""
         ...
 
-    def reservation_ready(self, job_id: str, timeout_s: float) -> bool: ...
+    def reservation_ready(self, run_id: str, timeout_s: float) -> bool: ...
 
     def start(self, job: Job, run_dir: Path) -> None: ...
 
-    def status(self, job_id: str) -> RunStatus | None:
-        """None when the executor has never heard of the job."""
+    def status(self, run_id: str) -> RunStatus | None:
+        """None when the executor has never heard of the run."""
         ...
 
-    def stop(self, job_id: str) -> None: ...
+    def stop(self, run_id: str) -> None: ...
 
-    def release(self, job_id: str) -> None:
-        """Free the job's reservation; a no-op if there is none."""
+    def release(self, run_id: str) -> None:
+        """Free the run's reservation; a no-op if there is none."""
         ...
 
-    def logs(self, job_id: str) -> str: ...
+    def logs(self, run_id: str) -> str: ...
 
 
 class ClusterView(Protocol):

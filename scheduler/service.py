@@ -20,18 +20,21 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from dcsched.core.admission import Admit, plan_admissions
+from dcsched.core import accounting
+from dcsched.core.admission import Admit, Cancel, Preempt, SchedulingInput, Wait, plan
+from dcsched.core.config import ClusterConfig, load_config_yaml
+from dcsched.core.fairshare import UsageInterval, decayed_usage
 from dcsched.core.job import Job
 from dcsched.core.lifecycle import JobState
 from dcsched.core.placement import fits_cluster_at_all
-from dcsched.core.priority import DEFAULT_PRIORITY_CLASSES, check_priority
 from dcsched.core.resources import Resources
 from dcsched.core.spec import JobSpec, SpecError, parse_spec
+from dcsched.core.units import format_duration
 from dcsched.paths import Paths
 from dcsched.ports import ClusterView, Executor, JobStore, RunPhase, RunStatus
 
@@ -76,8 +79,9 @@ class _NoEvents:
 
 
 @dataclass
-class ServiceConfig:
-    priorities: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PRIORITY_CLASSES))
+class ServiceSettings:
+    """Timings of the loop (not policy: policy is the ClusterConfig)."""
+
     reservation_timeout_s: float = 60.0
     # Passes run when woken (a submission, a cancel) and at least this often: quickly
     # while jobs are admitted or running (to notice starts and ends), slowly when idle.
@@ -95,7 +99,8 @@ class SchedulerService:
         check_runnable: Callable[[JobSpec], list[str]],
         clock: Any = None,
         events: JobEvents | None = None,
-        config: ServiceConfig | None = None,
+        settings: ServiceSettings | None = None,
+        config: ClusterConfig | None = None,
     ):
         self.store = store
         self.executor = executor
@@ -104,24 +109,64 @@ class SchedulerService:
         self.check_runnable = check_runnable
         self.clock = clock or SystemClock()
         self.events: JobEvents = events or _NoEvents()
-        self.config = config or ServiceConfig()
+        self.settings = settings or ServiceSettings()
         self._lock = threading.RLock()
         self._wake = threading.Event()
-        self._positions: dict[str, int] = {}
+        self._waiting: dict[str, Wait] = {}
+        self.config = config or self._stored_config() or ClusterConfig()
+
+    # -- configuration -----------------------------------------------------------------
+
+    def _stored_config(self) -> ClusterConfig | None:
+        stored = self.store.latest_config()
+        if stored is None:
+            return None
+        try:
+            return load_config_yaml(stored[0])
+        except SpecError as exc:
+            logger.error("the stored configuration is no longer valid (%s); using defaults", exc)
+            return None
+
+    def apply_config(self, text: str) -> ClusterConfig:
+        """Validate, record and put in force a cluster configuration (YAML text)."""
+        config = load_config_yaml(text)
+        with self._lock:
+            self.store.save_config(text, self.clock.now())
+            self.config = config
+        logger.info("applied a new cluster configuration")
+        self._wake.set()
+        return config
 
     # -- requests ----------------------------------------------------------------------
 
     def submit(self, document: Any) -> Job:
         """Validate and store a job; raise SpecError listing every problem."""
         spec = parse_spec(document)
+        config = self.config
         problems = []
-        try:
-            check_priority(spec.priority, self.config.priorities)
-        except ValueError as exc:
-            problems.append(str(exc))
+        priority_class = config.priority_class(spec.priority)
+        if priority_class is None:
+            known = ", ".join(
+                c.name for c in sorted(config.priority_classes, key=lambda c: c.value)
+            )
+            problems.append(f"priority: unknown priority class {spec.priority!r}; known: {known}")
+        elif (
+            spec.preemptible is False and priority_class.preemptible and not priority_class.opt_out
+        ):
+            problems.append(
+                f"preemptible: priority class {priority_class.name!r} does not let jobs opt out "
+                "of preemption; use a class that does, or drop `preemptible: false`"
+            )
+        if config.team(spec.team) is None:
+            listed = ", ".join(t.name for t in config.teams)
+            problems.append(f"team: {spec.team!r} is not a team of this cluster; teams: {listed}")
+        for dependency in spec.depends_on:
+            if self.store.get_job(dependency) is None:
+                problems.append(f"depends_on: no job named {dependency!r}")
         problems.extend(self.check_runnable(spec))
+        selector = spec.node_selector or None
         too_big = fits_cluster_at_all(
-            spec.resources.per_worker(), spec.resources.workers, self.cluster.snapshot()
+            spec.resources.per_worker(), spec.resources.workers, self.cluster.snapshot(), selector
         )
         if too_big is not None:
             problems.append(f"resources: the request can never run here: {too_big}")
@@ -147,21 +192,66 @@ class SchedulerService:
             if job.state.is_terminal():
                 raise JobAlreadyEnded(f"job {job_id} already ended as {job.state}")
             if job.state.holds_resources():
-                self.executor.stop(job_id)
-                self.executor.release(job_id)
+                self.executor.stop(job.run_id)
+                self.executor.release(job.run_id)
             job = self.store.transition(
                 job_id, JobState.CANCELLED, self.clock.now(), "cancelled by user"
             )
-            self._positions.pop(job_id, None)
+            self._waiting.pop(job_id, None)
             self.events.finished(job, _run_seconds(job))
             self._wake.set()
             return job
 
     def position(self, job_id: str) -> int | None:
-        return self._positions.get(job_id)
+        waiting = self._waiting.get(job_id)
+        return waiting.position if waiting else None
+
+    def estimated_start(self, job_id: str) -> float | None:
+        waiting = self._waiting.get(job_id)
+        return waiting.estimated_start if waiting else None
 
     def wake(self) -> None:
         self._wake.set()
+
+    def teams_view(self) -> list[dict[str, Any]]:
+        """Each team's nominal quota, what it uses now, what of that is borrowed, and its
+        pending work. Teams listed in the configuration come first, then any other team
+        with pending or active jobs."""
+        config = self.config
+        active = self.store.list_jobs(states=ACTIVE_STATES)
+        pending = self.store.list_jobs(states=[JobState.PENDING])
+        names = [t.name for t in config.teams]
+        for job in active + pending:
+            if job.team not in names:
+                names.append(job.team)
+        rows = []
+        for name in names:
+            team = config.team(name)
+            used = _sum_total(j for j in active if j.team == name)
+            waiting = [j for j in pending if j.team == name]
+            quota = team.quota if team else None
+            nominal = quota.caps() if quota else None
+            borrowed = None
+            if nominal is not None:
+                borrowed = Resources(
+                    max(0.0, used.cpus - nominal.cpus),
+                    max(0.0, used.gpus - nominal.gpus),
+                    max(0, used.memory - nominal.memory),
+                )
+            rows.append(
+                {
+                    "name": name,
+                    "cohort": team.cohort if team else None,
+                    "weight": team.weight if team else None,
+                    "quota": quota.model_dump(mode="json") if quota else None,
+                    "used": used.as_dict(),
+                    "borrowed": borrowed.as_dict() if borrowed else None,
+                    "running": sum(1 for j in active if j.team == name),
+                    "pending": len(waiting),
+                    "pending_resources": _sum_total(waiting).as_dict(),
+                }
+            )
+        return rows
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -172,9 +262,9 @@ class SchedulerService:
                 busy = self.tick()
             except Exception:
                 logger.exception("scheduling pass failed; retrying next pass")
-            interval = self.config.active_pass_interval_s
+            interval = self.settings.active_pass_interval_s
             if not busy:
-                interval = self.config.idle_pass_interval_s
+                interval = self.settings.idle_pass_interval_s
             self._wake.wait(interval)
             self._wake.clear()
 
@@ -193,22 +283,91 @@ class SchedulerService:
     def _admit_pending(self) -> bool:
         pending = self.store.list_jobs(states=[JobState.PENDING])
         if not pending:
-            self._positions = {}
+            self._waiting = {}
             return False
+        now = self.clock.now()
+        config = self.config
         active = self.store.list_jobs(states=ACTIVE_STATES)
         snapshot = self.cluster.snapshot().with_reservations(_reserved_by_node(active))
-        by_id = {job.id: job for job in pending}
-        reasons: dict[str, str] = {}
-        positions: dict[str, int] = {}
-        for decision in plan_admissions(pending, snapshot, self.config.priorities):
+        decisions = plan(
+            SchedulingInput(
+                pending=pending,
+                active=active,
+                cluster=snapshot,
+                config=config,
+                now=now,
+                past_usage=self._past_usage(now) if config.queueing.policy == "fair" else {},
+                job_states=self._dependency_states(pending),
+            )
+        )
+        by_id = {job.id: job for job in pending + active}
+        waiting: dict[str, Wait] = {}
+        for decision in decisions:
             if isinstance(decision, Admit):
                 self._admit(by_id[decision.job_id], decision.nodes)
+            elif isinstance(decision, Preempt):
+                for victim in decision.victims:
+                    self._preempt(by_id[victim], decision.reason)
+                waiting[decision.job_id] = Wait(
+                    decision.job_id,
+                    0,
+                    "starting once the jobs it preempted have released their resources: "
+                    + ", ".join(decision.victims),
+                )
+            elif isinstance(decision, Cancel):
+                job = self.store.transition(
+                    decision.job_id, JobState.CANCELLED, now, decision.reason
+                )
+                self.events.finished(job, None)
             else:
-                reasons[decision.job_id] = decision.reason
-                positions[decision.job_id] = decision.position
-        self._positions = positions
-        self.store.set_reasons(reasons)
+                waiting[decision.job_id] = decision
+        self._waiting = waiting
+        self.store.set_reasons({job_id: w.reason for job_id, w in waiting.items()})
         return True
+
+    def _past_usage(self, now: float) -> dict[str, Resources]:
+        half_life = self.config.queueing.fair_share_half_life
+        return decayed_usage(self.allocations(since=now - 10 * half_life), now, half_life)
+
+    def allocations(self, since: float | None = None) -> list[UsageInterval]:
+        """Every span in which a job held resources (ending at or after ``since``)."""
+        return [
+            UsageInterval(i.spec.team, i.spec.resources.total(), i.start, i.end, i.job_id)
+            for i in self.store.allocation_intervals(since=since)
+        ]
+
+    def usage(self, team: str | None = None, since: float | None = None) -> dict[str, Any]:
+        """Allocated GPU-, CPU- and memory-seconds per job and per team in [since, now]."""
+        now = self.clock.now()
+        spans = [s for s in self.allocations(since) if team is None or s.team == team]
+        names = {s.job_id: s for s in spans}
+        jobs = [
+            {"id": job_id, "team": names[job_id].team, **_seconds(total)}
+            for job_id, total in accounting.by_job(spans, now, since).items()
+        ]
+        teams = [
+            {"team": name, **_seconds(total)}
+            for name, total in sorted(accounting.by_team(spans, now, since).items())
+        ]
+        return {"since": since, "until": now, "teams": teams, "jobs": jobs}
+
+    def _dependency_states(self, pending: list[Job]) -> dict[str, JobState]:
+        states: dict[str, JobState] = {}
+        for job in pending:
+            for dependency in job.spec.depends_on:
+                if dependency not in states:
+                    found = self.store.get_job(dependency)
+                    if found is not None:
+                        states[dependency] = found.state
+        return states
+
+    def _preempt(self, victim: Job, reason: str) -> None:
+        """Stop a running job and put it back in the queue; its run directory keeps its
+        checkpoints, so the next run resumes from the last epoch."""
+        logger.info("preempting job %s: %s", victim.id, reason)
+        self.executor.stop(victim.run_id)
+        self.executor.release(victim.run_id)
+        self.store.transition(victim.id, JobState.PENDING, self.clock.now(), f"preempted: {reason}")
 
     def _admit(self, job: Job, nodes: tuple[str, ...]) -> None:
         now = self.clock.now()
@@ -222,7 +381,7 @@ class SchedulerService:
         # Starting is retried by later passes (see _reconcile) until the reservation
         # timeout, so a slow or briefly unavailable Ray does not cost the job its place.
         try:
-            if self.executor.reservation_ready(job.id, timeout_s=2.0):
+            if self.executor.reservation_ready(job.run_id, timeout_s=2.0):
                 self._start(job)
         except Exception:
             logger.exception("starting job %s failed; retrying next pass", job.id)
@@ -237,11 +396,11 @@ class SchedulerService:
         self.executor.start(job, run_dir)
 
     def _requeue(self, job: Job, reason: str) -> None:
-        self.executor.release(job.id)
+        self.executor.release(job.run_id)
         self.store.transition(job.id, JobState.PENDING, self.clock.now(), reason)
 
     def _reconcile(self, job: Job) -> None:
-        status = self.executor.status(job.id)
+        status = self.executor.status(job.run_id)
         if status is None:
             if job.state is JobState.RUNNING:
                 self._requeue(job, "Ray no longer knows this run (cluster restarted?); requeued")
@@ -250,15 +409,15 @@ class SchedulerService:
             problem = "its resources were not reserved"
             try:
                 self.executor.reserve(job, job.nodes)
-                if self.executor.reservation_ready(job.id, timeout_s=0.0):
+                if self.executor.reservation_ready(job.run_id, timeout_s=0.0):
                     self._start(job)
                     return
             except Exception as exc:
                 logger.warning("starting job %s failed (%s); retrying", job.id, exc)
                 problem = f"it could not be started ({exc})"
             waited = self.clock.now() - (job.admitted_at or 0)
-            if waited > self.config.reservation_timeout_s:
-                timeout = self.config.reservation_timeout_s
+            if waited > self.settings.reservation_timeout_s:
+                timeout = self.settings.reservation_timeout_s
                 self._requeue(job, f"{problem} within {timeout:g}s; requeued")
             return
         if status.phase is RunPhase.RUNNING and job.state is JobState.ADMITTED:
@@ -267,6 +426,14 @@ class SchedulerService:
             self.events.started(job, now - job.submitted_at)
         elif status.phase.is_terminal():
             self._finish(job, status)
+        elif job.state is JobState.RUNNING and _over_time(job, self.clock.now()):
+            limit = format_duration(job.spec.max_runtime or 0)
+            self.executor.stop(job.run_id)
+            self.executor.release(job.run_id)
+            job = self.store.transition(
+                job.id, JobState.FAILED, self.clock.now(), f"exceeded its max_runtime of {limit}"
+            )
+            self.events.finished(job, _run_seconds(job))
 
     def _finish(self, job: Job, status: RunStatus) -> None:
         now = self.clock.now()
@@ -299,7 +466,7 @@ class SchedulerService:
             job = self.store.transition(
                 job.id, JobState.CANCELLED, now, "the Ray job was stopped outside dcsched"
             )
-        self.executor.release(job.id)
+        self.executor.release(job.run_id)
         self.events.finished(job, _run_seconds(job))
 
 
@@ -309,6 +476,26 @@ def _reserved_by_node(active: list[Job]) -> dict[str, Resources]:
         for node in job.nodes:
             reserved[node] = reserved.get(node, Resources()) + job.per_worker
     return reserved
+
+
+def _seconds(total: Resources) -> dict[str, float]:
+    return {
+        "gpu_seconds": round(total.gpus, 3),
+        "cpu_seconds": round(total.cpus, 3),
+        "memory_byte_seconds": float(total.memory),
+    }
+
+
+def _sum_total(jobs: Any) -> Resources:
+    total = Resources()
+    for job in jobs:
+        total = total + job.spec.resources.total()
+    return total
+
+
+def _over_time(job: Job, now: float) -> bool:
+    limit = job.spec.max_runtime
+    return limit is not None and job.started_at is not None and now - job.started_at > limit
 
 
 def _run_seconds(job: Job) -> float | None:

@@ -78,8 +78,17 @@ class Server:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
 
+    def cancel_live_jobs(self) -> None:
+        """Tests share one Ray cluster: a module's jobs must not outlive its server."""
+        status, body = self.api("GET", "/v1/jobs?state=PENDING,ADMITTED,RUNNING")
+        if status != 200:
+            return
+        for job in json.loads(body)["jobs"]:
+            self.api("POST", f"/v1/jobs/{job['id']}/cancel")
+
     def stop(self) -> None:
         if self.process.poll() is None:
+            self.cancel_live_jobs()
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=30)
@@ -107,9 +116,11 @@ def run_cli(
     )
 
 
-def start_server(home: Path, ray_address: str) -> Server:
+def start_server(home: Path, ray_address: str, config: str | None = None) -> Server:
     port = free_port()
     env = cli_env(home)
+    if config is not None:
+        (home / "dcsched.yaml").write_text(config)
     log = (home / "server.log").open("ab")
     process = subprocess.Popen(
         [
@@ -138,6 +149,36 @@ def start_server(home: Path, ray_address: str) -> Server:
         time.sleep(0.2)
     process.kill()
     raise RuntimeError("server did not start: " + (home / "server.log").read_text())
+
+
+def start_cluster(workers: list[dict[str, object]]) -> object:
+    """A ray.cluster_utils.Cluster: a head with no CPUs (it only runs Ray's own services)
+    and the given worker nodes; every port explicit, token auth as the session head."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 0,
+            "include_dashboard": True,
+            "dashboard_port": free_port(),
+            "dashboard_host": "127.0.0.1",
+            "dashboard_agent_listen_port": free_port(),
+            "metrics_export_port": free_port(),
+            "runtime_env_agent_port": free_port(),
+        },
+    )
+    for node in workers:
+        cluster.add_node(
+            metrics_export_port=free_port(), runtime_env_agent_port=free_port(), **node
+        )
+    cluster.wait_for_nodes()
+    return cluster
+
+
+def dashboard_url(cluster: object) -> str:
+    url = str(cluster.webui_url)  # type: ignore[attr-defined]
+    return url if url.startswith("http") else "http://" + url
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,10 @@ class SubmitRequest(BaseModel):
     spec: Any = Field(description="The job spec (a mapping); see GET /v1/schema/job-spec.")
 
 
+class ConfigRequest(BaseModel):
+    text: str = Field(description="The cluster configuration, as dcsched.yaml text.")
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str, problems: list[str] | None = None):
         super().__init__(message)
@@ -70,7 +74,12 @@ def last_progress(run_dir: Path) -> dict[str, Any] | None:
     return None
 
 
-def job_view(job: Job, position: int | None, progress: dict[str, Any] | None) -> dict[str, Any]:
+def job_view(
+    job: Job,
+    position: int | None,
+    progress: dict[str, Any] | None,
+    estimated_start: float | None = None,
+) -> dict[str, Any]:
     """The API's one representation of a job (stable field names)."""
     resources = job.spec.resources
     return {
@@ -93,6 +102,8 @@ def job_view(job: Job, position: int | None, progress: dict[str, Any] | None) ->
         "nodes": list(job.nodes),
         "reason": job.reason,
         "position": position if job.state is JobState.PENDING else None,
+        "estimated_start": iso(estimated_start) if job.state is JobState.PENDING else None,
+        "attempt": job.attempt,
         "result": job.result,
         "progress": progress,
     }
@@ -167,7 +178,9 @@ def create_app(
         return progress
 
     def view(job: Job) -> dict[str, Any]:
-        return job_view(job, service.position(job.id), progress_of(job))
+        return job_view(
+            job, service.position(job.id), progress_of(job), service.estimated_start(job.id)
+        )
 
     def get_job_or_404(job_id: str) -> Job:
         job = store.get_job(job_id)
@@ -232,7 +245,7 @@ def create_app(
     @app.get("/v1/jobs/{job_id}/logs")
     def get_logs(job_id: str, offset: int = 0) -> dict[str, Any]:
         job = get_job_or_404(job_id)
-        text = "" if job.state is JobState.PENDING else service.executor.logs(job_id)
+        text = "" if job.state is JobState.PENDING else service.executor.logs(job.run_id)
         offset = max(0, min(offset, len(text)))
         return {"logs": text[offset:], "offset": len(text), "done": job.state.is_terminal()}
 
@@ -244,6 +257,33 @@ def create_app(
             raise ApiError(404, str(exc)) from None
         except JobAlreadyEnded as exc:
             raise ApiError(409, str(exc)) from None
+
+    @app.get("/v1/config")
+    def get_config() -> dict[str, Any]:
+        stored = store.latest_config()
+        return {
+            "text": stored[0] if stored else None,
+            "applied_at": iso(stored[1]) if stored else None,
+            "config": service.config.model_dump(mode="json"),
+        }
+
+    @app.put("/v1/config")
+    def put_config(request: ConfigRequest) -> dict[str, Any]:
+        try:
+            config = service.apply_config(request.text)
+        except SpecError as exc:
+            raise ApiError(400, "invalid cluster configuration", exc.problems) from None
+        return {"config": config.model_dump(mode="json")}
+
+    @app.get("/v1/teams")
+    def teams() -> dict[str, Any]:
+        return {"teams": service.teams_view()}
+
+    @app.get("/v1/usage")
+    def usage(team: str | None = None, since: float | None = None) -> dict[str, Any]:
+        report = service.usage(team, since)
+        report["since"], report["until"] = iso(report["since"]), iso(report["until"])
+        return report
 
     @app.get("/v1/nodes")
     def nodes() -> dict[str, Any]:

@@ -1,12 +1,13 @@
 """Ray implementations of the Executor and ClusterView ports.
 
-A job's gang is reserved as a *detached* placement group named ``dcsched-<job id>``
+A job's gang is reserved as a *detached* placement group named ``dcsched-<run id>``
 (one bundle per worker, each pinned with ``bundle_label_selector`` to the node that the
 placement policy chose), so the reservation survives a restart of the dcsched server.
 Once it is ready, the job runs as a Ray Job whose submission id is the dcsched job id,
-visible in the Ray dashboard with its logs. The job's driver is pinned with
-``entrypoint_label_selector`` to the first worker's node and asks Ray for no resources
-of its own: the placement group already holds them.
+visible in the Ray dashboard with its logs (a job that runs again after a preemption
+gets run id ``<job id>-run<N>``: Ray keeps every submission id forever). The job's
+driver is pinned with ``entrypoint_label_selector`` to the first worker's node and asks
+Ray for no resources of its own: the placement group already holds them.
 
 Two ways to run (``run_in_group``):
 - CPU-only single-worker jobs train in the driver itself (``dcsched.training.runner``):
@@ -43,8 +44,8 @@ NAMESPACE = "dcsched"
 NODE_ID_LABEL = "ray.io/node-id"
 
 
-def placement_group_name(job_id: str) -> str:
-    return f"dcsched-{job_id}"
+def placement_group_name(run_id: str) -> str:
+    return f"dcsched-{run_id}"
 
 
 def connect(gcs_address: str) -> str:
@@ -85,18 +86,18 @@ class RayExecutor:
 
     # -- reservations ------------------------------------------------------------------
 
-    def _group(self, job_id: str) -> Any | None:
+    def _group(self, run_id: str) -> Any | None:
         from ray.util import get_placement_group
 
         try:
-            return get_placement_group(placement_group_name(job_id))
+            return get_placement_group(placement_group_name(run_id))
         except ValueError:
             return None
 
     def reserve(self, job: Job, nodes: Sequence[str]) -> None:
         from ray.util.placement_group import placement_group
 
-        if self._group(job.id) is not None:
+        if self._group(job.run_id) is not None:
             return
         bundle: dict[str, float] = {"CPU": job.per_worker.cpus}
         if job.per_worker.gpus:
@@ -106,28 +107,28 @@ class RayExecutor:
         placement_group(
             [dict(bundle) for _ in nodes],
             strategy="PACK",
-            name=placement_group_name(job.id),
+            name=placement_group_name(job.run_id),
             lifetime="detached",
             bundle_label_selector=[{NODE_ID_LABEL: node} for node in nodes],
         )
 
-    def reservation_ready(self, job_id: str, timeout_s: float) -> bool:
-        group = self._group(job_id)
+    def reservation_ready(self, run_id: str, timeout_s: float) -> bool:
+        group = self._group(run_id)
         return bool(group is not None and group.wait(timeout_s))
 
-    def release(self, job_id: str) -> None:
+    def release(self, run_id: str) -> None:
         from ray.util import remove_placement_group
 
-        group = self._group(job_id)
+        group = self._group(run_id)
         if group is not None:
             remove_placement_group(group)
 
     # -- runs --------------------------------------------------------------------------
 
     def start(self, job: Job, run_dir: Path) -> None:
-        if self.status(job.id) is not None:
+        if self.status(job.run_id) is not None:
             return  # already submitted (e.g. before a server restart)
-        if self._group(job.id) is None:
+        if self._group(job.run_id) is None:
             raise RuntimeError(f"job {job.id} has no reservation to run in")
         if self.run_in_group(job):
             argv = [
@@ -141,8 +142,9 @@ class RayExecutor:
         entrypoint = shlex.join([self.python, *argv])
         submit_args: dict[str, Any] = {
             "entrypoint": entrypoint,
-            "submission_id": job.id,
+            "submission_id": job.run_id,
             "metadata": {
+                "dcsched_job": job.id,
                 "dcsched_team": job.team,
                 "dcsched_kind": job.kind,
                 "dcsched_name": job.name,
@@ -162,46 +164,46 @@ class RayExecutor:
                     raise
             time.sleep(0.5)
 
-    def status(self, job_id: str) -> RunStatus | None:
+    def status(self, run_id: str) -> RunStatus | None:
         try:
-            info = self._client.get_job_info(job_id)
+            info = self._client.get_job_info(run_id)
         except RuntimeError as exc:
             if "404" in str(exc) or "does not exist" in str(exc):
                 return None
             raise
         return RunStatus(RunPhase(str(info.status.value)), info.message or "")
 
-    def stop(self, job_id: str, wait_s: float = 15.0) -> None:
+    def stop(self, run_id: str, wait_s: float = 15.0) -> None:
         """Stop the Ray job (a PENDING one by killing its supervisor) and wait for the end."""
-        status = self.status(job_id)
+        status = self.status(run_id)
         if status is None or status.phase.is_terminal():
             return
         if status.phase is RunPhase.PENDING:
-            self._kill_supervisor(job_id)
-        self._client.stop_job(job_id)
+            self._kill_supervisor(run_id)
+        self._client.stop_job(run_id)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            status = self.status(job_id)
+            status = self.status(run_id)
             if status is None or status.phase.is_terminal():
                 return
             time.sleep(0.2)
-        logger.warning("job %s did not stop within %ss", job_id, wait_s)
+        logger.warning("run %s did not stop within %ss", run_id, wait_s)
 
-    def _kill_supervisor(self, job_id: str) -> None:
+    def _kill_supervisor(self, run_id: str) -> None:
         import ray
         from ray.dashboard.modules.job.common import SUPERVISOR_ACTOR_RAY_NAMESPACE
 
         try:
             actor = ray.get_actor(
-                f"_ray_internal_job_actor_{job_id}", namespace=SUPERVISOR_ACTOR_RAY_NAMESPACE
+                f"_ray_internal_job_actor_{run_id}", namespace=SUPERVISOR_ACTOR_RAY_NAMESPACE
             )
         except ValueError:
             return
         ray.kill(actor, no_restart=True)
 
-    def logs(self, job_id: str) -> str:
+    def logs(self, run_id: str) -> str:
         try:
-            return str(self._client.get_job_logs(job_id))
+            return str(self._client.get_job_logs(run_id))
         except RuntimeError as exc:
             if "404" in str(exc) or "does not exist" in str(exc):
                 return ""

@@ -25,7 +25,7 @@ from typing import Any
 from dcsched.core.job import Job, JobEvent
 from dcsched.core.lifecycle import JobState, check_transition
 from dcsched.core.spec import JobSpec
-from dcsched.ports import ModelVersion
+from dcsched.ports import AllocationInterval, ModelVersion
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: jobs, events, models
@@ -70,10 +70,23 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (name, version)
     );
     """,
+    # 2: applied cluster configurations (the newest one is in force)
+    """
+    CREATE TABLE cluster_config (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        applied_at REAL NOT NULL,
+        text TEXT NOT NULL
+    );
+    """,
+    # 3: how many times each job was admitted (each admission is a new run on Ray)
+    """
+    ALTER TABLE jobs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 _JOB_COLUMNS = (
-    "id, spec, state, submitted_at, admitted_at, started_at, finished_at, nodes, reason, result"
+    "id, spec, state, submitted_at, admitted_at, started_at, finished_at, nodes, reason, result,"
+    " attempt"
 )
 
 
@@ -222,7 +235,7 @@ class SQLiteStore:
         sets = ["state = ?", "reason = ?"]
         args: list[Any] = [target.value, reason]
         if target is JobState.ADMITTED:
-            sets.append("admitted_at = ?")
+            sets.extend(["admitted_at = ?", "attempt = attempt + 1", "started_at = NULL"])
             args.append(at)
         if target is JobState.RUNNING:
             sets.append("started_at = ?")
@@ -276,6 +289,49 @@ class SQLiteStore:
             "SELECT state, team, kind, COUNT(*) FROM jobs GROUP BY state, team, kind"
         )
         return {(r[0], r[1], r[2]): int(r[3]) for r in rows}
+
+    def allocation_intervals(self, since: float | None = None) -> list[AllocationInterval]:
+        """Each span during which a job held its resources: from its admission to the next
+        requeue or its end (still open while it holds them). Read from the event history,
+        so preempted and requeued jobs count every span."""
+        sql = (
+            "SELECT e.job_id, e.at, e.to_state, j.spec FROM job_events e JOIN jobs j"
+            " ON j.id = e.job_id WHERE j.admitted_at IS NOT NULL OR j.finished_at IS NOT NULL"
+        )
+        args: list[Any] = []
+        if since is not None:
+            sql += " AND (j.finished_at IS NULL OR j.finished_at >= ?)"
+            args.append(since)
+        sql += " ORDER BY e.job_id, e.seq"
+        intervals: list[AllocationInterval] = []
+        open_since: dict[str, float] = {}
+        for job_id, at, to_state, spec_text in self._conn().execute(sql, args):
+            if to_state == JobState.ADMITTED.value:
+                open_since[job_id] = at
+            elif to_state != JobState.RUNNING.value and job_id in open_since:
+                spec = _spec_of(job_id, spec_text)
+                intervals.append(AllocationInterval(job_id, spec, open_since.pop(job_id), at))
+        for job_id, start in open_since.items():
+            job = self.get_job(job_id)
+            if job is not None:
+                intervals.append(AllocationInterval(job_id, job.spec, start, None))
+        if since is not None:
+            intervals = [i for i in intervals if i.end is None or i.end >= since]
+        return intervals
+
+    # -- configuration -------------------------------------------------------------------
+
+    def save_config(self, text: str, at: float) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT INTO cluster_config (applied_at, text) VALUES (?, ?)", (at, text))
+
+    def latest_config(self) -> tuple[str, float] | None:
+        row = (
+            self._conn()
+            .execute("SELECT text, applied_at FROM cluster_config ORDER BY seq DESC LIMIT 1")
+            .fetchone()
+        )
+        return (str(row[0]), float(row[1])) if row else None
 
     # -- models ------------------------------------------------------------------------
 
@@ -406,6 +462,7 @@ def _job_from_row(row: tuple[Any, ...]) -> Job:
         nodes=tuple(json.loads(row[7])),
         reason=row[8],
         result=json.loads(row[9]) if row[9] else None,
+        attempt=int(row[10]),
     )
 
 

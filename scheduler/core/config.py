@@ -72,6 +72,10 @@ class PriorityClass(_Strict):
     name: str = Field(pattern=SLUG_PATTERN)
     value: int
     preemptible: bool = Field(True, description="Whether jobs of this class may be preempted.")
+    opt_out: bool = Field(
+        False,
+        description="Whether a job of this (preemptible) class may say `preemptible: false`.",
+    )
 
 
 class Team(_Strict):

@@ -26,6 +26,14 @@ class Job:
     nodes: tuple[str, ...] = ()
     reason: str | None = None
     result: dict[str, Any] | None = field(default=None, compare=False)
+    attempt: int = 0
+    """How many times the job has been admitted (a preempted job runs again)."""
+
+    @property
+    def run_id(self) -> str:
+        """The id of the current run on the executor: the job id for the first run (so the
+        Ray job's submission id is the dcsched job id), ``<id>-run<N>`` for later ones."""
+        return self.id if self.attempt <= 1 else f"{self.id}-run{self.attempt}"
 
     @property
     def name(self) -> str:

@@ -42,21 +42,26 @@ def free_cpus(server: Server) -> float:
 def test_cancel_running_and_pending_jobs_frees_resources(server: Server, tmp_path: Path) -> None:
     hog = server.cli("submit", str(long_spec(tmp_path, "hog", SESSION_CPUS))).stdout.strip()
     waiter = server.cli("submit", str(long_spec(tmp_path, "waiter", 1))).stdout.strip()
-    running = wait_state(server, hog, {"RUNNING"})
-    assert running["progress"] is None or running["progress"]["epoch"] >= 1
-    pending = wait_state(server, waiter, {"PENDING"})
-    assert pending["position"] == 1 and "waiting for resources" in pending["reason"]
-    listed = server.cli("list")
-    assert "waiting for resources" in listed.stdout
+    try:
+        running = wait_state(server, hog, {"RUNNING"})
+        assert running["progress"] is None or running["progress"]["epoch"] >= 1
+        pending = wait_state(server, waiter, {"PENDING"})
+        assert pending["position"] == 1 and "not enough CPUs" in pending["reason"]
+        assert "needs 1 CPUs, 0 GPUs, 1GiB on one node" in pending["reason"]
+        listed = server.cli("list")
+        assert "#1 in queue: needs 1 CPUs" in listed.stdout
 
-    done = server.cli("cancel", waiter)
-    assert done.returncode == 0 and "CANCELLED" in done.stdout
-    done = server.cli("cancel", hog)
-    assert done.returncode == 0 and "CANCELLED" in done.stdout
-    job = server.cli_json("status", hog)
-    assert job["state"] == "CANCELLED" and job["reason"] == "cancelled by user"
-    again = server.cli("cancel", hog)
-    assert again.returncode == 1 and "already ended as CANCELLED" in again.stderr
+        done = server.cli("cancel", waiter)
+        assert done.returncode == 0 and "CANCELLED" in done.stdout
+        done = server.cli("cancel", hog)
+        assert done.returncode == 0 and "CANCELLED" in done.stdout
+        job = server.cli_json("status", hog)
+        assert job["state"] == "CANCELLED" and job["reason"] == "cancelled by user"
+        again = server.cli("cancel", hog)
+        assert again.returncode == 1 and "already ended as CANCELLED" in again.stderr
+
+    finally:  # never leave the shared cluster busy, whatever failed above
+        server.cancel_live_jobs()
 
     deadline = time.monotonic() + 30
     while free_cpus(server) < SESSION_CPUS and time.monotonic() < deadline:

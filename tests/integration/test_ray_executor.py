@@ -16,7 +16,7 @@ from dcsched.core.job import Job
 from dcsched.core.lifecycle import JobState
 from dcsched.core.spec import load_spec_yaml
 from dcsched.ports import RunPhase
-from tests.conftest import EXAMPLES, free_port
+from tests.conftest import EXAMPLES, dashboard_url, start_cluster
 
 pytestmark = [pytest.mark.ray]
 
@@ -25,28 +25,10 @@ pytestmark = [pytest.mark.ray]
 def cluster(ray_head: object) -> Iterator[Any]:
     """A head with no CPUs and three 2-CPU worker nodes (token auth as the session head)."""
     import ray
-    from ray.cluster_utils import Cluster
 
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 0,
-            "include_dashboard": True,
-            "dashboard_port": free_port(),
-            "dashboard_host": "127.0.0.1",
-            "dashboard_agent_listen_port": free_port(),
-            "metrics_export_port": free_port(),
-            "runtime_env_agent_port": free_port(),
-        },
+    cluster: Any = start_cluster(
+        [{"num_cpus": 2, "labels": {"dcsched.io/rack": f"r{index}"}} for index in range(3)]
     )
-    for index in range(3):
-        cluster.add_node(
-            num_cpus=2,
-            labels={"dcsched.io/rack": f"r{index}"},
-            metrics_export_port=free_port(),
-            runtime_env_agent_port=free_port(),
-        )
-    cluster.wait_for_nodes()
     ray.init(address=cluster.address, namespace="dcsched", logging_level="WARNING")
     try:
         yield cluster
@@ -102,12 +84,7 @@ def test_job_runs_where_the_decision_placed_it(
 
     from dcsched.adapters.ray_executor import RayClusterView, RayExecutor
 
-    executor = RayExecutor(
-        "http://" + cluster.webui_url
-        if not cluster.webui_url.startswith("http")
-        else cluster.webui_url,
-        run_in_group=lambda job: in_group,
-    )
+    executor = RayExecutor(dashboard_url(cluster), run_in_group=lambda job: in_group)
     target = worker_nodes()[1]
     job = make_job(f"placed-{int(in_group)}-{time.time_ns()}", (target,))
     executor.reserve(job, job.nodes)
@@ -141,10 +118,7 @@ def test_job_runs_where_the_decision_placed_it(
 def test_stop_ends_a_running_job(cluster: Any, tmp_path: Path) -> None:
     from dcsched.adapters.ray_executor import RayExecutor
 
-    url = (
-        cluster.webui_url if cluster.webui_url.startswith("http") else "http://" + cluster.webui_url
-    )
-    executor = RayExecutor(url)
+    executor = RayExecutor(dashboard_url(cluster))
     assert executor.status("never-submitted") is None
     job = make_job(f"stopped-{time.time_ns()}", (worker_nodes()[0],), epochs=100000)
     executor.reserve(job, job.nodes)

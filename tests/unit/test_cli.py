@@ -757,7 +757,8 @@ def test_up_starts_the_background_server_and_says_where_it_is(
     result = run("up", "--timeout", "5")
 
     assert result.exit_code == 0, result.output
-    paths, host, port, ray_address, timeout = daemon.start[0]
+    paths, host, port, ray_address, timeout, config = daemon.start[0]
+    assert config is None
     assert (paths.home, host, port, ray_address, timeout) == (home, "127.0.0.1", 9999, None, 5.0)
     assert "http://127.0.0.1:9999" in result.stdout and "pid 42" in result.stdout
 
@@ -781,8 +782,8 @@ def test_server_runs_in_the_foreground_with_the_options(daemon: types.SimpleName
     result = run("server", "--port", "8000", "--host", "0.0.0.0", "--ray-address", "ray://h:1")
 
     assert result.exit_code == 0
-    _, host, port, ray_address = daemon.run[0]
-    assert (host, port, ray_address) == ("0.0.0.0", 8000, "ray://h:1")
+    _, host, port, ray_address, config = daemon.run[0]
+    assert (host, port, ray_address, config) == ("0.0.0.0", 8000, "ray://h:1", None)
 
 
 # -- start-up weight (subprocess) ----------------------------------------------------------------

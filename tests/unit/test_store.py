@@ -26,10 +26,10 @@ def pending(job_id: str, at: float = 1.0) -> Job:
 
 def test_migrations_run_once_and_wal_is_on(tmp_path: Path) -> None:
     store = make_store(tmp_path)
-    assert store.schema_version() == 1
+    assert store.schema_version() == 3
     store.close()
     again = make_store(tmp_path)
-    assert again.schema_version() == 1
+    assert again.schema_version() == 3
     mode = sqlite3.connect(tmp_path / "dcsched.db").execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
 
@@ -107,3 +107,29 @@ def test_model_versions_count_up_and_are_idempotent(tmp_path: Path) -> None:
     assert job is not None and job.state is JobState.SUCCEEDED
     assert job.result == {"task": "binary", "model": {"name": "mlp-breast-cancer", "version": 2}}
     assert store.model_names() == [("mlp-breast-cancer", 2, 2, 4.0)]
+
+
+def test_allocation_intervals_follow_the_event_history(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    store.add_job(pending("a", at=0.0))
+    store.transition("a", JobState.ADMITTED, 10.0, nodes=["n"])
+    store.transition("a", JobState.RUNNING, 11.0)
+    store.transition("a", JobState.PENDING, 20.0, "preempted by b")
+    store.transition("a", JobState.ADMITTED, 30.0, nodes=["n"])
+    store.transition("a", JobState.RUNNING, 31.0)
+    store.add_job(pending("never", at=0.0))
+    spans = [(i.job_id, i.start, i.end) for i in store.allocation_intervals()]
+    assert spans == [("a", 10.0, 20.0), ("a", 30.0, None)]
+    store.transition("a", JobState.SUCCEEDED, 40.0)
+    spans = [(i.job_id, i.start, i.end) for i in store.allocation_intervals(since=35.0)]
+    assert spans == [("a", 30.0, 40.0)]
+    assert store.allocation_intervals(since=41.0) == []
+
+
+def test_configs_are_kept_and_the_newest_wins(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    assert store.latest_config() is None
+    store.save_config("placement: spread\n", 1.0)
+    store.save_config("placement: binpack\n", 2.0)
+    assert store.latest_config() == ("placement: binpack\n", 2.0)
+    assert store.schema_version() == 3

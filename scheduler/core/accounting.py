@@ -1,0 +1,58 @@
+"""Accounting of allocated resources: how many GPU-seconds, CPU-seconds and byte-seconds
+each job and each team was given, over any window of time.
+
+Words:
+- allocated: reserved for the job (from its admission, when its placement group is
+  created, to its end or requeue), whether or not it used it. Measured use comes from the
+  exporters; joining the two is the point of having both.
+- allocation interval: one such span (``UsageInterval``). A preempted job that ran twice
+  has two; the store derives them from each job's event history.
+- resource-seconds: a ``Resources`` value whose components are CPU-seconds, GPU-seconds
+  and byte-seconds: the whole gang's request (workers x per-worker) times the span.
+
+Invariants: results are never negative, grow with ``now`` and are additive over
+intervals. Times are unix seconds given by the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from dcsched.core.fairshare import UsageInterval
+from dcsched.core.resources import Resources
+
+
+def interval_seconds(interval: UsageInterval, now: float, since: float | None = None) -> float:
+    """Seconds of the interval that fall in ``[since, now]``."""
+    end = now if interval.end is None else min(interval.end, now)
+    start = interval.start if since is None else max(interval.start, since)
+    return max(0.0, end - start)
+
+
+def allocated(interval: UsageInterval, now: float, since: float | None = None) -> Resources:
+    """Resource-seconds of the interval within ``[since, now]``."""
+    seconds = interval_seconds(interval, now, since)
+    r = interval.resources
+    return Resources(r.cpus * seconds, r.gpus * seconds, round(r.memory * seconds))
+
+
+def by_job(
+    intervals: Iterable[UsageInterval], now: float, since: float | None = None
+) -> dict[str, Resources]:
+    """Resource-seconds per job id, in order of first appearance."""
+    sums: dict[str, Resources] = {}
+    for interval in intervals:
+        sums[interval.job_id] = sums.get(interval.job_id, Resources()) + allocated(
+            interval, now, since
+        )
+    return sums
+
+
+def by_team(
+    intervals: Iterable[UsageInterval], now: float, since: float | None = None
+) -> dict[str, Resources]:
+    """Resource-seconds per team, in order of first appearance."""
+    sums: dict[str, Resources] = {}
+    for interval in intervals:
+        sums[interval.team] = sums.get(interval.team, Resources()) + allocated(interval, now, since)
+    return sums
