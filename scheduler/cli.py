@@ -678,7 +678,7 @@ def teams(output: str) -> None:
 
 
 def _since(value: str | None) -> float | None:
-    """`2h`, `7d` (that long ago), an ISO date/time, or unix seconds."""
+    """`2h`, `7d`, `3600` (that long ago) or an ISO date/time (UTC unless it says)."""
     if value is None:
         return None
     from dcsched.core.units import parse_duration
