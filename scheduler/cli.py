@@ -29,7 +29,7 @@ import click
 from dcsched import __version__
 from dcsched.client import ApiError, Client, ServerUnreachable
 from dcsched.core.lifecycle import TERMINAL_STATES, JobState
-from dcsched.core.units import format_bytes
+from dcsched.core.units import format_bytes, format_duration
 from dcsched.paths import DEFAULT_PORT, Paths
 
 POLL_INTERVAL_S = 1.0  # how often `wait` and `logs --follow` ask the server
@@ -770,23 +770,11 @@ def _parse_time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _duration(seconds: float) -> str:
-    """45s, 3m12s, 2h05m, 3d04h."""
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
 def _ago(value: Any, now: datetime) -> str:
     when = _parse_time(value)
     if when is None:
         return str(value) if value else "-"
-    return f"{_duration((now - when).total_seconds())} ago"
+    return f"{format_duration((now - when).total_seconds())} ago"
 
 
 def _when(value: Any, now: datetime) -> str | None:
@@ -801,7 +789,7 @@ def _between(start: Any, end: Any, now: datetime) -> str | None:
     if begin is None:
         return None
     finish = _parse_time(end) or now
-    return _duration((finish - begin).total_seconds())
+    return format_duration((finish - begin).total_seconds())
 
 
 def _num(value: Any) -> str:
@@ -838,7 +826,7 @@ def _queue_reason(job: Mapping[str, Any]) -> str:
         text = f"#{position} in queue: {reason}" if reason else f"#{position} in queue"
         estimate = _parse_time(job.get("estimated_start"))
         if estimate is not None:
-            text += f" (estimated start in {_duration((estimate - _now()).total_seconds())})"
+            text += f" (estimated start in {format_duration((estimate - _now()).total_seconds())})"
         return text
     return str(reason)
 
