@@ -259,10 +259,6 @@ class SQLiteStore:
         fresh = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job_from_row(fresh)
 
-    def set_reason(self, job_id: str, reason: str | None) -> None:
-        with self._write() as conn:
-            conn.execute("UPDATE jobs SET reason = ? WHERE id = ?", (reason, job_id))
-
     def set_reasons(self, reasons: dict[str, str]) -> None:
         """Update many pending jobs' reasons in one transaction (only those that changed)."""
         if not reasons:

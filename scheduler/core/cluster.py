@@ -38,17 +38,6 @@ class ClusterSnapshot:
             total = total + node.total
         return total
 
-    def largest_node(self) -> Resources:
-        """Component-wise largest capacity of any one alive node."""
-        nodes = self.alive_nodes()
-        if not nodes:
-            return Resources()
-        return Resources(
-            cpus=max(n.total.cpus for n in nodes),
-            gpus=max(n.total.gpus for n in nodes),
-            memory=max(n.total.memory for n in nodes),
-        )
-
     def with_reservations(self, reserved: Mapping[str, Resources]) -> ClusterSnapshot:
         """Cap each node's availability by its total less dcsched's own reservations."""
         nodes = []
