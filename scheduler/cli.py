@@ -15,6 +15,7 @@ Words: a job is *terminal* once SUCCEEDED, FAILED or CANCELLED (``dcsched.core.l
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -76,8 +77,49 @@ def _restyled(exc: click.UsageError) -> click.UsageError:
     return _UsageError(exc.format_message(), exc.ctx)
 
 
+# Commands that live in their own modules and are imported only when run, so that
+# `dcsched list` never pays for them: name -> "module:attribute".
+# Their one-line help is here too, so that ``dcsched --help`` imports none of them.
+LAZY_COMMANDS = {
+    "exporter": ("dcsched.exporters.cli:exporter", "Serve GPU and host metrics of this node."),
+    "sim": ("dcsched.sim.cli:sim", "Replay a cluster trace through the scheduling policies."),
+    "top": ("dcsched.top:top", "Live view of nodes, GPUs, running jobs and the queue."),
+}
+
+
 class _Cli(click.Group):
-    """Turns usage, API and connection errors of any command into ``error: ...``."""
+    """Turns usage, API and connection errors of any command into ``error: ...``, and
+    loads the commands of ``LAZY_COMMANDS`` on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in LAZY_COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        target = LAZY_COMMANDS[cmd_name][0]
+        module_name, _, attribute = target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise Failure(f"`dcsched {cmd_name}` cannot be loaded here: {exc}") from None
+        command = getattr(module, attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{target} is not a click command")
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in LAZY_COMMANDS:
+                rows.append((name, LAZY_COMMANDS[name][1]))
+                continue
+            command = super().get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(formatter.width - 6 - len(name))))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def make_context(
         self,
