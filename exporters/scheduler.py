@@ -12,21 +12,32 @@ lifecycle):
 - dcsched_job_run_seconds{team,kind,state}           histogram, start -> end
 - dcsched_allocated_gpu_seconds_total{team}          counter, from the allocation history
 - dcsched_allocated_cpu_seconds_total{team}          counter
+- dcsched_preemptions_total{team}                    counter, victims by team
+- dcsched_admission_pass_duration_seconds            histogram, one pass of the core
+and, read from the service at scrape time (``SchedulerStateCollector``): queues, quotas,
+fair share, node capacity and per running job allocation and training progress.
+docs/metrics.md lists every series with its labels and the worst-case cardinality.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from dcsched.core.cluster import ClusterSnapshot
+from dcsched.core.config import ClusterConfig
 from dcsched.core.job import Job
+from dcsched.core.lifecycle import JobState
 from dcsched.core.resources import Resources
 
 WAIT_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 RUN_BUCKETS = (1, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 24 * 3600, 7 * 24 * 3600)
+PASS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+RESOURCES = (("cpus", "cpus"), ("gpus", "gpus"), ("memory_bytes", "memory"))
 
 
 class _JobsByState(Collector):
@@ -93,6 +104,18 @@ class SchedulerMetrics:
             buckets=RUN_BUCKETS,
             registry=registry,
         )
+        self.preemptions = Counter(
+            "dcsched_preemptions",
+            "Runs preempted to make room for other jobs, by the preempted job's team",
+            ["team"],
+            registry=registry,
+        )
+        self.admission_pass_time = Histogram(
+            "dcsched_admission_pass_duration_seconds",
+            "Time one scheduling pass of the policy core took",
+            buckets=PASS_BUCKETS,
+            registry=registry,
+        )
         registry.register(_JobsByState(job_counts))
         if allocated_by_team is not None:
             registry.register(_AllocatedSeconds(allocated_by_team))
@@ -106,3 +129,178 @@ class SchedulerMetrics:
     def finished(self, job: Job, run_s: float | None) -> None:
         if run_s is not None:
             self.run_time.labels(job.team, job.kind, job.state.value).observe(max(0.0, run_s))
+
+    def preempted(self, job: Job) -> None:
+        self.preemptions.labels(job.team).inc()
+
+    def admission_pass(self, seconds: float, pending: int) -> None:
+        self.admission_pass_time.observe(seconds)
+
+
+class SchedulerState(Protocol):
+    """What the state collector reads from the scheduling service."""
+
+    @property
+    def config(self) -> ClusterConfig: ...
+
+    def teams_view(self) -> list[dict[str, Any]]: ...
+
+    def jobs_in(self, states: Sequence[JobState]) -> list[Job]: ...
+
+    def cluster_snapshot(self) -> ClusterSnapshot: ...
+
+    def run_progress(self, job: Job) -> dict[str, Any] | None: ...
+
+    def now(self) -> float: ...
+
+
+class SchedulerStateCollector(Collector):
+    """Queues, quotas, fair share, node capacity and running jobs, read at scrape time.
+
+    Per-job series exist only while the job runs, so job ids never pile up as labels.
+    """
+
+    def __init__(self, state: SchedulerState):
+        self._state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        state = self._state
+        now = state.now()
+        pending = state.jobs_in([JobState.PENDING])
+        running = state.jobs_in([JobState.ADMITTED, JobState.RUNNING])
+        teams = state.teams_view()
+        team_names = sorted({t["name"] for t in teams} | {j.team for j in pending})
+        yield from _queue_families(pending, team_names, now)
+        cluster = state.cluster_snapshot()
+        yield from _team_families(teams, state.config, cluster)
+        yield from _node_families(cluster)
+        yield from _job_families(running, state)
+
+
+def _queue_families(
+    pending: list[Job], teams: list[str], now: float
+) -> Iterator[GaugeMetricFamily]:
+    length = GaugeMetricFamily("dcsched_queue_length", "PENDING jobs", labels=["team"])
+    oldest = GaugeMetricFamily(
+        "dcsched_queue_oldest_pending_age_seconds",
+        "Age of the oldest PENDING job (0 when none)",
+        labels=["team"],
+    )
+    gpus = GaugeMetricFamily(
+        "dcsched_queue_pending_gpus", "GPUs asked for by PENDING jobs", labels=["team"]
+    )
+    by_team: dict[str, list[Job]] = {team: [] for team in teams}
+    for job in pending:
+        by_team.setdefault(job.team, []).append(job)
+    for team, mine in sorted(by_team.items()):
+        length.add_metric([team], len(mine))
+        first = min((job.submitted_at for job in mine), default=None)
+        oldest.add_metric([team], 0.0 if first is None else max(0.0, now - first))
+        gpus.add_metric([team], sum(job.spec.resources.total().gpus for job in mine))
+    yield length
+    yield oldest
+    yield gpus
+
+
+def _team_families(
+    teams: list[dict[str, Any]],
+    config: ClusterConfig,
+    cluster: ClusterSnapshot,
+) -> Iterator[GaugeMetricFamily]:
+    labels = ["team", "resource"]
+    nominal = GaugeMetricFamily(
+        "dcsched_team_quota_nominal", "Nominal quota (absent: unlimited)", labels=labels
+    )
+    used = GaugeMetricFamily(
+        "dcsched_team_quota_used", "Held by the team's admitted and running jobs", labels=labels
+    )
+    borrowed = GaugeMetricFamily(
+        "dcsched_team_quota_borrowed", "Held above the nominal quota (borrowed)", labels=labels
+    )
+    weight = GaugeMetricFamily(
+        "dcsched_team_fair_share_weight", "Weight under the fair policy", labels=["team"]
+    )
+    share = GaugeMetricFamily(
+        "dcsched_team_dominant_share_ratio",
+        "The team's largest share of any cluster resource, held now",
+        labels=["team"],
+    )
+    total = cluster.total()
+    for team in teams:
+        name = team["name"]
+        quota = team["quota"] or {}
+        for label, key in RESOURCES:
+            if quota.get(key) is not None:
+                nominal.add_metric([name, label], float(quota[key]))
+            used.add_metric([name, label], float(team["used"][key]))
+            if team["borrowed"] is not None:
+                borrowed.add_metric([name, label], float(team["borrowed"][key]))
+        configured = config.team(name)
+        weight.add_metric([name], configured.weight if configured else 1.0)
+        held = Resources(**team["used"])
+        share.add_metric([name], _dominant_share(held, total))
+    yield nominal
+    yield used
+    yield borrowed
+    yield weight
+    yield share
+
+
+def _dominant_share(held: Resources, total: Resources) -> float:
+    shares = [
+        held.cpus / total.cpus if total.cpus else 0.0,
+        held.gpus / total.gpus if total.gpus else 0.0,
+        held.memory / total.memory if total.memory else 0.0,
+    ]
+    return max(shares)
+
+
+def _node_families(cluster: ClusterSnapshot) -> Iterator[GaugeMetricFamily]:
+    capacity = GaugeMetricFamily(
+        "dcsched_cluster_node_capacity",
+        "What Ray reports the node has",
+        labels=["node", "resource"],
+    )
+    free = GaugeMetricFamily(
+        "dcsched_cluster_node_free", "Not reserved by anyone", labels=["node", "resource"]
+    )
+    for node in cluster.alive_nodes():
+        for label, key in RESOURCES:
+            capacity.add_metric([node.id, label], float(getattr(node.total, key)))
+            free.add_metric([node.id, label], float(getattr(node.available, key)))
+    yield capacity
+    yield free
+
+
+def _job_families(running: list[Job], state: SchedulerState) -> Iterator[GaugeMetricFamily]:
+    labels = ["job", "team"]
+    gpus = GaugeMetricFamily(
+        "dcsched_job_allocated_gpus", "GPUs reserved for a running job", labels=labels
+    )
+    cpus = GaugeMetricFamily(
+        "dcsched_job_allocated_cpus", "CPUs reserved for a running job", labels=labels
+    )
+    epoch = GaugeMetricFamily(
+        "dcsched_job_training_epoch", "Last finished epoch of a running job", labels=labels
+    )
+    loss = GaugeMetricFamily("dcsched_job_training_loss", "Its training loss", labels=labels)
+    speed = GaugeMetricFamily(
+        "dcsched_job_training_samples_per_second", "Its training throughput", labels=labels
+    )
+    for job in running:
+        key = [job.id, job.team]
+        total = job.spec.resources.total()
+        gpus.add_metric(key, total.gpus)
+        cpus.add_metric(key, total.cpus)
+        if job.state is not JobState.RUNNING:
+            continue
+        progress = state.run_progress(job) or {}
+        for family, field in ((epoch, "epoch"), (loss, "loss"), (speed, "samples_per_s")):
+            value = progress.get(field)
+            if isinstance(value, int | float):
+                family.add_metric(key, float(value))
+    yield gpus
+    yield cpus
+    yield epoch
+    yield loss
+    yield speed

@@ -76,7 +76,7 @@ def run_server(
     from dcsched.adapters import ray_executor, ray_head
     from dcsched.adapters.http_api import create_app
     from dcsched.adapters.sqlite_store import SQLiteStore
-    from dcsched.exporters.scheduler import SchedulerMetrics
+    from dcsched.exporters.scheduler import SchedulerMetrics, SchedulerStateCollector
     from dcsched.plugins.registry import describe_plugins
     from dcsched.service import SchedulerService
     from dcsched.validation import check_runnable
@@ -128,6 +128,7 @@ def run_server(
     if config_text is not None:
         service.apply_config(config_text)
     service_ref.append(service)
+    registry.register(SchedulerStateCollector(service))
     url = f"http://{host}:{port}"
     info = {
         "api_url": url,

@@ -20,13 +20,14 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from dcsched.core import accounting
 from dcsched.core.admission import Admit, Cancel, Preempt, SchedulingInput, Wait, plan
+from dcsched.core.cluster import ClusterSnapshot
 from dcsched.core.config import ClusterConfig, load_config_yaml
 from dcsched.core.fairshare import UsageInterval, decayed_usage
 from dcsched.core.job import Job
@@ -37,6 +38,7 @@ from dcsched.core.spec import JobSpec, SpecError, parse_spec
 from dcsched.core.units import format_duration
 from dcsched.paths import Paths
 from dcsched.ports import ClusterView, Executor, JobStore, RunPhase, RunStatus
+from dcsched.training.runner import last_progress
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,10 @@ class JobEvents(Protocol):
 
     def finished(self, job: Job, run_s: float | None) -> None: ...
 
+    def preempted(self, job: Job) -> None: ...
+
+    def admission_pass(self, seconds: float, pending: int) -> None: ...
+
 
 class _NoEvents:
     def submitted(self, job: Job) -> None:
@@ -75,6 +81,12 @@ class _NoEvents:
         pass
 
     def finished(self, job: Job, run_s: float | None) -> None:
+        pass
+
+    def preempted(self, job: Job) -> None:
+        pass
+
+    def admission_pass(self, seconds: float, pending: int) -> None:
         pass
 
 
@@ -213,6 +225,22 @@ class SchedulerService:
     def wake(self) -> None:
         self._wake.set()
 
+    # -- what the metrics read at scrape time (dcsched.exporters.scheduler.SchedulerState)
+
+    def now(self) -> float:
+        return self.clock.now()
+
+    def jobs_in(self, states: Sequence[JobState]) -> list[Job]:
+        return self.store.list_jobs(states=states)
+
+    def cluster_snapshot(self) -> ClusterSnapshot:
+        """The cluster as the policy sees it: Ray's view less dcsched's reservations."""
+        active = self.store.list_jobs(states=ACTIVE_STATES)
+        return self.cluster.snapshot().with_reservations(_reserved_by_node(active))
+
+    def run_progress(self, job: Job) -> dict[str, Any] | None:
+        return last_progress(self.paths.run_dir(job.id))
+
     def teams_view(self) -> list[dict[str, Any]]:
         """Each team's nominal quota, what it uses now, what of that is borrowed, and its
         pending work. Teams listed in the configuration come first, then any other team
@@ -289,6 +317,7 @@ class SchedulerService:
         config = self.config
         active = self.store.list_jobs(states=ACTIVE_STATES)
         snapshot = self.cluster.snapshot().with_reservations(_reserved_by_node(active))
+        started = time.perf_counter()
         decisions = plan(
             SchedulingInput(
                 pending=pending,
@@ -300,6 +329,7 @@ class SchedulerService:
                 job_states=self._dependency_states(pending),
             )
         )
+        self.events.admission_pass(time.perf_counter() - started, len(pending))
         by_id = {job.id: job for job in pending + active}
         waiting: dict[str, Wait] = {}
         for decision in decisions:
@@ -368,6 +398,7 @@ class SchedulerService:
         self.executor.stop(victim.run_id)
         self.executor.release(victim.run_id)
         self.store.transition(victim.id, JobState.PENDING, self.clock.now(), f"preempted: {reason}")
+        self.events.preempted(victim)
 
     def _admit(self, job: Job, nodes: tuple[str, ...]) -> None:
         now = self.clock.now()

@@ -10,10 +10,8 @@ service decides, the store remembers.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -29,6 +27,7 @@ from dcsched.core.lifecycle import JobState
 from dcsched.core.spec import JobSpec, SpecError
 from dcsched.ports import ModelVersion
 from dcsched.service import JobAlreadyEnded, JobNotFound, SchedulerService
+from dcsched.training.runner import last_progress
 
 logger = logging.getLogger(__name__)
 
@@ -51,27 +50,6 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def last_progress(run_dir: Path) -> dict[str, Any] | None:
-    """The last line of the run's progress.jsonl, read from the end of the file."""
-    path = run_dir / "progress.jsonl"
-    try:
-        with path.open("rb") as handle:
-            handle.seek(0, 2)
-            size = handle.tell()
-            handle.seek(max(0, size - 4096))
-            lines = handle.read().splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        try:
-            value = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
 
 
 def job_view(

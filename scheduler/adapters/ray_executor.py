@@ -150,6 +150,9 @@ class RayExecutor:
                 "dcsched_name": job.name,
                 "dcsched_resources": f"{job.workers}x {job.per_worker.describe()}",
             },
+            # The node exporter attributes processes (and their GPU memory) to jobs by
+            # these; tasks and actors the run starts inherit them.
+            "runtime_env": {"env_vars": {"DCSCHED_JOB_ID": job.id, "DCSCHED_TEAM": job.team}},
             "entrypoint_num_cpus": 0,
             "entrypoint_label_selector": {NODE_ID_LABEL: job.nodes[0]} if job.nodes else None,
         }

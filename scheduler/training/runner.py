@@ -42,6 +42,27 @@ MODEL_DIR = "model"
 PREPROCESSING_FILE = "preprocessing.json"
 
 
+def last_progress(run_dir: Path) -> dict[str, Any] | None:
+    """The last line of the run's progress.jsonl, read from the end of the file."""
+    path = run_dir / PROGRESS_FILE
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - 4096))
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
 class RunDirError(Exception):
     """The run directory or its spec.json is missing or unreadable."""
 
