@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_HOME ?= $(CURDIR)/.dcsched-demo
 
-.PHONY: install test lint typecheck unit demo demo-down bench clean
+.PHONY: install system-deps test lint typecheck unit demo demo-down bench clean
 
 install: $(STAMP)
 
@@ -16,6 +16,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+# The tests run a real Prometheus and promtool (Debian package `prometheus`).
+system-deps:
+	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then \
+		echo "installing Prometheus (Debian package prometheus) for the tests"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	fi
+	@promtool --version | head -1
 
 lint: install
 	$(BIN)/ruff check .
@@ -30,10 +40,10 @@ typecheck: install
 	ln -s ../../../exporters build/typecheck/dcsched/exporters
 	MYPYPATH=build/typecheck $(BIN)/mypy -p dcsched
 
-test: lint typecheck
+test: system-deps lint typecheck
 	$(BIN)/python -m pytest -ra
 
-unit: install
+unit: install system-deps
 	$(BIN)/python -m pytest -ra tests/unit
 
 demo: install
