@@ -239,33 +239,78 @@ def _daemon_failure(exc: Exception) -> Failure:
     return Failure(f"{exc} (set DCSCHED_DEBUG=1 for the traceback)")
 
 
+_exporter_options = [
+    click.option(
+        "--exporters/--no-exporters",
+        default=True,
+        show_default=True,
+        help="Run a node exporter (GPU, host and job metrics) on every Ray node.",
+    ),
+    click.option(
+        "--exporter-port",
+        type=click.IntRange(0, 65535),
+        envvar="DCSCHED_EXPORTER_PORT",
+        default=9478,
+        show_default=True,
+        help="Port of the node exporters (a free one where it is taken; env "
+        "DCSCHED_EXPORTER_PORT).",
+    ),
+    click.option(
+        "--grafana-url",
+        envvar="RAY_GRAFANA_HOST",
+        default=None,
+        help="Grafana for the Ray dashboard to embed (RAY_GRAFANA_HOST of the head it starts).",
+    ),
+    click.option(
+        "--prometheus-url",
+        envvar="RAY_PROMETHEUS_HOST",
+        default=None,
+        help="Prometheus for the Ray dashboard (RAY_PROMETHEUS_HOST of the head it starts).",
+    ),
+]
+
+
+def _server_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(
+        [_port_option, _host_option, _ray_option, _config_option, *_exporter_options]
+    ):
+        func = option(func)
+    return func
+
+
+def _options(daemon: Any, **given: Any) -> Any:
+    return daemon.ServerOptions(
+        host=given["host"],
+        port=given["port"],
+        ray_address=given["ray_address"],
+        config_path=given["config_path"],
+        exporters=given["exporters"],
+        exporter_port=given["exporter_port"],
+        grafana_url=given["grafana_url"],
+        prometheus_url=given["prometheus_url"],
+    )
+
+
 @cli.command()
-@_port_option
-@_host_option
-@_ray_option
-@_config_option
-def server(port: int, host: str, ray_address: str | None, config_path: Path | None) -> None:
+@_server_options
+def server(**given: Any) -> None:
     """Run the API server in the foreground."""
+    daemon = _daemon()
     try:
-        _daemon().run_server(Paths.from_env(), host, port, ray_address, config_path)
+        daemon.run_server(Paths.from_env(), _options(daemon, **given))
     except Exception as exc:  # a start failure is reported in words, not a traceback
         raise _daemon_failure(exc) from None
 
 
 @cli.command()
-@_port_option
-@_host_option
-@_ray_option
-@_config_option
+@_server_options
 @click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds.")
-def up(
-    port: int, host: str, ray_address: str | None, config_path: Path | None, timeout: float
-) -> None:
+def up(timeout: float, **given: Any) -> None:
     """Start the server in the background and say where it is."""
     daemon = _daemon()
     paths = Paths.from_env()
     try:
-        info = daemon.start_background(paths, host, port, ray_address, timeout, config_path)
+        info = daemon.start_background(paths, _options(daemon, **given), timeout)
     except Exception as exc:  # any start failure is reported in words, not a traceback
         raise _daemon_failure(exc) from None
     click.echo(f"dcsched server is up (pid {info.get('pid', '?')})")
@@ -273,6 +318,7 @@ def up(
         ("API", info.get("url")),
         ("metrics", info.get("metrics_url")),
         ("Ray dashboard", info.get("ray_dashboard_url")),
+        ("exporters", info.get("exporters_file_sd")),
         ("home", str(paths.home)),
         ("log", str(paths.server_log)),
     ]

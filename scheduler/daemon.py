@@ -20,10 +20,11 @@ import sys
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dcsched.paths import Paths
+from dcsched.paths import DEFAULT_PORT, Paths
 from dcsched.processes import pid_alive
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,47 @@ logger = logging.getLogger(__name__)
 
 class ServerError(RuntimeError):
     """A problem starting or stopping the server, in words for the user."""
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How to run the server; the options of ``dcsched server`` and ``dcsched up``."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    ray_address: str | None = None
+    config_path: Path | None = None
+    exporters: bool = True
+    """Run a node exporter on every Ray node (dcsched.adapters.node_exporters)."""
+    exporter_port: int = 9478
+    grafana_url: str | None = None
+    """Given to the Ray head it starts as RAY_GRAFANA_HOST, so its dashboard embeds
+    Grafana panels (with ``prometheus_url`` as RAY_PROMETHEUS_HOST)."""
+    prometheus_url: str | None = None
+
+    def argv(self) -> list[str]:
+        """The same options as ``dcsched server`` arguments."""
+        args = ["--host", self.host, "--port", str(self.port)]
+        if self.ray_address:
+            args += ["--ray-address", self.ray_address]
+        if self.config_path is not None:
+            args += ["--config", str(Path(self.config_path).resolve())]
+        if not self.exporters:
+            args.append("--no-exporters")
+        args += ["--exporter-port", str(self.exporter_port)]
+        if self.grafana_url:
+            args += ["--grafana-url", self.grafana_url]
+        if self.prometheus_url:
+            args += ["--prometheus-url", self.prometheus_url]
+        return args
+
+    def ray_dashboard_env(self) -> dict[str, str]:
+        env = {}
+        if self.grafana_url:
+            env["RAY_GRAFANA_HOST"] = self.grafana_url
+        if self.prometheus_url:
+            env["RAY_PROMETHEUS_HOST"] = self.prometheus_url
+        return env
 
 
 def ensure_home(paths: Paths) -> None:
@@ -62,18 +104,12 @@ def _check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-def run_server(
-    paths: Paths,
-    host: str,
-    port: int,
-    ray_address: str | None,
-    config_path: Path | None = None,
-) -> None:
+def run_server(paths: Paths, options: ServerOptions) -> None:
     """Run the server in this process until SIGTERM or Ctrl-C."""
     import uvicorn
     from prometheus_client import CollectorRegistry
 
-    from dcsched.adapters import ray_executor, ray_head
+    from dcsched.adapters import node_exporters, ray_executor, ray_head
     from dcsched.adapters.http_api import create_app
     from dcsched.adapters.sqlite_store import SQLiteStore
     from dcsched.exporters.scheduler import SchedulerMetrics, SchedulerStateCollector
@@ -85,16 +121,23 @@ def run_server(
         level=os.environ.get("DCSCHED_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    host, port, ray_address = options.host, options.port, options.ray_address
     _check_port_free(host, port)
-    config_text = _read_config(config_path or (paths.home / "dcsched.yaml"))
+    config_text = _read_config(options.config_path or (paths.home / "dcsched.yaml"))
     token = ensure_api_token(paths)
     started_ray = False
     if ray_address is None:
         head = ray_head.find_running(paths)
         if head is None:
             logger.info("starting a local Ray head (dashboard on)")
+            os.environ.update(options.ray_dashboard_env())
             head = ray_head.start(paths)
             started_ray = True
+        elif options.ray_dashboard_env():
+            logger.warning(
+                "the Ray head was already running; --grafana-url/--prometheus-url apply when "
+                "dcsched starts it (`dcsched down` then `dcsched up` with them)"
+            )
         os.environ.update(ray_head.ray_env(head.token_path))
         gcs_address, dashboard_url = head.gcs_address, head.dashboard_url
     else:
@@ -117,10 +160,15 @@ def run_server(
         return accounting.by_team(service_ref[0].allocations(), time.time())
 
     metrics = SchedulerMetrics(registry, store.counts_by_state, allocated_by_team)
+    fleet = None
+    if options.exporters:
+        fleet = node_exporters.ExporterFleet(
+            paths.home / "prometheus" / "exporters.json", port=options.exporter_port
+        )
     service = SchedulerService(
         store=store,
         executor=ray_executor.RayExecutor(dashboard_url),
-        cluster=ray_executor.RayClusterView(),
+        cluster=ray_executor.RayClusterView(fleet.usage if fleet else None),
         paths=paths,
         check_runnable=check_runnable,
         events=metrics,
@@ -136,11 +184,18 @@ def run_server(
         "ray_dashboard_url": dashboard_url,
         "ray_address": gcs_address,
         "home": str(paths.home),
+        "exporters_file_sd": str(fleet.sd_file) if fleet else None,
     }
-    app = create_app(service, token, registry, info, describe_plugins)
+    app = create_app(
+        service, token, registry, info, describe_plugins, fleet.usage if fleet else dict
+    )
     stop = threading.Event()
     loop = threading.Thread(target=service.run_forever, args=(stop,), name="scheduler", daemon=True)
     loop.start()
+    if fleet is not None:
+        threading.Thread(
+            target=fleet.run_forever, args=(stop,), name="exporters", daemon=True
+        ).start()
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     )
@@ -207,12 +262,7 @@ def _info_ok(url: str, token: str) -> bool:
 
 
 def start_background(
-    paths: Paths,
-    host: str,
-    port: int,
-    ray_address: str | None,
-    timeout: float = 180.0,
-    config_path: Path | None = None,
+    paths: Paths, options: ServerOptions, timeout: float = 180.0
 ) -> dict[str, Any]:
     """Start the server detached (its own session), wait until it answers, return server.json."""
     ensure_home(paths)
@@ -222,14 +272,10 @@ def start_background(
         if _info_ok(record["url"], ensure_api_token(paths)):
             record["already_running"] = True
             return record
-    _check_port_free(host, port)
+    _check_port_free(options.host, options.port)
     token = ensure_api_token(paths)
     paths.server_json.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "dcsched.cli", "server", "--host", host, "--port", str(port)]
-    if ray_address:
-        cmd += ["--ray-address", ray_address]
-    if config_path is not None:
-        cmd += ["--config", str(Path(config_path).resolve())]
+    cmd = [sys.executable, "-m", "dcsched.cli", "server", *options.argv()]
     env = {**os.environ, "DCSCHED_HOME": str(paths.home)}
     with paths.server_log.open("ab") as log:
         process = subprocess.Popen(

@@ -132,6 +132,9 @@ def start_server(home: Path, ray_address: str, config: str | None = None) -> Ser
             str(port),
             "--ray-address",
             ray_address,
+            # Node exporters run as Ray actors; several Ray nodes share this host.
+            "--exporter-port",
+            "0",
         ],
         env=env,
         stdout=log,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -107,8 +108,11 @@ def create_app(
     registry: CollectorRegistry,
     info: dict[str, Any],
     plugins: Any,
+    node_usage: Callable[[], dict[str, dict[str, Any]]] = dict,
 ) -> FastAPI:
-    """Build the app. ``plugins`` is a callable returning the plugin descriptions."""
+    """Build the app. ``plugins`` is a callable returning the plugin descriptions;
+    ``node_usage`` returns each node's latest measured usage (node id -> the node
+    exporter's NodeUsage dict)."""
 
     def require_token(request: Request) -> None:
         header = request.headers.get("authorization", "")
@@ -269,6 +273,7 @@ def create_app(
         for job in store.list_jobs(states=[JobState.ADMITTED, JobState.RUNNING]):
             for node in dict.fromkeys(job.nodes):
                 on_node.setdefault(node, []).append(job.id)
+        usage = node_usage()
         return {
             "nodes": [
                 {
@@ -279,6 +284,8 @@ def create_app(
                     "total": node.total.as_dict(),
                     "available": node.available.as_dict(),
                     "jobs": on_node.get(node.id, []),
+                    "utilization": node.utilization,
+                    "usage": usage.get(node.id),
                 }
                 for node in service.cluster.snapshot().nodes
             ]

@@ -214,7 +214,12 @@ class RayExecutor:
 
 
 class RayClusterView:
-    """Nodes, their labels, totals and free resources, as Ray's GCS reports them."""
+    """Nodes, their labels, totals and free resources, as Ray's GCS reports them, and each
+    node's measured busyness where a node exporter reports it (``usage``: node id -> the
+    exporter's NodeUsage dict, see dcsched.adapters.node_exporters)."""
+
+    def __init__(self, usage: Callable[[], dict[str, dict[str, Any]]] | None = None):
+        self._usage = usage
 
     def snapshot(self) -> ClusterSnapshot:
         import ray
@@ -222,6 +227,7 @@ class RayClusterView:
 
         # Ray's state API is untyped.
         available = state.available_resources_per_node()  # type: ignore[no-untyped-call]
+        usage = self._usage() if self._usage is not None else {}
         nodes = []
         for node in ray.nodes():  # type: ignore[no-untyped-call]
             node_id = node["NodeID"]
@@ -233,10 +239,23 @@ class RayClusterView:
                     total=_resources(node.get("Resources", {})),
                     available=_resources(available.get(node_id, {})),
                     labels=dict(node.get("Labels", {})),
+                    utilization=measured_utilization(usage.get(node_id)),
                 )
             )
         nodes.sort(key=lambda n: n.id)
         return ClusterSnapshot(tuple(nodes))
+
+
+def measured_utilization(usage: dict[str, Any] | None) -> float | None:
+    """A node's busyness, 0..1: the larger of its CPU use and its GPUs' mean use."""
+    if not usage:
+        return None
+    values = [float(usage.get("cpu_utilization_ratio") or 0.0)]
+    gpus = [g.get("utilization_ratio") for g in usage.get("gpus") or ()]
+    measured = [float(g) for g in gpus if isinstance(g, int | float)]
+    if measured:
+        values.append(sum(measured) / len(measured))
+    return min(1.0, max(values))
 
 
 def _resources(raw: dict[str, float]) -> Resources:

@@ -156,6 +156,75 @@ def test_preemption_frees_resources_and_the_victim_resumes(live: Any, tmp_path: 
     assert server.cli("cancel", victim).returncode == 0
 
 
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_every_node_runs_an_exporter_that_attributes_a_running_job(
+    live: Any, tmp_path: Path
+) -> None:
+    _, server = live
+    sd_file = server.home / "prometheus" / "exporters.json"
+    deadline = time.monotonic() + 120
+    groups: list[dict] = []
+    while time.monotonic() < deadline:
+        if sd_file.exists():
+            groups = json.loads(sd_file.read_text())
+            if len(groups) == 4:  # the head and 3 workers
+                break
+        time.sleep(1)
+    assert len(groups) == 4, groups
+    nodes = server.cli_json("nodes")
+    assert {g["labels"]["node"] for g in groups} == {n["id"] for n in nodes}  # type: ignore[union-attr]
+    for node in nodes:  # type: ignore[union-attr]
+        assert node["usage"] is not None and node["usage"]["gpu_collector_up"] is False
+        assert 0 <= node["utilization"] <= 1
+
+    job_id = server.cli("submit", str(spec_file(tmp_path, "watched", epochs="100000"))).stdout
+    job_id = job_id.strip()
+    job = wait_for(server, job_id, lambda j: j["state"] == "RUNNING" and j["progress"])
+    target = next(g for g in groups if g["labels"]["node"] == job["nodes"][0])
+    url = f"http://{target['targets'][0]}/metrics"
+    labels = (("job", job_id), ("node", job["nodes"][0]), ("team", "research"))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        samples = scrape(url)
+        if samples.get(("dcsched_job_cpu_seconds_total", labels), 0) > 0:
+            break
+        time.sleep(1)
+    assert samples[("dcsched_job_cpu_seconds_total", labels)] > 0, sorted(samples)[:20]
+    assert samples[("dcsched_job_memory_rss_bytes", labels)] > 0
+    assert samples[("dcsched_gpu_collector_up", (("node", job["nodes"][0]),))] == 0
+    # The same job on the server's /metrics: what it was allocated, how far it got.
+    status, body = server.api("GET", "/metrics")
+    assert status == 200
+    text = body.decode()
+    assert f'dcsched_job_allocated_cpus{{job="{job_id}",team="research"}} 1.0' in text
+    assert f'dcsched_job_training_epoch{{job="{job_id}",team="research"}}' in text
+    # ... and in `dcsched top`, allocated beside measured.
+    deadline = time.monotonic() + 30
+    line = ""
+    while time.monotonic() < deadline:
+        frame = server.cli("top", "--once")
+        assert frame.returncode == 0, frame.stderr
+        line = next(x for x in frame.stdout.splitlines() if x.startswith(job_id))
+        if line.split()[7] != "-":  # CPU-S USED, reported once the fleet has refreshed
+            break
+        time.sleep(2)
+    assert float(line.split()[7]) > 0, line
+    assert server.cli("cancel", job_id).returncode == 0
+    status, body = server.api("GET", "/metrics")
+    assert f'job="{job_id}"' not in body.decode()
+
+
 def _iso(unix: float) -> str:
     from datetime import UTC, datetime
 

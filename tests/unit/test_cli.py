@@ -28,6 +28,7 @@ from click.testing import CliRunner, Result
 import dcsched
 import dcsched.cli as cli_module
 from dcsched.cli import cli
+from dcsched.daemon import ServerOptions
 
 TOKEN = "s3cret-token"
 T0 = "2024-05-01T12:00:00Z"
@@ -744,6 +745,7 @@ def daemon(monkeypatch: pytest.MonkeyPatch, home: Path) -> types.SimpleNamespace
     fake.start_background = start_background  # type: ignore[attr-defined]
     fake.stop_background = stop_background  # type: ignore[attr-defined]
     fake.run_server = lambda *args: calls.run.append(args)  # type: ignore[attr-defined]
+    fake.ServerOptions = ServerOptions  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "dcsched.daemon", fake)
     monkeypatch.setattr(dcsched, "daemon", fake, raising=False)
     return calls
@@ -757,9 +759,9 @@ def test_up_starts_the_background_server_and_says_where_it_is(
     result = run("up", "--timeout", "5")
 
     assert result.exit_code == 0, result.output
-    paths, host, port, ray_address, timeout, config = daemon.start[0]
-    assert config is None
-    assert (paths.home, host, port, ray_address, timeout) == (home, "127.0.0.1", 9999, None, 5.0)
+    paths, options, timeout = daemon.start[0]
+    assert (paths.home, timeout) == (home, 5.0)
+    assert options == ServerOptions(host="127.0.0.1", port=9999)
     assert "http://127.0.0.1:9999" in result.stdout and "pid 42" in result.stdout
 
 
@@ -782,8 +784,37 @@ def test_server_runs_in_the_foreground_with_the_options(daemon: types.SimpleName
     result = run("server", "--port", "8000", "--host", "0.0.0.0", "--ray-address", "ray://h:1")
 
     assert result.exit_code == 0
-    _, host, port, ray_address, config = daemon.run[0]
-    assert (host, port, ray_address, config) == ("0.0.0.0", 8000, "ray://h:1", None)
+    _, options = daemon.run[0]
+    assert options == ServerOptions(host="0.0.0.0", port=8000, ray_address="ray://h:1")
+
+
+def test_up_passes_exporter_and_ray_dashboard_options(daemon: types.SimpleNamespace) -> None:
+    result = run(
+        "up",
+        "--no-exporters",
+        "--exporter-port",
+        "9500",
+        "--grafana-url",
+        "http://grafana:3000",
+        "--prometheus-url",
+        "http://prom:9090",
+    )
+
+    assert result.exit_code == 0, result.output
+    _, options, _ = daemon.start[0]
+    assert not options.exporters and options.exporter_port == 9500
+    assert options.ray_dashboard_env() == {
+        "RAY_GRAFANA_HOST": "http://grafana:3000",
+        "RAY_PROMETHEUS_HOST": "http://prom:9090",
+    }
+    assert options.argv()[-6:] == [
+        "--exporter-port",
+        "9500",
+        "--grafana-url",
+        "http://grafana:3000",
+        "--prometheus-url",
+        "http://prom:9090",
+    ]
 
 
 # -- start-up weight (subprocess) ----------------------------------------------------------------
