@@ -184,7 +184,7 @@ def test_dependencies_wait_for_success_and_a_failed_dependency_cancels(
     server: Server, tmp_path: Path
 ) -> None:
     apply(server, tmp_path, "queueing: {policy: fifo}\nteams:\n  - {name: research}\n")
-    first = submit(server, tmp_path, "first", epochs=5)
+    first = submit(server, tmp_path, "first", epochs=30)
     then = submit(server, tmp_path, "then", epochs=3, depends_on=f"[{first}]")
     reason_of(server, then, first)  # waits, and says for what
     done = server.cli("wait", then, "--timeout", "240")
