@@ -273,7 +273,7 @@ def _node_families(cluster: ClusterSnapshot) -> Iterator[GaugeMetricFamily]:
 
 
 def _job_families(running: list[Job], state: SchedulerState) -> Iterator[GaugeMetricFamily]:
-    labels = ["job", "team"]
+    labels = ["job_id", "team"]
     gpus = GaugeMetricFamily(
         "dcsched_job_allocated_gpus", "GPUs reserved for a running job", labels=labels
     )

@@ -207,8 +207,8 @@ def test_every_node_runs_an_exporter_that_attributes_a_running_job(
     status, body = server.api("GET", "/metrics")
     assert status == 200
     text = body.decode()
-    assert f'dcsched_job_allocated_cpus{{job="{job_id}",team="research"}} 1.0' in text
-    assert f'dcsched_job_training_epoch{{job="{job_id}",team="research"}}' in text
+    assert f'dcsched_job_allocated_cpus{{job_id="{job_id}",team="research"}} 1.0' in text
+    assert f'dcsched_job_training_epoch{{job_id="{job_id}",team="research"}}' in text
     # ... and in `dcsched top`, allocated beside measured.
     deadline = time.monotonic() + 30
     line = ""
@@ -222,7 +222,7 @@ def test_every_node_runs_an_exporter_that_attributes_a_running_job(
     assert float(line.split()[7]) > 0, line
     assert server.cli("cancel", job_id).returncode == 0
     status, body = server.api("GET", "/metrics")
-    assert f'job="{job_id}"' not in body.decode()
+    assert f'job_id="{job_id}"' not in body.decode()
 
 
 def _iso(unix: float) -> str:

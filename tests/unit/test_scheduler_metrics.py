@@ -174,11 +174,11 @@ def test_queue_quota_node_and_running_job_series(
     assert value(found, "dcsched_cluster_node_capacity", node="node-a", resource="gpus") == 2
     assert value(found, "dcsched_cluster_node_free", node="node-a", resource="gpus") == 0
     assert value(found, "dcsched_cluster_node_free", node="node-a", resource="cpus") == 14
-    assert value(found, "dcsched_job_allocated_gpus", job=first.id, team="research") == 2
-    assert value(found, "dcsched_job_training_epoch", job=first.id, team="research") == 2
-    assert value(found, "dcsched_job_training_loss", job=first.id, team="research") == 0.5
+    assert value(found, "dcsched_job_allocated_gpus", job_id=first.id, team="research") == 2
+    assert value(found, "dcsched_job_training_epoch", job_id=first.id, team="research") == 2
+    assert value(found, "dcsched_job_training_loss", job_id=first.id, team="research") == 0.5
     assert (
-        value(found, "dcsched_job_training_samples_per_second", job=first.id, team="research")
+        value(found, "dcsched_job_training_samples_per_second", job_id=first.id, team="research")
         == 120
     )
     assert value(found, "dcsched_admission_pass_duration_seconds_count") == 2
