@@ -1,0 +1,1258 @@
+#!/usr/bin/env python3
+"""Write the Grafana dashboards of dcsched: ``python3 deploy/grafana/generate.py``.
+
+The dashboards (``dashboards/*.json``) are generated from the definitions below, so that
+every panel uses the same datasource variable, gets a unique id and a place on the grid,
+and carries its description; a test checks the committed JSON is what this script
+writes. Edit here, run it, commit both. Standard library only.
+
+PromQL conventions (see deploy/prometheus/render.py): ``job`` is the scrape job
+(dcsched-server, dcsched-node, ray), ``job_id`` the dcsched job, ``node`` the Ray node
+id. Series are those of docs/metrics.md and the recording rules of
+deploy/prometheus/rules/recording.yml. Every dashboard has a ``datasource`` variable;
+the provisioned datasource (provisioning/datasources/prometheus.yml) has the uid
+``dcsched-prometheus``, which is the variable's default.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "dashboards"
+DATASOURCE_UID = "dcsched-prometheus"
+DS = {"type": "prometheus", "uid": "${datasource}"}
+TAG = "dcsched"
+
+
+@dataclass(frozen=True)
+class Q:
+    """One query of a panel."""
+
+    expr: str
+    legend: str = ""
+    instant: bool = False
+
+
+@dataclass
+class Panel:
+    title: str
+    description: str
+    queries: list[Q] = field(default_factory=list)
+    kind: str = "timeseries"  # timeseries | stat | gauge | bargauge | table | text
+    unit: str = "short"
+    width: int = 12
+    height: int = 8
+    min: float | None = None
+    max: float | None = None
+    thresholds: list[tuple[float | None, str]] | None = None
+    stack: bool = False
+    content: str = ""  # text panels
+    links: list[dict[str, Any]] = field(default_factory=list)
+    mappings: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Row:
+    title: str
+
+
+@dataclass
+class Dashboard:
+    uid: str
+    title: str
+    description: str
+    items: list[Panel | Row]
+    variables: list[dict[str, Any]] = field(default_factory=list)
+    time_from: str = "now-6h"
+
+
+# -- templating -------------------------------------------------------------------------
+
+
+def datasource_variable() -> dict[str, Any]:
+    return {
+        "name": "datasource",
+        "label": "Data source",
+        "type": "datasource",
+        "query": "prometheus",
+        "current": {"selected": False, "text": "Prometheus", "value": DATASOURCE_UID},
+        "hide": 0,
+        "refresh": 1,
+        "regex": "",
+        "skipUrlSync": False,
+        "options": [],
+    }
+
+
+def query_variable(
+    name: str, label: str, query: str, multi: bool = True, description: str = ""
+) -> dict[str, Any]:
+    """A variable from ``label_values(series, label)``; multi-value ones offer All (.*)."""
+    variable: dict[str, Any] = {
+        "name": name,
+        "label": label,
+        "description": description,
+        "type": "query",
+        "datasource": DS,
+        "definition": query,
+        "query": {"query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
+        "refresh": 2,  # on time range change
+        "sort": 1,
+        "multi": multi,
+        "includeAll": multi,
+        "current": {},
+        "options": [],
+        "hide": 0,
+        "regex": "",
+        "skipUrlSync": False,
+    }
+    if multi:
+        variable["allValue"] = ".*"
+    return variable
+
+
+# -- rendering --------------------------------------------------------------------------
+
+
+def _field_config(panel: Panel) -> dict[str, Any]:
+    defaults: dict[str, Any] = {"unit": panel.unit, "mappings": panel.mappings}
+    if panel.min is not None:
+        defaults["min"] = panel.min
+    if panel.max is not None:
+        defaults["max"] = panel.max
+    # (None, colour) first sets the base colour (default green).
+    marks = list(panel.thresholds or [])
+    base = marks.pop(0)[1] if marks and marks[0][0] is None else "green"
+    steps: list[dict[str, Any]] = [{"color": base, "value": None}]
+    for value, color in marks:
+        steps.append({"color": color, "value": value})
+    defaults["thresholds"] = {"mode": "absolute", "steps": steps}
+    if panel.kind == "timeseries":
+        defaults["color"] = {"mode": "palette-classic"}
+        defaults["custom"] = {
+            "drawStyle": "line",
+            "lineWidth": 1,
+            "fillOpacity": 10,
+            "showPoints": "never",
+            "spanNulls": False,
+            "stacking": {"mode": "normal" if panel.stack else "none", "group": "A"},
+            "thresholdsStyle": {"mode": "line" if panel.thresholds else "off"},
+        }
+    else:
+        defaults["color"] = {"mode": "thresholds"}
+    if panel.links:
+        defaults["links"] = panel.links
+    return {"defaults": defaults, "overrides": []}
+
+
+def _options(panel: Panel) -> dict[str, Any]:
+    reduce = {"calcs": ["lastNotNull"], "fields": "", "values": False}
+    if panel.kind == "timeseries":
+        return {
+            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        }
+    if panel.kind == "stat":
+        return {
+            "reduceOptions": reduce,
+            "colorMode": "value",
+            "graphMode": "area",
+            "textMode": "auto",
+            "justifyMode": "auto",
+            "orientation": "auto",
+        }
+    if panel.kind == "gauge":
+        return {"reduceOptions": reduce, "showThresholdMarkers": True, "orientation": "auto"}
+    if panel.kind == "bargauge":
+        return {
+            "reduceOptions": reduce,
+            "displayMode": "gradient",
+            "orientation": "horizontal",
+            "showUnfilled": True,
+        }
+    if panel.kind == "table":
+        return {"showHeader": True, "cellHeight": "sm", "footer": {"show": False}}
+    if panel.kind == "text":
+        return {"mode": "markdown", "content": panel.content}
+    raise ValueError(f"unknown panel kind {panel.kind}")
+
+
+def _targets(panel: Panel) -> list[dict[str, Any]]:
+    targets = []
+    for index, query in enumerate(panel.queries):
+        instant = query.instant or panel.kind == "table"
+        target: dict[str, Any] = {
+            "datasource": DS,
+            "refId": chr(ord("A") + index),
+            "expr": query.expr,
+            "legendFormat": query.legend or "__auto",
+            "range": not instant,
+            "instant": instant,
+            "editorMode": "code",
+        }
+        if panel.kind == "table":
+            target["format"] = "table"
+        targets.append(target)
+    return targets
+
+
+def render(board: Dashboard) -> dict[str, Any]:
+    panels: list[dict[str, Any]] = []
+    x = y = 0
+    row_height = 0
+    next_id = 1
+    for item in board.items:
+        if isinstance(item, Row):
+            if x:
+                x, y = 0, y + row_height
+            panels.append(
+                {
+                    "id": next_id,
+                    "type": "row",
+                    "title": item.title,
+                    "collapsed": False,
+                    "panels": [],
+                    "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+                }
+            )
+            next_id += 1
+            y += 1
+            row_height = 0
+            continue
+        if x + item.width > 24:
+            x, y = 0, y + row_height
+            row_height = 0
+        panel: dict[str, Any] = {
+            "id": next_id,
+            "type": item.kind,
+            "title": item.title,
+            "description": item.description,
+            "gridPos": {"h": item.height, "w": item.width, "x": x, "y": y},
+            "options": _options(item),
+        }
+        if item.kind != "text":
+            panel["datasource"] = DS
+            panel["fieldConfig"] = _field_config(item)
+            panel["targets"] = _targets(item)
+        if item.kind == "table":
+            panel["transformations"] = [
+                {"id": "merge", "options": {}},
+                {"id": "organize", "options": {"excludeByName": {"Time": True}}},
+            ]
+        panels.append(panel)
+        next_id += 1
+        x += item.width
+        row_height = max(row_height, item.height)
+    return {
+        "uid": board.uid,
+        "title": board.title,
+        "description": board.description,
+        "tags": [TAG],
+        "editable": True,
+        "graphTooltip": 1,
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "30s",
+        "time": {"from": board.time_from, "to": "now"},
+        "timezone": "browser",
+        "annotations": {"list": []},
+        "links": [
+            {
+                "title": "dcsched",
+                "type": "dashboards",
+                "tags": [TAG],
+                "asDropdown": True,
+                "includeVars": False,
+                "keepTime": True,
+            }
+        ],
+        "templating": {"list": [datasource_variable(), *board.variables]},
+        "panels": panels,
+    }
+
+
+# -- the dashboards ---------------------------------------------------------------------
+
+JOB_LINK = [
+    {
+        "title": "Open job ${__data.fields.job_id}",
+        "url": "/d/dcsched-job/dcsched-job?var-job=${__data.fields.job_id}&${__url_time_range}",
+    }
+]
+# Under 10% of the allocated GPUs used: red (DcschedGPUAllocatedIdle's threshold).
+IDLE_MARK: list[tuple[float | None, str]] = [(None, "red"), (0.1, "green")]
+UP_MAPPING = [
+    {
+        "type": "value",
+        "options": {"0": {"text": "down", "color": "red"}, "1": {"text": "up", "color": "green"}},
+    }
+]
+
+
+def overview() -> Dashboard:
+    return Dashboard(
+        uid="dcsched-overview",
+        title="dcsched / Cluster overview",
+        description="The cluster at a glance: capacity, what dcsched has reserved, what the "
+        "hardware measures, and whether every part is scraped.",
+        items=[
+            Row("Capacity"),
+            Panel(
+                "Nodes",
+                "Ray nodes alive, as the dcsched server sees them.",
+                [Q('count(max by (node) (dcsched_cluster_node_capacity{resource="cpus"}))')],
+                kind="stat",
+                width=4,
+                height=4,
+            ),
+            Panel(
+                "GPUs free / total",
+                "GPUs reserved by no dcsched job, and all GPUs Ray reports.",
+                [
+                    Q('resource:dcsched_cluster_node_free:sum{resource="gpus"}', "free"),
+                    Q('resource:dcsched_cluster_node_capacity:sum{resource="gpus"}', "total"),
+                ],
+                kind="stat",
+                width=4,
+                height=4,
+            ),
+            Panel(
+                "CPUs free / total",
+                "CPUs reserved by no dcsched job, and all CPUs Ray reports.",
+                [
+                    Q('resource:dcsched_cluster_node_free:sum{resource="cpus"}', "free"),
+                    Q('resource:dcsched_cluster_node_capacity:sum{resource="cpus"}', "total"),
+                ],
+                kind="stat",
+                width=4,
+                height=4,
+            ),
+            Panel(
+                "Running jobs",
+                "Jobs in state RUNNING.",
+                [Q('sum(dcsched_jobs{state="RUNNING"})')],
+                kind="stat",
+                width=4,
+                height=4,
+            ),
+            Panel(
+                "Pending jobs",
+                "Jobs waiting in the queue (all teams).",
+                [Q("sum(dcsched_queue_length)")],
+                kind="stat",
+                width=4,
+                height=4,
+            ),
+            Panel(
+                "GPU utilisation",
+                "Mean measured SM busy ratio of all GPUs (NVML).",
+                [Q("cluster:dcsched_gpu_utilization_ratio:avg")],
+                kind="stat",
+                unit="percentunit",
+                width=4,
+                height=4,
+                min=0,
+                max=1,
+            ),
+            Row("Reserved and used"),
+            Panel(
+                "Reserved share by resource",
+                "Share of each resource that dcsched jobs "
+                "hold (capacity minus free, over capacity). A resource the cluster has none "
+                "of is not drawn.",
+                [Q("resource:dcsched_cluster_node_reserved:ratio", "{{resource}}")],
+                unit="percentunit",
+                min=0,
+                max=1,
+            ),
+            Panel(
+                "GPUs: capacity, allocated, used",
+                "GPUs Ray reports, GPUs allocated to "
+                "running jobs (server) and GPU-equivalents those jobs use (node exporters: "
+                "their SM share summed). The gap between allocated and used is what "
+                "dcsched shows that neither DCGM nor Ray does.",
+                [
+                    Q('resource:dcsched_cluster_node_capacity:sum{resource="gpus"}', "capacity"),
+                    Q("sum(dcsched_job_allocated_gpus)", "allocated"),
+                    Q("sum(job_id_team:dcsched_job_gpu_utilization_ratio:sum)", "used"),
+                ],
+            ),
+            Panel(
+                "CPU utilisation by node",
+                "Measured busy ratio of all CPUs of each node "
+                "(node exporter), and of the cluster weighted by CPUs.",
+                [
+                    Q("dcsched_node_cpu_utilization_ratio", "{{node}}"),
+                    Q("cluster:dcsched_node_cpu_utilization_ratio:avg", "cluster"),
+                ],
+                unit="percentunit",
+                min=0,
+                max=1,
+            ),
+            Panel(
+                "Memory used by node",
+                "Host memory in use over total, per node.",
+                [
+                    Q(
+                        "dcsched_node_memory_used_bytes / dcsched_node_memory_total_bytes",
+                        "{{node}}",
+                    ),
+                    Q("cluster:dcsched_node_memory_used:ratio", "cluster"),
+                ],
+                unit="percentunit",
+                min=0,
+                max=1,
+            ),
+            Panel(
+                "GPU utilisation by node",
+                "Mean measured SM busy ratio of each node's GPUs.",
+                [Q("node:dcsched_gpu_utilization_ratio:avg", "{{node}}")],
+                unit="percentunit",
+                min=0,
+                max=1,
+            ),
+            Panel(
+                "Network and disk by node",
+                "Bytes per second received and sent (all "
+                "interfaces but loopback) and read and written (all disks).",
+                [
+                    Q(
+                        "sum by (node) (rate(dcsched_node_network_receive_bytes_total"
+                        "[$__rate_interval]))",
+                        "{{node}} received",
+                    ),
+                    Q(
+                        "sum by (node) (rate(dcsched_node_network_transmit_bytes_total"
+                        "[$__rate_interval]))",
+                        "{{node}} sent",
+                    ),
+                    Q(
+                        "sum by (node) (rate(dcsched_node_disk_read_bytes_total"
+                        "[$__rate_interval]))",
+                        "{{node}} disk read",
+                    ),
+                    Q(
+                        "sum by (node) (rate(dcsched_node_disk_written_bytes_total"
+                        "[$__rate_interval]))",
+                        "{{node}} disk written",
+                    ),
+                ],
+                unit="Bps",
+            ),
+            Row("Health of the monitoring"),
+            Panel(
+                "Scrape targets",
+                "Every target Prometheus scrapes for dcsched: the "
+                "server, one exporter per node, Ray's metrics agents. Down targets raise "
+                "DcschedSchedulerDown / DcschedExporterDown.",
+                [Q('up{job=~"dcsched-server|dcsched-node|ray"}')],
+                kind="table",
+                mappings=UP_MAPPING,
+            ),
+            Panel(
+                "GPU collector by node",
+                "1 where the exporter read NVML at its last "
+                "scrape, 0 where it could not (no GPU or no driver: no GPU series then).",
+                [Q("dcsched_gpu_collector_up", "{{node}}")],
+                min=0,
+                max=1,
+            ),
+            Panel(
+                "Exporter collector time",
+                "How long each collector of each node exporter took at the last scrape.",
+                [Q("dcsched_exporter_scrape_duration_seconds", "{{node}} {{collector}}")],
+                unit="s",
+            ),
+            Panel(
+                "Scrape duration",
+                "How long Prometheus took to scrape each target.",
+                [
+                    Q(
+                        'scrape_duration_seconds{job=~"dcsched-server|dcsched-node"}',
+                        "{{job}} {{instance}}",
+                    )
+                ],
+                unit="s",
+            ),
+            Row("Ray's own metrics"),
+            Panel(
+                "Ray logical resources",
+                "What Ray itself reports (ray_resources, from "
+                "the ray scrape job): logical CPUs and GPUs in use and available. Ray's "
+                "own dashboards (see deploy/README.md) show much more.",
+                [Q('sum by (Name, State) (ray_resources{Name=~"CPU|GPU"})', "{{Name}} {{State}}")],
+            ),
+            Panel(
+                "Ray node CPU",
+                "CPU use of each Ray node in percent, as Ray's metrics agent measures it.",
+                [Q("avg by (instance) (ray_node_cpu_utilization)", "{{instance}}")],
+                unit="percent",
+            ),
+        ],
+    )
+
+
+GPU_SEL = 'node=~"$node", gpu=~"$gpu"'
+BY_GPU = "max by (node, gpu, uuid)"
+GPU_LEGEND = "{{node}} - GPU {{gpu}}"
+
+
+def gpus() -> Dashboard:
+    return Dashboard(
+        uid="dcsched-gpus",
+        title="dcsched / GPUs",
+        description="The panels of NVIDIA's DCGM exporter dashboard (grafana.com 12239) on "
+        "dcsched's NVML series, then what DCGM lacks: per-job use, energy, errors.",
+        variables=[
+            query_variable("node", "Node", "label_values(dcsched_gpu_collector_up, node)"),
+            query_variable(
+                "gpu", "GPU", 'label_values(dcsched_gpu_memory_total_bytes{node=~"$node"}, gpu)'
+            ),
+        ],
+        time_from="now-1h",
+        items=[
+            Row("DCGM exporter dashboard panels"),
+            Panel(
+                "GPU Temperature",
+                "DCGM_FI_DEV_GPU_TEMP -> dcsched_gpu_temperature_celsius (core temperature, NVML).",
+                [Q(f"{BY_GPU} (dcsched_gpu_temperature_celsius{{{GPU_SEL}}})", GPU_LEGEND)],
+                unit="celsius",
+                width=18,
+                thresholds=[(83, "orange"), (87, "red")],
+            ),
+            Panel(
+                "GPU Avg. Temp",
+                "Mean of the selected GPUs' temperature.",
+                [Q(f"avg(dcsched_gpu_temperature_celsius{{{GPU_SEL}}})")],
+                kind="gauge",
+                unit="celsius",
+                width=6,
+                min=0,
+                max=100,
+                thresholds=[(83, "orange"), (87, "red")],
+            ),
+            Panel(
+                "GPU Power Usage",
+                "DCGM_FI_DEV_POWER_USAGE -> dcsched_gpu_power_watts (power draw, NVML).",
+                [Q(f"{BY_GPU} (dcsched_gpu_power_watts{{{GPU_SEL}}})", GPU_LEGEND)],
+                unit="watt",
+                width=18,
+            ),
+            Panel(
+                "GPU Power Total",
+                "Sum of the selected GPUs' power draw.",
+                [Q(f"sum(dcsched_gpu_power_watts{{{GPU_SEL}}})")],
+                kind="gauge",
+                unit="watt",
+                width=6,
+                min=0,
+            ),
+            Panel(
+                "GPU SM Clocks",
+                "DCGM_FI_DEV_SM_CLOCK (MHz) -> dcsched_gpu_sm_clock_hertz "
+                "(already in hertz, so no x 1e6). A clock that drops under load means "
+                "thermal or power throttling.",
+                [Q(f"{BY_GPU} (dcsched_gpu_sm_clock_hertz{{{GPU_SEL}}})", GPU_LEGEND)],
+                unit="hertz",
+                width=24,
+            ),
+            Panel(
+                "GPU Utilization",
+                "The DCGM dashboard plots DCGM_FI_PROF_GR_ENGINE_ACTIVE "
+                "(a DCGM profiling metric: share of time the graphics engine is active). "
+                "NVML has no profiling metrics; the nearest is its utilisation rate "
+                "(DCGM_FI_DEV_GPU_UTIL), here dcsched_gpu_utilization_ratio: the share of "
+                "the sample period in which at least one kernel ran. It reads high even "
+                "for one small kernel, so it overstates how busy the SMs are.",
+                [Q(f"{BY_GPU} (dcsched_gpu_utilization_ratio{{{GPU_SEL}}})", GPU_LEGEND)],
+                unit="percentunit",
+                width=24,
+                min=0,
+                max=1,
+            ),
+            Panel(
+                "Tensor Core Utilization",
+                "No equivalent: the DCGM dashboard plots "
+                "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE, a DCGM profiling metric. NVML, which the "
+                "dcsched exporter reads, has no tensor-pipe counter.",
+                kind="text",
+                width=24,
+                height=3,
+                content="**Tensor Core Utilization: no equivalent.** The DCGM exporter "
+                "dashboard plots `DCGM_FI_PROF_PIPE_TENSOR_ACTIVE`, which only DCGM's "
+                "profiling module measures; NVML (what `dcsched exporter` reads) has no "
+                "tensor-pipe counter. Run NVIDIA's dcgm-exporter beside dcsched when you "
+                "need it; its series join ours on the GPU UUID.",
+            ),
+            Panel(
+                "GPU Framebuffer Mem Used",
+                "DCGM_FI_DEV_FB_USED (MiB) -> dcsched_gpu_memory_used_bytes (bytes).",
+                [Q(f"{BY_GPU} (dcsched_gpu_memory_used_bytes{{{GPU_SEL}}})", GPU_LEGEND)],
+                unit="bytes",
+                width=24,
+            ),
+            Row("Beyond DCGM"),
+            Panel(
+                "Framebuffer memory used share",
+                "Memory used over total, per GPU.",
+                [
+                    Q(
+                        f"{BY_GPU} (dcsched_gpu_memory_used_bytes{{{GPU_SEL}}}) / {BY_GPU} "
+                        f"(dcsched_gpu_memory_total_bytes{{{GPU_SEL}}})",
+                        GPU_LEGEND,
+                    )
+                ],
+                unit="percentunit",
+                min=0,
+                max=1,
+            ),
+            Panel(
+                "Energy in the time range",
+                "Energy the selected GPUs used in the "
+                "dashboard's time range, from the driver's energy counter "
+                "(dcsched_gpu_energy_joules_total).",
+                [
+                    Q(
+                        f"sum(increase(dcsched_gpu_energy_joules_total{{{GPU_SEL}}}[$__range]))"
+                        " / 3.6e6",
+                        instant=True,
+                    )
+                ],
+                kind="stat",
+                unit="kwatth",
+                width=6,
+            ),
+            Panel(
+                "GPU collector",
+                "1 where the exporter read NVML at its last scrape; 0 "
+                "where it could not (no GPU, no driver), and the GPU series are absent.",
+                [Q('dcsched_gpu_collector_up{node=~"$node"}', "{{node}}")],
+                kind="stat",
+                width=6,
+                mappings=UP_MAPPING,
+            ),
+            Panel(
+                "ECC errors",
+                "Volatile ECC errors per interval. Uncorrected ones raise "
+                "DcschedGPUUncorrectedECC.",
+                [
+                    Q(
+                        f"sum by (node, gpu, type) (increase(dcsched_gpu_ecc_errors_total"
+                        f"{{{GPU_SEL}}}[$__rate_interval]))",
+                        GPU_LEGEND + " {{type}}",
+                    )
+                ],
+            ),
+            Panel(
+                "XID errors",
+                "XID events per interval (they raise DcschedGPUXidError).",
+                [
+                    Q(
+                        f"sum by (node, gpu) (increase(dcsched_gpu_xid_errors_total{{{GPU_SEL}}}"
+                        "[$__rate_interval]))",
+                        GPU_LEGEND,
+                    )
+                ],
+            ),
+            Panel(
+                "Last XID",
+                "Code of the last XID event of each GPU (0: none since the exporter started).",
+                [Q(f"max by (node, gpu, uuid, model) (dcsched_gpu_last_xid{{{GPU_SEL}}})")],
+                kind="table",
+            ),
+            Row("Who uses the GPUs"),
+            Panel(
+                "GPU memory by job",
+                "GPU memory of each dcsched job's processes, over the selected GPUs.",
+                [
+                    Q(
+                        f"sum by (job_id, team) (dcsched_job_gpu_memory_used_bytes{{{GPU_SEL}}})",
+                        "{{job_id}} ({{team}})",
+                    )
+                ],
+                unit="bytes",
+                stack=True,
+                links=JOB_LINK,
+            ),
+            Panel(
+                "SM share by job",
+                "Each job's share of the SMs (NVML process samples), "
+                "summed over the selected GPUs: 1 = one whole GPU.",
+                [
+                    Q(
+                        f"sum by (job_id, team) (dcsched_job_gpu_utilization_ratio{{{GPU_SEL}}})",
+                        "{{job_id}} ({{team}})",
+                    )
+                ],
+                stack=True,
+                links=JOB_LINK,
+            ),
+            Panel(
+                "GPU memory outside dcsched",
+                "GPU memory of processes that belong to no "
+                "dcsched job: someone using the GPUs past the scheduler.",
+                [
+                    Q(
+                        f"sum by (node, gpu) (dcsched_gpu_unattributed_memory_used_bytes"
+                        f"{{{GPU_SEL}}})",
+                        GPU_LEGEND,
+                    )
+                ],
+                unit="bytes",
+                width=24,
+            ),
+        ],
+    )
+
+
+TEAM = 'team=~"$team"'
+LIVE = 'state=~"PENDING|ADMITTED|RUNNING"'
+ENDED = 'state=~"SUCCEEDED|FAILED|CANCELLED"'
+
+
+def jobs() -> Dashboard:
+    return Dashboard(
+        uid="dcsched-jobs",
+        title="dcsched / Jobs and queues",
+        description="Who waits and why, how long, and what running jobs do with what they hold.",
+        variables=[query_variable("team", "Team", "label_values(dcsched_jobs, team)")],
+        items=[
+            Row("Queue"),
+            Panel(
+                "Live jobs by state",
+                "Jobs pending, admitted (reservation being made) and running.",
+                [
+                    Q(
+                        f"sum by (state) (dcsched_jobs{{{TEAM}, {LIVE}}})",
+                        "{{state}}",
+                    )
+                ],
+                stack=True,
+            ),
+            Panel(
+                "Finished jobs by state",
+                "Jobs that ended, since the store began.",
+                [
+                    Q(
+                        f"sum by (state) (dcsched_jobs{{{TEAM}, {ENDED}}})",
+                        "{{state}}",
+                        instant=True,
+                    )
+                ],
+                kind="bargauge",
+                width=6,
+            ),
+            Panel(
+                "Submissions per minute",
+                "Jobs accepted by the API, per team.",
+                [
+                    Q(
+                        f"sum by (team) (rate(dcsched_job_submissions_total{{{TEAM}}}"
+                        "[$__rate_interval])) * 60",
+                        "{{team}}",
+                    )
+                ],
+                width=6,
+            ),
+            Panel(
+                "Queue length by team",
+                "PENDING jobs of each team.",
+                [Q(f"sum by (team) (dcsched_queue_length{{{TEAM}}})", "{{team}}")],
+                stack=True,
+            ),
+            Panel(
+                "Oldest pending job",
+                "Age of each team's oldest PENDING job (0: none). "
+                "`dcsched list` says why each one waits.",
+                [
+                    Q(
+                        f"max by (team) (dcsched_queue_oldest_pending_age_seconds{{{TEAM}}})",
+                        "{{team}}",
+                    )
+                ],
+                unit="s",
+            ),
+            Panel(
+                "GPUs asked for by pending jobs",
+                "GPUs the PENDING jobs of each team ask "
+                "for, beside the GPUs nobody holds. Both above zero for 15 minutes raises "
+                "DcschedJobsPendingWhileGPUsFree (fragmentation or quota).",
+                [
+                    Q(f"sum by (team) (dcsched_queue_pending_gpus{{{TEAM}}})", "{{team}}"),
+                    Q('resource:dcsched_cluster_node_free:sum{resource="gpus"}', "free GPUs"),
+                ],
+            ),
+            Panel(
+                "Queue wait (p50, p90)",
+                "Submit-to-start time of jobs that started in the "
+                "last 5 minutes, per team (recording rule; empty when none started).",
+                [
+                    Q(
+                        f"team_quantile:dcsched_job_queue_wait_seconds:histogram_quantile"
+                        f"{{{TEAM}}}",
+                        "{{team}} p{{quantile}}",
+                    )
+                ],
+                unit="s",
+            ),
+            Panel(
+                "Run time in the range (p50, p90)",
+                "Start-to-end time of the jobs that "
+                "ended in the dashboard's time range, by end state.",
+                [
+                    Q(
+                        f"histogram_quantile(0.5, sum by (state, le) (increase("
+                        f"dcsched_job_run_seconds_bucket{{{TEAM}}}[$__range])))",
+                        "{{state}} p50",
+                        instant=True,
+                    ),
+                    Q(
+                        f"histogram_quantile(0.9, sum by (state, le) (increase("
+                        f"dcsched_job_run_seconds_bucket{{{TEAM}}}[$__range])))",
+                        "{{state}} p90",
+                        instant=True,
+                    ),
+                ],
+                kind="bargauge",
+                unit="s",
+            ),
+            Panel(
+                "Preemptions",
+                "Runs preempted per interval, by the preempted job's team.",
+                [
+                    Q(
+                        f"sum by (team) (increase(dcsched_preemptions_total{{{TEAM}}}"
+                        "[$__rate_interval]))",
+                        "{{team}}",
+                    )
+                ],
+            ),
+            Panel(
+                "Admission pass duration",
+                "One scheduling pass of the policy core (p50, p99 over 5 minutes).",
+                [
+                    Q(
+                        "quantile:dcsched_admission_pass_duration_seconds:histogram_quantile",
+                        "p{{quantile}}",
+                    )
+                ],
+                unit="s",
+            ),
+            Row("Running jobs: allocated beside used"),
+            Panel(
+                "Running jobs",
+                "Each running job's allocation (server) beside what its "
+                "processes use (node exporters). Click a job id for its own dashboard.",
+                [
+                    Q(
+                        f"max by (job_id, team) (dcsched_job_allocated_gpus{{{TEAM}}})",
+                        "GPUs allocated",
+                    ),
+                    Q(f"job_id_team:dcsched_job_gpu_utilization_ratio:sum{{{TEAM}}}", "GPUs used"),
+                    Q(
+                        f"max by (job_id, team) (dcsched_job_allocated_cpus{{{TEAM}}})",
+                        "CPUs allocated",
+                    ),
+                    Q(
+                        f"sum by (job_id, team) (rate(dcsched_job_cpu_seconds_total{{{TEAM}}}"
+                        "[$__rate_interval]))",
+                        "CPUs used",
+                    ),
+                    Q(
+                        f"sum by (job_id, team) (dcsched_job_memory_rss_bytes{{{TEAM}}})",
+                        "resident memory",
+                    ),
+                    Q(f"max by (job_id, team) (dcsched_job_training_epoch{{{TEAM}}})", "epoch"),
+                    Q(
+                        f"max by (job_id, team) (dcsched_job_training_samples_per_second"
+                        f"{{{TEAM}}})",
+                        "samples/s",
+                    ),
+                ],
+                kind="table",
+                width=24,
+                links=JOB_LINK,
+            ),
+            Panel(
+                "GPU use per allocated GPU",
+                "Measured use over allocation of each job "
+                "that holds GPUs (0 for one that never touches them). Under 10% for 15 "
+                "minutes raises DcschedGPUAllocatedIdle.",
+                [
+                    Q(
+                        f"job_id_team:dcsched_job_gpu_used_per_allocated:ratio{{{TEAM}}}",
+                        "{{job_id}} ({{team}})",
+                    )
+                ],
+                unit="percentunit",
+                min=0,
+                max=1,
+                thresholds=IDLE_MARK,
+                links=JOB_LINK,
+            ),
+            Panel(
+                "CPU use per allocated CPU",
+                "CPU time the job's processes burn over the CPUs reserved for it.",
+                [
+                    Q(
+                        f"sum by (job_id, team) (rate(dcsched_job_cpu_seconds_total{{{TEAM}}}"
+                        "[$__rate_interval])) / on (job_id, team) max by (job_id, team) "
+                        f"(dcsched_job_allocated_cpus{{{TEAM}}})",
+                        "{{job_id}} ({{team}})",
+                    )
+                ],
+                unit="percentunit",
+                min=0,
+                links=JOB_LINK,
+            ),
+            Panel(
+                "Training throughput",
+                "Samples per second each training job reports.",
+                [
+                    Q(
+                        f"max by (job_id, team) (dcsched_job_training_samples_per_second"
+                        f"{{{TEAM}}})",
+                        "{{job_id}} ({{team}})",
+                    )
+                ],
+                links=JOB_LINK,
+            ),
+            Panel(
+                "Training loss",
+                "Last training loss each training job reports.",
+                [
+                    Q(
+                        f"max by (job_id, team) (dcsched_job_training_loss{{{TEAM}}})",
+                        "{{job_id}} ({{team}})",
+                    )
+                ],
+                links=JOB_LINK,
+            ),
+        ],
+    )
+
+
+def teams() -> Dashboard:
+    def quota(resource: str, name: str, unit: str) -> Panel:
+        return Panel(
+            f"{name} quota: nominal, used, borrowed",
+            f"Nominal quota of each team ({resource}; absent: unlimited), what its admitted "
+            "and running jobs hold, and the part of that above nominal, borrowed from its "
+            "cohort.",
+            [
+                Q(
+                    f'dcsched_team_quota_nominal{{{TEAM}, resource="{resource}"}}',
+                    "{{team}} nominal",
+                ),
+                Q(f'dcsched_team_quota_used{{{TEAM}, resource="{resource}"}}', "{{team}} used"),
+                Q(
+                    f'dcsched_team_quota_borrowed{{{TEAM}, resource="{resource}"}}',
+                    "{{team}} borrowed",
+                ),
+            ],
+            unit=unit,
+            width=8,
+        )
+
+    return Dashboard(
+        uid="dcsched-teams",
+        title="dcsched / Teams",
+        description="Each team's quota, what it was allocated and what it used, and its "
+        "fair share.",
+        variables=[query_variable("team", "Team", "label_values(dcsched_team_quota_used, team)")],
+        time_from="now-24h",
+        items=[
+            Row("Quota"),
+            quota("gpus", "GPU", "short"),
+            quota("cpus", "CPU", "short"),
+            quota("memory_bytes", "Memory", "bytes"),
+            Panel(
+                "Quota in use",
+                "Held over nominal quota, per team and resource (over 100%: borrowing).",
+                [
+                    Q(
+                        f"dcsched_team_quota_used{{{TEAM}}} / dcsched_team_quota_nominal{{{TEAM}}}",
+                        "{{team}} {{resource}}",
+                        instant=True,
+                    )
+                ],
+                kind="bargauge",
+                unit="percentunit",
+                width=24,
+                height=6,
+                min=0,
+                thresholds=[(1, "orange")],
+            ),
+            Row("Allocated and used"),
+            Panel(
+                "GPUs: allocated vs used",
+                "GPUs allocated to each team's running jobs "
+                "(server) and GPU-equivalents they use (node exporters).",
+                [
+                    Q(f"team:dcsched_job_allocated_gpus:sum{{{TEAM}}}", "{{team}} allocated"),
+                    Q(f"team:dcsched_job_gpu_utilization_ratio:sum{{{TEAM}}}", "{{team}} used"),
+                ],
+            ),
+            Panel(
+                "CPUs: allocated vs used",
+                "CPUs allocated to each team's running jobs and "
+                "CPU-seconds per second their processes burn (5-minute rate).",
+                [
+                    Q(f"team:dcsched_job_allocated_cpus:sum{{{TEAM}}}", "{{team}} allocated"),
+                    Q(f"team:dcsched_job_cpu_seconds:rate5m{{{TEAM}}}", "{{team}} used"),
+                ],
+            ),
+            Panel(
+                "GPU use per allocated GPU",
+                "Measured over allocated, per team.",
+                [Q(f"team:dcsched_job_gpu_used_per_allocated:ratio{{{TEAM}}}", "{{team}}")],
+                unit="percentunit",
+                min=0,
+                max=1,
+                thresholds=IDLE_MARK,
+            ),
+            Panel(
+                "GPUs allocated (5-minute average)",
+                "From the allocated GPU-seconds counter: the GPUs each team held on average.",
+                [Q(f"team:dcsched_allocated_gpu_seconds:rate5m{{{TEAM}}}", "{{team}}")],
+            ),
+            Panel(
+                "GPU-hours allocated in the range",
+                "GPU-seconds allocated to each team "
+                "in the dashboard's time range, in hours (what `dcsched usage` reports).",
+                [
+                    Q(
+                        f"sum by (team) (increase(dcsched_allocated_gpu_seconds_total{{{TEAM}}}"
+                        "[$__range])) / 3600",
+                        "{{team}}",
+                        instant=True,
+                    )
+                ],
+                kind="bargauge",
+                unit="h",
+            ),
+            Panel(
+                "CPU-hours allocated in the range",
+                "CPU-seconds allocated to each team in the time range, in hours.",
+                [
+                    Q(
+                        f"sum by (team) (increase(dcsched_allocated_cpu_seconds_total{{{TEAM}}}"
+                        "[$__range])) / 3600",
+                        "{{team}}",
+                        instant=True,
+                    )
+                ],
+                kind="bargauge",
+                unit="h",
+            ),
+            Row("Fair share"),
+            Panel(
+                "Dominant share vs weight",
+                "Each team's dominant share of the cluster "
+                "(its largest share of any resource) beside its weight's share of all "
+                "weights. Under the fair policy, teams that all have work converge to "
+                "their weight share.",
+                [
+                    Q(f"dcsched_team_dominant_share_ratio{{{TEAM}}}", "{{team}} held"),
+                    Q(
+                        f"dcsched_team_fair_share_weight{{{TEAM}}} / scalar(sum("
+                        "dcsched_team_fair_share_weight))",
+                        "{{team}} weight share",
+                    ),
+                ],
+                unit="percentunit",
+                min=0,
+            ),
+            Panel(
+                "Queue by team",
+                "PENDING jobs and the GPUs they ask for.",
+                [
+                    Q(f"dcsched_queue_length{{{TEAM}}}", "{{team}} jobs"),
+                    Q(f"dcsched_queue_pending_gpus{{{TEAM}}}", "{{team}} GPUs"),
+                ],
+            ),
+            Panel(
+                "Preemptions",
+                "The team's runs preempted per interval (by higher "
+                "priority jobs of the team, or to reclaim quota it borrowed).",
+                [
+                    Q(
+                        f"sum by (team) (increase(dcsched_preemptions_total{{{TEAM}}}"
+                        "[$__rate_interval]))",
+                        "{{team}}",
+                    )
+                ],
+                width=24,
+            ),
+        ],
+    )
+
+
+JOB = 'job_id="$job"'
+
+
+def job() -> Dashboard:
+    return Dashboard(
+        uid="dcsched-job",
+        title="dcsched / Job",
+        description="One dcsched job by its id: what it holds, what it uses, how it "
+        "trains. Per-job series exist only while the job runs.",
+        variables=[
+            query_variable(
+                "job",
+                "Job",
+                "label_values(dcsched_job_allocated_cpus, job_id)",
+                multi=False,
+                description="A dcsched job id (`dcsched list`).",
+            )
+        ],
+        time_from="now-1h",
+        items=[
+            Panel(
+                "Team",
+                "The team the job belongs to.",
+                [Q(f"max by (team) (dcsched_job_allocated_cpus{{{JOB}}})", "{{team}}")],
+                kind="stat",
+                width=4,
+                height=4,
+            ),
+            Panel(
+                "GPUs allocated",
+                "GPUs reserved for the job.",
+                [Q(f"max(dcsched_job_allocated_gpus{{{JOB}}})")],
+                kind="stat",
+                width=4,
+                height=4,
+            ),
+            Panel(
+                "CPUs allocated",
+                "CPUs reserved for the job.",
+                [Q(f"max(dcsched_job_allocated_cpus{{{JOB}}})")],
+                kind="stat",
+                width=4,
+                height=4,
+            ),
+            Panel(
+                "GPU use per allocated GPU",
+                "Measured over allocated (under 10% for 15 "
+                "minutes raises DcschedGPUAllocatedIdle).",
+                [Q(f"max(job_id_team:dcsched_job_gpu_used_per_allocated:ratio{{{JOB}}})")],
+                kind="stat",
+                unit="percentunit",
+                width=4,
+                height=4,
+                thresholds=IDLE_MARK,
+            ),
+            Panel(
+                "Epoch",
+                "Last finished epoch.",
+                [Q(f"max(dcsched_job_training_epoch{{{JOB}}})")],
+                kind="stat",
+                width=4,
+                height=4,
+            ),
+            Panel(
+                "Loss",
+                "Last training loss.",
+                [Q(f"max(dcsched_job_training_loss{{{JOB}}})")],
+                kind="stat",
+                width=4,
+                height=4,
+            ),
+            Panel(
+                "SM share by GPU",
+                "The job's share of each GPU's SMs (NVML process samples).",
+                [Q(f"sum by (node, gpu) (dcsched_job_gpu_utilization_ratio{{{JOB}}})", GPU_LEGEND)],
+                unit="percentunit",
+                min=0,
+                max=1,
+            ),
+            Panel(
+                "GPU memory by GPU",
+                "GPU memory of the job's processes on each GPU.",
+                [Q(f"sum by (node, gpu) (dcsched_job_gpu_memory_used_bytes{{{JOB}}})", GPU_LEGEND)],
+                unit="bytes",
+            ),
+            Panel(
+                "CPU used vs allocated",
+                "CPU-seconds per second of the job's processes "
+                "(all nodes) beside the CPUs reserved.",
+                [
+                    Q(
+                        f"sum(rate(dcsched_job_cpu_seconds_total{{{JOB}}}[$__rate_interval]))",
+                        "used",
+                    ),
+                    Q(f"max(dcsched_job_allocated_cpus{{{JOB}}})", "allocated"),
+                ],
+            ),
+            Panel(
+                "Resident memory by node",
+                "Resident memory of the job's processes.",
+                [Q(f"sum by (node) (dcsched_job_memory_rss_bytes{{{JOB}}})", "{{node}}")],
+                unit="bytes",
+            ),
+            Panel(
+                "Training loss",
+                "Loss the job reports after each epoch.",
+                [Q(f"max(dcsched_job_training_loss{{{JOB}}})", "loss")],
+            ),
+            Panel(
+                "Throughput",
+                "Samples per second the job reports.",
+                [Q(f"max(dcsched_job_training_samples_per_second{{{JOB}}})", "samples/s")],
+            ),
+            Panel(
+                "Its GPUs: temperature",
+                "Temperature of the GPUs the job has memory on.",
+                [
+                    Q(
+                        "max by (node, gpu) (dcsched_gpu_temperature_celsius) and on (node, gpu) "
+                        f"dcsched_job_gpu_memory_used_bytes{{{JOB}}}",
+                        GPU_LEGEND,
+                    )
+                ],
+                unit="celsius",
+            ),
+            Panel(
+                "Its GPUs: power",
+                "Power draw of the GPUs the job has memory on (shared GPUs: the whole GPU's draw).",
+                [
+                    Q(
+                        "max by (node, gpu) (dcsched_gpu_power_watts) and on (node, gpu) "
+                        f"dcsched_job_gpu_memory_used_bytes{{{JOB}}}",
+                        GPU_LEGEND,
+                    )
+                ],
+                unit="watt",
+            ),
+        ],
+    )
+
+
+DASHBOARDS = (overview, gpus, jobs, teams, job)
+
+
+def files() -> dict[str, str]:
+    """File name -> JSON text of every dashboard."""
+    out = {}
+    for make in DASHBOARDS:
+        board = make()
+        out[f"{board.uid}.json"] = json.dumps(render(board), indent=2, ensure_ascii=False) + "\n"
+    return out
+
+
+def main() -> int:
+    OUT.mkdir(exist_ok=True)
+    for name, text in files().items():
+        (OUT / name).write_text(text)
+        print(f"wrote {OUT / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
