@@ -76,11 +76,13 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from dcsched.core.activeset import ActiveSet, Release, RunningJob, running_job
+from dcsched.core.activeset import is_preemptible as is_preemptible  # re-exported
 from dcsched.core.cluster import ClusterSnapshot
-from dcsched.core.config import ClusterConfig, PlacementPolicy, PriorityClass
+from dcsched.core.config import ClusterConfig, PlacementPolicy
 from dcsched.core.job import Job
 from dcsched.core.lifecycle import JobState
 from dcsched.core.placement import CapacityIndex, NoFit, Placement, fits_cluster_at_all
@@ -129,9 +131,12 @@ Decision = Admit | Wait | Preempt | Cancel
 @dataclass(frozen=True)
 class SchedulingInput:
     """Everything one pass decides against. ``active``: ADMITTED and RUNNING jobs, which
-    hold their resources on ``job.nodes``; ``past_usage``: decayed resource-seconds per
+    hold their resources on ``job.nodes`` (a list, or an ``activeset.ActiveSet`` kept
+    between passes: faster, same decisions); ``past_usage``: decayed resource-seconds per
     team (``fairshare.decayed_usage``), used by ``fair``; ``job_states``: the state of
-    every job named in some ``depends_on`` (pending and active jobs are known anyway)."""
+    every job named in some ``depends_on`` (pending and active jobs are known anyway);
+    ``estimate_starts``: whether to compute waiting jobs' estimated starts (step 5; a
+    caller that never shows them, like the simulator, saves the work)."""
 
     pending: Sequence[Job]
     active: Sequence[Job]
@@ -140,6 +145,7 @@ class SchedulingInput:
     now: float
     past_usage: Mapping[str, Resources] = field(default_factory=dict)
     job_states: Mapping[str, JobState] = field(default_factory=dict)
+    estimate_starts: bool = True
 
 
 _SelectorKey = tuple[tuple[str, str], ...]
@@ -169,30 +175,6 @@ class _Item:
     early: Cancel | str | None = None  # decided in step 1: a Cancel, or a wait reason
 
 
-@dataclass(slots=True)
-class _Running:
-    """An active job: what it holds, since when, until when (if known)."""
-
-    job: Job
-    team: str
-    per_worker: Resources
-    nodes: tuple[str, ...]
-    total: Resources
-    gpu_type: str | None
-    prio: int
-    preemptible: bool
-    start: float
-    end: float | None
-
-
-@dataclass(order=True, slots=True)
-class _Release:
-    at: float
-    seq: int
-    nodes: tuple[str, ...] = field(compare=False)
-    per_worker: Resources = field(compare=False)
-
-
 # -- public --------------------------------------------------------------------------------
 
 
@@ -207,15 +189,6 @@ def queue_order(inp: SchedulingInput) -> list[Job]:
     return [item.job for item in p.order()]
 
 
-def is_preemptible(job: Job, classes: Mapping[str, PriorityClass]) -> bool:
-    """A job may be preempted when its class allows it and its spec does not say false.
-    A job of an unknown class is preemptible unless its spec says false."""
-    cls = classes.get(job.priority)
-    if cls is not None and not cls.preemptible:
-        return False
-    return job.spec.preemptible is not False
-
-
 # -- the pass ------------------------------------------------------------------------------
 
 
@@ -227,15 +200,30 @@ class _Pass:
         self.classes = {c.name: c for c in inp.config.priority_classes}
         self.queueing = inp.config.queueing
         self._sizes: dict[tuple[float, float, int, int], tuple[Resources, Resources]] = {}
-        self.items = [self._item(job) for job in inp.pending]
-        self.running = [self._running(job) for job in inp.active]
-        self.running_by_team: dict[str, list[_Running]] = {}
-        for run in self.running:
-            self.running_by_team.setdefault(run.team, []).append(run)
-        self.ledger = QuotaLedger(inp.config, inp.active)
-        self.ledger_at_start = self.ledger.copy()
-        self._never: dict[_Shape, str | None] = {}
+        self.running: Collection[RunningJob]
+        self.running_by_team: Mapping[str, Collection[RunningJob]]
+        self.prepared = inp.active if isinstance(inp.active, ActiveSet) else None
+        if self.prepared is not None:
+            prepared = self.prepared
+            prepared.check_input(inp.cluster, inp.config)
+            self.items = [self._prepared_item(prepared, job) for job in inp.pending]
+            self.running = prepared.runs.values()
+            self.running_by_team = {t: runs.values() for t, runs in prepared.by_team.items()}
+            self.ledger = prepared.ledger.copy()
+            self.ledger_at_start = prepared.ledger  # only read
+            self._never = prepared.never
+        else:
+            self.items = [self._item(job) for job in inp.pending]
+            self.running = [self._running(job) for job in inp.active]
+            by_team: dict[str, list[RunningJob]] = {}
+            for run in self.running:
+                by_team.setdefault(run.team, []).append(run)
+            self.running_by_team = by_team
+            self.ledger = QuotaLedger(inp.config, inp.active)
+            self.ledger_at_start = self.ledger.copy()
+            self._never = {}
         self._matching: dict[_SelectorKey, set[str]] = {}
+        self._lowest: dict[str, int | None] = {}
 
     def _prio(self, job: Job) -> int:
         cls = self.classes.get(job.priority)
@@ -268,32 +256,34 @@ class _Pass:
             shape=(per_worker, workers, policy, key),
         )
 
-    def _running(self, job: Job) -> _Running:
+    def _prepared_item(self, prepared: ActiveSet, job: Job) -> _Item:
+        """The job's record from an earlier pass, if the job is still the same value."""
+        found = prepared.prepared.get(job.id)
+        if found is not None and found[0] is job and isinstance(found[1], _Item):
+            item = found[1]
+            item.early = None
+            return item
+        item = self._item(job)
+        prepared.prepared[job.id] = (job, item)
+        return item
+
+    def _running(self, job: Job) -> RunningJob:
         start = job.started_at if job.started_at is not None else job.admitted_at
-        start = self.now if start is None else start
-        runtime = job.spec.max_runtime
-        per_worker = job.per_worker
-        return _Running(
-            job=job,
-            team=job.team,
-            per_worker=per_worker,
-            nodes=job.nodes,
-            total=per_worker.scaled(job.workers),
-            gpu_type=job_gpu_type(job),
-            prio=self._prio(job),
-            preemptible=is_preemptible(job, self.classes),
-            start=start,
-            end=None if runtime is None else max(self.now, start + runtime),
-        )
+        run = running_job(job, self.classes, self.now if start is None else start)
+        if run.end is not None:
+            run.end = max(self.now, run.end)
+        return run
 
     # -- step 1 ----------------------------------------------------------------------------
 
     def _early(self) -> None:
-        states: dict[str, JobState] = dict(self.inp.job_states)
-        for job in self.inp.active:
-            states.setdefault(job.id, job.state)
-        for job in self.inp.pending:
-            states.setdefault(job.id, job.state)
+        states: dict[str, JobState] = {}
+        if any(item.job.spec.depends_on for item in self.items):
+            states.update(self.inp.job_states)
+            for job in self.inp.active:
+                states.setdefault(job.id, job.state)
+            for job in self.inp.pending:
+                states.setdefault(job.id, job.state)
         for item in self.items:
             item.early = self._early_one(item, states)
 
@@ -335,18 +325,22 @@ class _Pass:
         return self._fair_order()
 
     def _fair_order(self) -> list[_Item]:
-        capacity = self.inp.cluster.total()
+        prepared = self.prepared
+        capacity = prepared.capacity if prepared is not None else self.inp.cluster.total()
         caps = [
             (i, float(c)) for i, c in enumerate((capacity.cpus, capacity.gpus, capacity.memory))
         ]
         caps = [(i, c) for i, c in caps if c > 0]
         scale = _LN2 / self.queueing.fair_share_half_life
         alloc: dict[str, list[float]] = {}
-        for run in self.running:
-            a = alloc.setdefault(run.team, [0.0, 0.0, 0.0])
-            a[0] += run.total.cpus
-            a[1] += run.total.gpus
-            a[2] += run.total.memory
+        if prepared is not None:
+            alloc = {team: list(a) for team, a in prepared.alloc.items()}
+        else:
+            for run in self.running:
+                a = alloc.setdefault(run.team, [0.0, 0.0, 0.0])
+                a[0] += run.total.cpus
+                a[1] += run.total.gpus
+                a[2] += run.total.memory
         queues: dict[str, list[_Item]] = {}
         for item in sorted(self.items, key=lambda i: (-i.prio, i.job.submitted_at, i.job.id)):
             queues.setdefault(item.team, []).append(item)
@@ -389,11 +383,15 @@ class _Pass:
 
     def run(self) -> list[Decision]:
         order = self.order()
-        self.index = CapacityIndex(self.inp.cluster.nodes)
-        self.alive = {n.id for n in self.inp.cluster.alive_nodes()}
+        if self.prepared is not None:
+            self.index = self.prepared.index.copy()
+            self.alive: Collection[str] = self.prepared.alive
+        else:
+            self.index = CapacityIndex(self.inp.cluster.nodes)
+            self.alive = {n.id for n in self.inp.cluster.alive_nodes()}
         self.nofit: dict[_Shape, str] = {}
         self.claimed: set[str] = set()
-        self.extra: list[_Release] = []  # this pass's admissions and reservations
+        self.extra: list[Release] = []  # this pass's admissions and reservations
         self.held_until: dict[str, float | None] = {}  # victims: freed when their taker ends
         self.head: _Item | None = None
         self.head_start: float | None = None
@@ -422,7 +420,7 @@ class _Pass:
             item = order[i]
             results[i] = self._decide(item, self.ledger.check(item.team, item.total, item.gpu_type))
 
-        starts = self._estimates(order, results)
+        starts = self._estimates(order, results) if self.inp.estimate_starts else {}
         decisions: list[Decision] = []
         position = 0
         for item, result in zip(order, results, strict=True):
@@ -478,7 +476,7 @@ class _Pass:
         return Admit(item.job.id, placed.nodes, borrowed=fit.kind == "borrows")
 
     def _release_later(self, at: float, nodes: Sequence[str], per_worker: Resources) -> None:
-        self.extra.append(_Release(at, len(self.extra), tuple(nodes), per_worker))
+        self.extra.append(Release(at, len(self.extra), tuple(nodes), per_worker))
 
     def _backfill(self, item: _Item, fit: QuotaFit, behind: str) -> Decision | tuple[str, bool]:
         head = self.head
@@ -505,9 +503,14 @@ class _Pass:
 
     # -- the timeline (head reservation and estimates) -----------------------------------
 
-    def _releases(self) -> list[_Release]:
+    def _releases(self) -> list[Release]:
         """When held resources come back: active jobs by their expected end (victims when
-        the job that took their place ends), and what this pass admitted or held."""
+        the job that took their place ends), and what this pass admitted or held. A heap."""
+        if self.prepared is not None and not self.claimed:
+            releases = self.prepared.releases[:]  # sorted, so already a heap
+            for extra in self.extra:
+                heapq.heappush(releases, extra)
+            return releases
         releases = list(self.extra)
         seq = len(releases)
         for run in self.running:
@@ -518,7 +521,7 @@ class _Pass:
                 continue
             nodes = tuple(n for n in run.nodes if n in self.alive)
             if nodes:
-                releases.append(_Release(end, seq, nodes, run.per_worker))
+                releases.append(Release(end, seq, nodes, run.per_worker))
                 seq += 1
         heapq.heapify(releases)
         return releases
@@ -582,7 +585,7 @@ class _Pass:
         victims, placement = chosen
         return self._claim(item, victims, placement, now_fits)
 
-    def _candidates(self, item: _Item, fit: QuotaFit) -> list[_Running]:
+    def _candidates(self, item: _Item, fit: QuotaFit) -> list[RunningJob]:
         reclaim = fit.reclaimable or fit.kind == "fits-nominal"
         cohort = set(self.ledger.cohort_members(item.team)) if reclaim else set()
         # Teams that borrowed before this pass and still do (not ones that borrow only by
@@ -602,16 +605,28 @@ class _Pass:
                     for n in self.inp.cluster.alive_nodes()
                     if all(n.labels.get(k) == v for k, v in key)
                 }
-        out: list[_Running] = []
+        out: list[RunningJob] = []
         for team in (item.team, *sorted(borrowing)):
             out.extend(self._victim_candidates(item, fit, team, matching))
 
         out.sort(key=lambda run: (self._lost(run), -run.start, run.job.id))
         return out
 
+    def _lowest_preemptible_prio(self, team: str) -> int | None:
+        if self.prepared is not None:
+            return self.prepared.lowest_preemptible_prio(team)
+        if team not in self._lowest:
+            prios = [r.prio for r in self.running_by_team.get(team, ()) if r.preemptible]
+            self._lowest[team] = min(prios) if prios else None
+        return self._lowest[team]
+
     def _victim_candidates(
         self, item: _Item, fit: QuotaFit, team: str, matching: set[str] | None
-    ) -> Iterable[_Running]:
+    ) -> Iterable[RunningJob]:
+        if team == item.team:
+            lowest = self._lowest_preemptible_prio(team)
+            if lowest is None or lowest >= item.prio:
+                return  # no run of its own team ranks below it
         for run in self.running_by_team.get(team, ()):
             if not run.preemptible or run.job.id in self.claimed:
                 continue
@@ -621,7 +636,7 @@ class _Pass:
                 continue  # frees nothing the job can use
             yield run
 
-    def _queued_after(self, run: _Running, item: _Item) -> bool:
+    def _queued_after(self, run: RunningJob, item: _Item) -> bool:
         """Whether a same-team victim has a lower priority and, were it pending, would
         queue after ``item`` (under fifo: submitted later). So a requeued victim cannot
         take back the room before the job it made way for."""
@@ -632,7 +647,7 @@ class _Pass:
         return True
 
     def _fits_without(
-        self, item: _Item, victims: Iterable[_Running], now_fits: Placement | None
+        self, item: _Item, victims: Iterable[RunningJob], now_fits: Placement | None
     ) -> Placement | None:
         index = self.index.copy() if now_fits is None else None
         ledger = self.ledger.copy()
@@ -648,14 +663,14 @@ class _Pass:
         return placed if isinstance(placed, Placement) else None
 
     def _choose_victims(
-        self, item: _Item, candidates: list[_Running], now_fits: Placement | None
-    ) -> tuple[list[_Running], Placement] | None:
+        self, item: _Item, candidates: list[RunningJob], now_fits: Placement | None
+    ) -> tuple[list[RunningJob], Placement] | None:
         if self._fits_without(item, candidates, now_fits) is None:
             return None  # not even all of them make room
         # Fewest resource-seconds lost: add the cheapest until the job fits ...
         index = self.index.copy() if now_fits is None else None
         ledger = self.ledger.copy()
-        chosen: list[_Running] = []
+        chosen: list[RunningJob] = []
         for run in candidates:
             chosen.append(run)
             ledger.give(run.team, run.total, run.gpu_type)
@@ -690,7 +705,7 @@ class _Pass:
             return None
         return chosen, placement
 
-    def _lost(self, run: _Running) -> float:
+    def _lost(self, run: RunningJob) -> float:
         """Progress a preemption loses, in weighted resource-seconds (a GPU-second
         outweighs any CPU-seconds; memory breaks ties)."""
         elapsed = max(0.0, self.now - run.start)
@@ -700,7 +715,7 @@ class _Pass:
     def _claim(
         self,
         item: _Item,
-        victims: list[_Running],
+        victims: list[RunningJob],
         placement: Placement,
         now_fits: Placement | None,
     ) -> Preempt:
@@ -734,7 +749,7 @@ class _Pass:
                         self._release_later(ends, [node], hold)
         return Preempt(item.job.id, tuple(r.job.id for r in victims), self._why(item, victims))
 
-    def _why(self, item: _Item, victims: Sequence[_Running]) -> str:
+    def _why(self, item: _Item, victims: Sequence[RunningJob]) -> str:
         parts = []
         same = [r for r in victims if r.team == item.team]
         if same:
@@ -754,7 +769,7 @@ class _Pass:
 class _Timeline:
     """Free capacity going forward in time as held resources come back."""
 
-    def __init__(self, index: CapacityIndex, releases: list[_Release], now: float) -> None:
+    def __init__(self, index: CapacityIndex, releases: list[Release], now: float) -> None:
         self.index = index
         self.releases = releases  # a heap
         self.now = now
@@ -786,7 +801,7 @@ class _Timeline:
                             self.seq += 1
                             heapq.heappush(
                                 self.releases,
-                                _Release(
+                                Release(
                                     self.now + item.runtime, self.seq, placed.nodes, item.per_worker
                                 ),
                             )

@@ -13,6 +13,8 @@ Words:
   others may borrow (``None``: all of it).
 - weight: a team's fair-share weight; under ``fair`` queueing a team with weight 2 gets
   twice the dominant share of one with weight 1.
+- node type: ``nodes:`` lists nodes as counts of identical ones, for the simulator
+  (``dcsched sim``); the live scheduler takes its nodes from Ray and ignores the list.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dcsched.core.resources import Resources
 from dcsched.core.spec import (
     SLUG_PATTERN,
     DurationSeconds,
+    MemoryBytes,
     SpecError,
     describe_validation_error,
     load_yaml_mapping,
@@ -96,6 +99,32 @@ class Queueing(_Strict):
     )
 
 
+class NodeType(_Strict):
+    """``count`` identical nodes (simulator only; the live scheduler asks Ray)."""
+
+    type: str = Field(pattern=SLUG_PATTERN, description="A name for this kind of node.")
+    count: int = Field(ge=1, le=1_000_000)
+    cpus: float = Field(gt=0)
+    gpus: float = Field(0.0, ge=0)
+    memory: MemoryBytes
+    gpu_type: str | None = Field(
+        None, min_length=1, description=f"Sets the node label {GPU_TYPE_LABEL}."
+    )
+    labels: dict[str, str] = Field(default_factory=dict)
+    team: str | None = Field(
+        None,
+        pattern=SLUG_PATTERN,
+        description="A team these nodes are dedicated to: a partition of its own when the "
+        "simulator runs with --partition (as Philly's virtual clusters were).",
+    )
+
+    def node_labels(self) -> dict[str, str]:
+        labels = dict(self.labels)
+        if self.gpu_type is not None:
+            labels[GPU_TYPE_LABEL] = self.gpu_type
+        return labels
+
+
 DEFAULT_PRIORITY_CLASSES = (
     PriorityClass(name="low", value=0, preemptible=True),
     PriorityClass(name="normal", value=100, preemptible=True),
@@ -111,6 +140,9 @@ class ClusterConfig(_Strict):
     unlisted_teams: Literal["allow", "reject"] = Field(
         "allow",
         description="allow: a team not listed runs without quota (weight 1, no cohort).",
+    )
+    nodes: tuple[NodeType, ...] = Field(
+        (), description="Nodes as counts of node types, for the simulator; ignored live."
     )
 
     @model_validator(mode="after")
@@ -131,6 +163,20 @@ class ClusterConfig(_Strict):
                 problems.append(
                     f"teams.{team.name}.quota: gpu_types add up to {typed:g}, "
                     f"more than gpus ({quota.gpus:g})"
+                )
+        types = [n.type for n in self.nodes]
+        if len(set(types)) != len(types):
+            problems.append("nodes: node type names must be unique")
+        for node_type in self.nodes:
+            if node_type.team is not None and node_type.team not in teams:
+                problems.append(
+                    f"nodes.{node_type.type}.team: {node_type.team!r} is not a listed team"
+                )
+            label = node_type.labels.get(GPU_TYPE_LABEL)
+            if label is not None and node_type.gpu_type is not None and label != node_type.gpu_type:
+                problems.append(
+                    f"nodes.{node_type.type}: gpu_type {node_type.gpu_type!r} and label "
+                    f"{GPU_TYPE_LABEL}={label!r} disagree"
                 )
         if problems:
             raise ValueError("; ".join(problems))
