@@ -1,1 +1,4 @@
-"""Prometheus collectors: scheduler metrics now; NVML GPU and host collectors next."""
+"""Prometheus collectors: the server's scheduler metrics (``scheduler``) and the node
+exporter (``node``: GPUs through NVML (``nvml``), the host, and dcsched jobs' processes
+(``procs``); ``cli`` is ``dcsched exporter``). ``nvml_fake`` is the NVML stand-in for
+machines without a GPU, used by tests and benchmarks only."""
