@@ -60,6 +60,9 @@ class Settings:
     ray_temp_dir: str = "/tmp/ray"
     rules_dir: str = "rules"
     exporters_file: str | None = None  # default: <dcsched_home>/prometheus/exporters.json
+    # More file_sd files of node exporters, e.g. for exporters you run yourself on hosts
+    # that are not Ray nodes (same format; label each target with its `node`).
+    extra_exporter_files: tuple[str, ...] = field(default_factory=tuple)
     scrape_interval: str = "15s"
     evaluation_interval: str | None = None  # default: the scrape interval
     alertmanagers: tuple[str, ...] = field(default_factory=tuple)
@@ -143,7 +146,9 @@ def render(settings: Settings) -> str:
         "  # server keeps this file up to date, Prometheus watches it.",
         "  - job_name: dcsched-node",
         "    file_sd_configs:",
-        f"      - files: [{_q(settings.exporters_sd_file)}]",
+        "      - files: ["
+        + ", ".join(_q(f) for f in (settings.exporters_sd_file, *settings.extra_exporter_files))
+        + "]",
         "        refresh_interval: 30s",
         "    metric_relabel_configs:",
         "      # The target's `node` (the Ray node id from the file_sd file) wins; drop",
@@ -194,6 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         help="folder of recording.yml and alerts.yml (default: this script's rules/)",
     )
     parser.add_argument("--exporters-file", help="file_sd file of the node exporters")
+    parser.add_argument(
+        "--extra-exporters-file",
+        action="append",
+        default=[],
+        help="another file_sd file of node exporters, repeatable",
+    )
     parser.add_argument("--scrape-interval", default="15s")
     parser.add_argument("--evaluation-interval")
     parser.add_argument("--alertmanager", action="append", default=[], help="host:port, repeatable")
@@ -210,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         ray_temp_dir=args.ray_temp_dir or found.get("ray_temp_dir", Settings.ray_temp_dir),
         rules_dir=args.rules_dir,
         exporters_file=args.exporters_file,
+        extra_exporter_files=tuple(args.extra_exporters_file),
         scrape_interval=args.scrape_interval,
         evaluation_interval=args.evaluation_interval,
         alertmanagers=tuple(args.alertmanager),

@@ -68,6 +68,7 @@ def test_the_config_scrapes_server_exporters_and_ray(tmp_path: Path) -> None:
         server_url="http://10.0.0.5:8765",
         ray_temp_dir="/data/ray",
         alertmanagers=("am:9093",),
+        extra_exporter_files=("/etc/prometheus/more-exporters.json",),
     )
     config = yaml.safe_load(render.render(settings))
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
@@ -77,7 +78,8 @@ def test_the_config_scrapes_server_exporters_and_ray(tmp_path: Path) -> None:
     assert server["metrics_path"] == "/metrics"
     assert server["authorization"] == {"type": "Bearer", "credentials_file": "/srv/dcsched/token"}
     assert jobs["dcsched-node"]["file_sd_configs"][0]["files"] == [
-        "/srv/dcsched/prometheus/exporters.json"
+        "/srv/dcsched/prometheus/exporters.json",
+        "/etc/prometheus/more-exporters.json",
     ]
     assert jobs["ray"]["file_sd_configs"][0]["files"] == [
         "/data/ray/prom_metrics_service_discovery.json"

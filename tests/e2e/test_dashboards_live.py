@@ -1,0 +1,396 @@
+"""Every panel query of every dashboard, run against a real Prometheus.
+
+A real Prometheus (the Debian package's binary, its own port and storage dir) runs our
+rendered prometheus.yml and rules with a 1 s scrape interval. It scrapes the real dcsched
+server (token from its file) and the real node exporter that the server runs on the Ray
+node, found through the file_sd file the server writes ($DCSCHED_HOME/prometheus/
+exporters.json), and Ray's own metrics agent through Ray's service-discovery file. Jobs
+go through the server so that every kind of series exists: one that finishes, one that
+is preempted and waits, one that runs and reports progress.
+
+This machine has no NVIDIA GPU, so the real exporter has no GPU series. To run the GPU
+queries on data all the same, a second exporter process serves the same collector with
+the project's NVML stand-in (dcsched.exporters.nvml_fake: 2 GPUs, and a process of the
+running job on GPU 0), listed in an extra file_sd file under the node name
+``nvml-stand-in``. Its attribution of that process to the job is the real code path.
+
+Then every panel's PromQL is sent to /api/v1/query, with the template variables put in
+(``$job`` is the running job, multi-value variables are All, ``$__rate_interval`` 30s,
+``$__range`` 1h): each must succeed and return data, except the queries listed in
+GPU_ONLY with the reason. Prometheus and the helper processes are stopped by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import EXAMPLES, Server, free_port
+from tests.deploy_files import (
+    GRAFANA_BUILTINS,
+    PROMETHEUS_DIR,
+    RULE_FILES,
+    RULES_DIR,
+    binary,
+    dashboards,
+    load_script,
+    metric_names,
+    panel_queries,
+    rule_groups,
+    substitute,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
+
+render = load_script(PROMETHEUS_DIR / "render.py")
+
+NO_GPU_ALLOCATION = (
+    "needs a job that holds GPUs: the Ray cluster of the tests has no GPUs for dcsched to "
+    "allocate, so dcsched_job_allocated_gpus is 0 for every job and used-per-allocated is "
+    "undefined (the NVML stand-in measures use, but nothing allocates it)"
+)
+# The one place where a panel query may return nothing, with the reason:
+# "dashboard uid/panel title/refId" -> why. Every other GPU query gets its data from the
+# NVML stand-in exporter (see stand_in_exporter).
+GPU_ONLY: dict[str, str] = {
+    "dcsched-job/GPU use per allocated GPU/A": NO_GPU_ALLOCATION,
+    "dcsched-jobs/GPU use per allocated GPU/A": NO_GPU_ALLOCATION,
+    "dcsched-teams/GPU use per allocated GPU/A": NO_GPU_ALLOCATION,
+}
+# What makes a query GPU-only: a GPU series, or a recording rule made from them.
+GPU_SERIES = re.compile(r"dcsched_(gpu_(?!collector_up)|job_gpu_)\w*")
+
+CONFIG = """
+queueing: {policy: priority, preemption: true}
+priority_classes:
+  - {name: low, value: 0, preemptible: true}
+  - {name: normal, value: 100, preemptible: true}
+  - {name: high, value: 1000, preemptible: false}
+teams:
+  - {name: research, cohort: ml, weight: 2, quota: {cpus: 8, gpus: 2, memory: 16GiB}}
+  - {name: vision, cohort: ml, weight: 1, quota: {cpus: 4, gpus: 1, memory: 8GiB}}
+"""
+BASE = (EXAMPLES / "train-mlp.yaml").read_text()
+STAND_IN_NODE = "nvml-stand-in"
+# The node exporter's collector on the NVML stand-in: 2 GPUs, the given pid on GPU 0.
+STAND_IN = """
+import sys, threading
+from dcsched.exporters.node import NodeExporter, serve
+from dcsched.exporters.nvml_fake import FakeNvml
+node, port, pid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+serve("127.0.0.1", port, NodeExporter(node, FakeNvml.with_gpus(2, [pid], sm_percent=40.0)))
+threading.Event().wait()
+"""
+
+
+def test_the_gpu_only_list_names_real_gpu_queries() -> None:
+    """GPU_ONLY cannot hide a query that has nothing to do with GPUs, nor go stale."""
+    queries = {
+        f"{uid}/{title}/{ref}": expr
+        for uid, board in dashboards().items()
+        for title, ref, expr in panel_queries(board)
+    }
+    assert set(GPU_ONLY) <= set(queries), set(GPU_ONLY) - set(queries)
+    for key in GPU_ONLY:
+        names = " ".join(metric_names(queries[key]))
+        assert GPU_SERIES.search(names), f"{key} uses no GPU series: {queries[key]}"
+
+
+# -- the pieces ---------------------------------------------------------------------------
+
+
+@dataclass
+class Prometheus:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def get(self, path: str, **params: str | list[str]) -> Any:
+        query = urllib.parse.urlencode(params, doseq=True)
+        with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=30) as response:
+            body = json.loads(response.read())
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        try:
+            data = self.get("/api/v1/query", query=expr)
+        except urllib.error.HTTPError as exc:  # 400: the expression is wrong
+            raise AssertionError(f"{expr}: {exc.read().decode()}") from None
+        result: list[dict[str, Any]] = data["result"]
+        return result
+
+    def wait_for(self, expr: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.query(expr):
+                return True
+            time.sleep(1)
+        return False
+
+
+def start_prometheus(config: Path, data: Path, log: Path) -> Prometheus:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            binary("prometheus"),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={data}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--storage.tsdb.retention.time=1h",
+            "--log.level=warn",
+        ],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("prometheus exited: " + log.read_text())
+        try:
+            with urllib.request.urlopen(url + "/-/ready", timeout=2):
+                return Prometheus(url, process, log)
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("prometheus did not become ready: " + log.read_text())
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def stand_in_exporter(
+    sd_file: Path, job_id: str, team: str, tmp: Path
+) -> list[subprocess.Popen[bytes]]:
+    """A process of the job (by its environment, as dcsched's Ray jobs carry it) and an
+    exporter on the NVML stand-in that puts it on GPU 0, listed in ``sd_file``."""
+    env = {**os.environ, "DCSCHED_JOB_ID": job_id, "DCSCHED_TEAM": team}
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"], env=env)
+    port = free_port()
+    log = (tmp / "stand-in.log").open("ab")
+    exporter = subprocess.Popen(
+        [sys.executable, "-c", STAND_IN, STAND_IN_NODE, str(port), str(sleeper.pid)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    targets = [{"targets": [f"127.0.0.1:{port}"], "labels": {"node": STAND_IN_NODE}}]
+    (tmp / "stand-in.tmp").write_text(json.dumps(targets))
+    os.replace(tmp / "stand-in.tmp", sd_file)
+    return [exporter, sleeper]
+
+
+def spec(tmp_path: Path, name: str, team: str, priority: str, cpus: int, epochs: int) -> Path:
+    text = (
+        BASE.replace("name: mlp-breast-cancer", f"name: {name}")
+        .replace("team: research", f"team: {team}")
+        .replace("priority: normal", f"priority: {priority}")
+        .replace("cpus: 1", f"cpus: {cpus}")
+        .replace("memory: 1GiB", "memory: 64MiB")
+        .replace("epochs: 30", f"epochs: {epochs}")
+    )
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def wait_job(server: Server, job_id: str, predicate: Any, timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    job: dict = {}
+    while time.monotonic() < deadline:
+        job = server.cli_json("status", job_id)  # type: ignore[assignment]
+        if predicate(job):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"{job_id}: condition not met; last seen {job}")
+
+
+def epoch(job: dict) -> int:
+    return int((job.get("progress") or {}).get("epoch") or 0)
+
+
+@dataclass
+class Live:
+    prometheus: Prometheus
+    server: Server
+    running_job: str
+    node: str
+
+
+@pytest.fixture(scope="module")
+def live(server: Server, ray_head: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    tmp = tmp_path_factory.mktemp("prometheus")
+    stand_in_sd = tmp / "stand-in.json"
+    stand_in_sd.write_text("[]")
+    settings = render.Settings(
+        dcsched_home=str(server.home),
+        server_url=server.url,
+        ray_temp_dir=ray_head.temp_dir,
+        rules_dir=str(RULES_DIR),
+        extra_exporter_files=(str(stand_in_sd),),
+        scrape_interval="1s",
+    )
+    config = tmp / "prometheus.yml"
+    config.write_text(render.render(settings))
+    checked = subprocess.run(
+        [binary("promtool"), "check", "config", str(config)], capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    (tmp / "dcsched.yaml").write_text(CONFIG)
+    applied = server.cli("config", "apply", str(tmp / "dcsched.yaml"))
+    assert applied.returncode == 0, applied.stderr
+
+    prometheus = start_prometheus(config, tmp / "data", tmp / "prometheus.log")
+    helpers: list[subprocess.Popen[bytes]] = []
+    try:
+        # The server's exporter on the Ray node, through the server's file_sd file.
+        assert prometheus.wait_for('up{job="dcsched-server"} == 1', 60), prometheus.get(
+            "/api/v1/targets"
+        )
+        assert prometheus.wait_for('up{job="dcsched-node"} == 1', 120), prometheus.get(
+            "/api/v1/targets"
+        )
+        # One job that ends, one preempted (it waits in the queue), one that runs.
+        short = server.cli("submit", str(spec(tmp, "short", "vision", "normal", 1, 2)))
+        done = server.cli("wait", short.stdout.strip(), "--timeout", "240")
+        assert done.returncode == 0, done.stdout + done.stderr
+        victim = server.cli(
+            "submit", str(spec(tmp, "victim", "research", "low", 8, 100000))
+        ).stdout.strip()
+        wait_job(server, victim, lambda j: j["state"] == "RUNNING" and epoch(j) >= 1)
+        urgent = server.cli(
+            "submit", str(spec(tmp, "urgent", "research", "high", 8, 100000))
+        ).stdout.strip()
+        wait_job(server, urgent, lambda j: j["state"] == "RUNNING" and epoch(j) >= 1)
+        assert server.cli_json("status", victim)["state"] == "PENDING"  # type: ignore[index]
+
+        helpers += stand_in_exporter(stand_in_sd, urgent, "research", tmp)
+        assert prometheus.wait_for(f'dcsched_gpu_collector_up{{node="{STAND_IN_NODE}"}} == 1', 60)
+
+        node = server.cli_json("nodes")[0]["id"]  # type: ignore[index]
+        for expr in (
+            f'dcsched_job_training_epoch{{job_id="{urgent}"}}',
+            "dcsched_preemptions_total",
+            f'dcsched_job_cpu_seconds_total{{job_id="{urgent}"}}',
+        ):
+            prometheus.wait_for(expr, 60)  # what is still missing shows below
+        time.sleep(5)  # a few more samples for the rate() windows
+        yield Live(prometheus, server, urgent, node)
+    finally:
+        stop(prometheus.process)
+        for helper in helpers:
+            stop(helper)
+        server.cancel_live_jobs()
+
+
+# -- the checks ---------------------------------------------------------------------------
+
+
+def test_every_panel_query_returns_data(live: Live) -> None:
+    prometheus = live.prometheus
+    values = {**GRAFANA_BUILTINS, "node": ".*", "gpu": ".*", "team": ".*", "job": live.running_job}
+    missing, errors, gpu_only_with_data = [], [], []
+    ran = 0
+    for uid, board in dashboards().items():
+        for title, ref, expr in panel_queries(board):
+            key = f"{uid}/{title}/{ref}"
+            concrete = substitute(expr, values)
+            try:
+                result = prometheus.query(concrete)
+            except AssertionError as exc:
+                errors.append(f"{key}: {exc}")
+                continue
+            ran += 1
+            if result and key in GPU_ONLY:
+                gpu_only_with_data.append(key)
+            elif not result and key not in GPU_ONLY:
+                missing.append(f"{key}: {concrete}")
+    assert not errors, "queries Prometheus refused:\n" + "\n".join(errors)
+    assert not missing, "queries without data (not GPU-only):\n" + "\n".join(missing)
+    assert ran == sum(len(panel_queries(b)) for b in dashboards().values())
+    # A GPU-only query with data here means GPU_ONLY has gone stale.
+    assert not gpu_only_with_data, f"listed as GPU-only but have data: {gpu_only_with_data}"
+
+
+def test_every_template_variable_has_values(live: Live) -> None:
+    prometheus = live.prometheus
+    empty = []
+    for uid, board in dashboards().items():
+        for variable in board["templating"]["list"]:
+            if variable["type"] != "query":
+                continue
+            match = re.fullmatch(r"label_values\((.+), (\w+)\)", variable["query"]["query"])
+            assert match, variable["query"]["query"]
+            selector = substitute(match.group(1), {"node": ".*", "gpu": ".*", "team": ".*"})
+            found = prometheus.get(
+                f"/api/v1/label/{match.group(2)}/values", **{"match[]": selector}
+            )
+            if variable["name"] == "job":
+                assert live.running_job in found, found
+            if not found:
+                empty.append(f"{uid}/{variable['name']}")
+    assert not empty, f"variables without values: {empty}"
+
+
+def test_rules_evaluate_without_errors(live: Live) -> None:
+    groups = live.prometheus.get("/api/v1/rules")["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    assert len(rules) == sum(len(g["rules"]) for path in RULE_FILES for g in rule_groups(path))
+    broken = [f"{r['name']}: {r.get('lastError')}" for r in rules if r["health"] != "ok"]
+    assert not broken, broken
+    # Nothing is wrong here, so no alert fires.
+    firing = [r["name"] for r in rules if r.get("state") == "firing"]
+    assert not firing, firing
+
+
+def test_labels_join_server_and_exporter_on_node_and_job_id(live: Live) -> None:
+    prometheus = live.prometheus
+    job = live.running_job
+    server_side = prometheus.query(
+        f'dcsched_job_allocated_cpus{{job="dcsched-server", job_id="{job}", team="research"}}'
+    )
+    assert server_side and float(server_side[0]["value"][1]) == 8
+    measured = prometheus.query(
+        f'dcsched_job_cpu_seconds_total{{job="dcsched-node", job_id="{job}", node="{live.node}"}}'
+    )
+    assert measured, "the exporter does not attribute the running job's processes"
+    # the join of the running-jobs table: measured CPU over allocated, per job
+    joined = prometheus.query(
+        f'sum by (job_id, team) (rate(dcsched_job_cpu_seconds_total{{job_id="{job}"}}[30s])) '
+        "/ on (job_id, team) max by (job_id, team) (dcsched_job_allocated_cpus)"
+    )
+    assert joined and joined[0]["metric"] == {"job_id": job, "team": "research"}
+    capacity = prometheus.query(f'dcsched_cluster_node_capacity{{node="{live.node}"}}')
+    exporter = prometheus.query(f'dcsched_node_cpus{{job="dcsched-node", node="{live.node}"}}')
+    assert capacity and exporter  # both sides carry the Ray node id
+    assert not prometheus.query('{exported_node=~".+"}')
+    assert not prometheus.query('{exported_job=~".+"}')
+
+
+def test_ray_metrics_are_scraped_through_rays_discovery_file(live: Live) -> None:
+    """The session's Ray head writes prom_metrics_service_discovery.json into its temp
+    dir; the `ray` job finds its metrics agent there."""
+    targets = live.prometheus.get("/api/v1/targets")["activeTargets"]
+    ray = [t for t in targets if t["labels"]["job"] == "ray"]
+    assert ray, "no target from Ray's service-discovery file"
+    assert live.prometheus.wait_for('up{job="ray"} == 1', 30)
