@@ -27,6 +27,7 @@ from click.testing import CliRunner, Result
 
 import dcsched
 import dcsched.cli as cli_module
+import dcsched.cli.jobs as cli_jobs
 from dcsched.cli import cli
 from dcsched.daemon import ServerOptions
 
@@ -273,7 +274,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in ("DCSCHED_URL", "DCSCHED_TOKEN", "DCSCHED_PORT", "DCSCHED_DEBUG"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DCSCHED_HOME", str(tmp_path))
-    monkeypatch.setattr(cli_module, "POLL_INTERVAL_S", 0.01)
+    monkeypatch.setattr(cli_jobs, "POLL_INTERVAL_S", 0.01)
     (tmp_path / "token").write_text(TOKEN + "\n")
     return tmp_path
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dcsched.top import render
+from dcsched.cli.top import render
 
 NOW = 1_800_000_000.0
 GiB = 1024**3

@@ -19,7 +19,8 @@ from typing import Any
 
 import click
 
-from dcsched.cli import _client, _table
+from dcsched.cli.base import _client
+from dcsched.cli.format import _table
 from dcsched.core.units import format_bytes, format_duration
 
 ENTER_ALT_SCREEN = "\x1b[?1049h\x1b[?25l"

@@ -1,0 +1,5 @@
+"""``python -m dcsched.cli``."""
+
+from dcsched.cli import main
+
+main()
