@@ -59,6 +59,7 @@ class Settings:
     server_url: str = "http://127.0.0.1:8765"
     ray_temp_dir: str = "/tmp/ray"
     rules_dir: str = "rules"
+    token_path: str | None = None  # default: <dcsched_home>/token
     exporters_file: str | None = None  # default: <dcsched_home>/prometheus/exporters.json
     # More file_sd files of node exporters, e.g. for exporters you run yourself on hosts
     # that are not Ray nodes (same format; label each target with its `node`).
@@ -69,7 +70,7 @@ class Settings:
 
     @property
     def token_file(self) -> str:
-        return f"{self.dcsched_home.rstrip('/')}/token"
+        return self.token_path or f"{self.dcsched_home.rstrip('/')}/token"
 
     @property
     def exporters_sd_file(self) -> str:
@@ -198,6 +199,11 @@ def main(argv: list[str] | None = None) -> int:
         default=str(HERE / "rules"),
         help="folder of recording.yml and alerts.yml (default: this script's rules/)",
     )
+    parser.add_argument(
+        "--token-file",
+        help="the API token as Prometheus reads it (default: $DCSCHED_HOME/token; a copy "
+        "readable by the prometheus user where that one is not)",
+    )
     parser.add_argument("--exporters-file", help="file_sd file of the node exporters")
     parser.add_argument(
         "--extra-exporters-file",
@@ -220,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         server_url=args.server_url or found.get("server_url", Settings.server_url),
         ray_temp_dir=args.ray_temp_dir or found.get("ray_temp_dir", Settings.ray_temp_dir),
         rules_dir=args.rules_dir,
+        token_path=args.token_file,
         exporters_file=args.exporters_file,
         extra_exporter_files=tuple(args.extra_exporters_file),
         scrape_interval=args.scrape_interval,

@@ -117,16 +117,18 @@ def test_the_script_reads_this_install(tmp_path: Path, capsys: pytest.CaptureFix
         "/tmp/dcsched-ray-x/prom_metrics_service_discovery.json"
     ]
     assert config["rule_files"] == [str(RULES_DIR / "recording.yml"), str(RULES_DIR / "alerts.yml")]
+    assert jobs["dcsched-server"]["authorization"]["credentials_file"] == str(home / "token")
     done = promtool("check", "config", str(out))
     assert done.returncode == 0, done.stdout + done.stderr
 
     # Without server.json or head.json: the defaults.
     bare = tmp_path / "bare"
     bare.mkdir()
-    assert render.main(["--dcsched-home", str(bare)]) == 0
+    assert render.main(["--dcsched-home", str(bare), "--token-file", "/etc/prometheus/tok"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     targets = {j["job_name"]: j for j in printed["scrape_configs"]}
     assert targets["dcsched-server"]["static_configs"][0]["targets"] == ["127.0.0.1:8765"]
+    assert targets["dcsched-server"]["authorization"]["credentials_file"] == "/etc/prometheus/tok"
 
 
 @pytest.mark.parametrize(
