@@ -9,8 +9,8 @@ Invariants:
 - Nothing here crashes a scrape. Without NVML (no library, no driver, ``nvmlInit`` fails)
   the GPU series are absent and ``dcsched_gpu_collector_up`` is 0; ``nvmlInit`` is tried
   again at most every ``init_retry_s``. An NVML error on one GPU, or on one field of one
-  GPU, drops only that value (or that GPU when even its UUID cannot be read); each
-  distinct failure is logged once, at debug level.
+  GPU, drops only that value (or that GPU when even its UUID cannot be read); see
+  ``dcsched.exporters.gpu``.
 - Every reading (a scrape or a ``snapshot()``) is one pass under a lock. "Since the
   previous scrape" (the CPU ratio, NVML's process samples) means since the previous
   reading of this exporter, whoever asked for it.
@@ -25,24 +25,25 @@ or to processes this exporter cannot see (another PID namespace).
 
 from __future__ import annotations
 
-import logging
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
-import psutil
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from dcsched.exporters.nvml import GpuLibrary, GpuProcess, NvmlError, PyNvml
+from dcsched.exporters.exposition import ExporterError, MetricsServer, serve_registry
+from dcsched.exporters.gpu import GpuReader, GpuReading
+from dcsched.exporters.host import HostReader, HostReading
+from dcsched.exporters.nvml import GpuLibrary, PyNvml
 from dcsched.exporters.procs import JobKey, JobProcesses, ProcessTable
 
-logger = logging.getLogger(__name__)
+__all__ = ["ExporterError", "MetricsServer", "NodeExporter", "NodeUsage", "serve"]
 
 INIT_RETRY_S = 60.0
 GPU_LABELS = ["node", "gpu", "uuid", "model"]
@@ -60,36 +61,7 @@ GPU_GAUGES = (
 )
 
 
-class ExporterError(Exception):
-    """The exporter cannot start (e.g. its port is taken)."""
-
-
 # -- readings ----------------------------------------------------------------------------
-
-
-@dataclass
-class GpuReading:
-    index: int
-    uuid: str
-    model: str
-    values: dict[str, float] = field(default_factory=dict)  # a key is absent when dropped
-    ecc: dict[str, int] = field(default_factory=dict)  # "corrected" / "uncorrected"
-    processes: list[GpuProcess] | None = None  # None: NVML would not say
-    shares: dict[int, float] | None = None  # pid -> SM ratio; None: no samples call
-    xid_errors: int = 0
-    last_xid: int = 0
-
-
-@dataclass
-class HostReading:
-    cpu_utilization_ratio: float
-    cpus: int
-    memory_used_bytes: int
-    memory_total_bytes: int
-    disk_read_bytes: int | None
-    disk_written_bytes: int | None
-    network_receive_bytes: int
-    network_transmit_bytes: int
 
 
 @dataclass
@@ -154,182 +126,6 @@ class NodeUsage:
         return asdict(self)
 
 
-# -- GPUs ---------------------------------------------------------------------------------
-
-
-class _Gpus:
-    """Reads every GPU through a ``GpuLibrary``; keeps identities, XID counts and the
-    timestamp of the last process sample seen per GPU."""
-
-    def __init__(self, library: GpuLibrary, init_retry_s: float, monotonic: Callable[[], float]):
-        self.library = library
-        self.init_retry_s = init_retry_s
-        self._monotonic = monotonic
-        self.ready = False
-        self._next_init = 0.0
-        self._identity: dict[int, tuple[str, str]] = {}
-        self._xid_count: dict[int, int] = {}
-        self._last_xid: dict[int, int] = {}
-        self._last_sample_us: dict[int, int] = {}
-        self._noted: set[tuple[int | None, str, int]] = set()
-
-    def _note(self, gpu: int | None, what: str, exc: NvmlError) -> None:
-        key = (gpu, what, exc.code)
-        if key not in self._noted:
-            self._noted.add(key)
-            logger.debug("NVML %s failed on GPU %s (dropped; logged once): %s", what, gpu, exc)
-
-    def _init(self) -> bool:
-        now = self._monotonic()
-        if now < self._next_init:
-            return False
-        self._next_init = now + self.init_retry_s
-        try:
-            self.library.init()
-        except NvmlError as exc:
-            self._note(None, "init", exc)
-            return False
-        logger.info("NVML initialised")
-        self.ready = True
-        return True
-
-    def close(self) -> None:
-        if self.ready:
-            self.ready = False
-            try:
-                self.library.shutdown()
-            except NvmlError as exc:
-                logger.debug("NVML shutdown failed: %s", exc)
-
-    def read(self) -> list[GpuReading] | None:
-        if not self.ready and not self._init():
-            return None
-        try:
-            count = self.library.device_count()
-        except NvmlError as exc:
-            self._note(None, "device_count", exc)
-            return None
-        try:
-            for event in self.library.xid_events():
-                self._xid_count[event.gpu] = self._xid_count.get(event.gpu, 0) + 1
-                self._last_xid[event.gpu] = event.code
-        except NvmlError as exc:
-            self._note(None, "xid_events", exc)
-        readings = []
-        for gpu in range(count):
-            reading = self._read_one(gpu)
-            if reading is not None:
-                readings.append(reading)
-        return readings
-
-    def _read_one(self, gpu: int) -> GpuReading | None:
-        lib = self.library
-        identity = self._identity.get(gpu)
-        if identity is None:
-            try:
-                identity = self._identity[gpu] = (lib.uuid(gpu), lib.name(gpu))
-            except NvmlError as exc:
-                self._note(gpu, "identity", exc)
-                return None
-        reading = GpuReading(gpu, identity[0], identity[1])
-        reading.xid_errors = self._xid_count.get(gpu, 0)
-        reading.last_xid = self._last_xid.get(gpu, 0)
-        values = reading.values
-        try:
-            values["utilization_ratio"] = lib.utilization(gpu).gpu_percent / 100.0
-        except NvmlError as exc:
-            self._note(gpu, "utilization", exc)
-        try:
-            memory = lib.memory(gpu)
-            values["memory_used_bytes"] = memory.used_bytes
-            values["memory_total_bytes"] = memory.total_bytes
-        except NvmlError as exc:
-            self._note(gpu, "memory", exc)
-        simple: tuple[tuple[str, Callable[[int], float]], ...] = (
-            ("temperature_celsius", lib.temperature_celsius),
-            ("power_watts", lib.power_watts),
-            ("energy_joules", lib.energy_joules),
-            ("sm_clock_hertz", lib.sm_clock_hertz),
-        )
-        for key, read in simple:
-            try:
-                values[key] = read(gpu)
-            except NvmlError as exc:
-                self._note(gpu, key, exc)
-        for kind, uncorrected in (("corrected", False), ("uncorrected", True)):
-            try:
-                reading.ecc[kind] = lib.ecc_errors(gpu, uncorrected)
-            except NvmlError as exc:
-                self._note(gpu, f"ecc_errors {kind}", exc)
-        try:
-            reading.processes = lib.processes(gpu)
-        except NvmlError as exc:
-            self._note(gpu, "processes", exc)
-        try:
-            samples = lib.process_utilization(gpu, self._last_sample_us.get(gpu, 0))
-        except NvmlError as exc:
-            self._note(gpu, "process_utilization", exc)
-        else:
-            per_pid: dict[int, list[float]] = {}
-            for sample in samples:
-                per_pid.setdefault(sample.pid, []).append(sample.sm_percent)
-                if sample.timestamp_us > self._last_sample_us.get(gpu, 0):
-                    self._last_sample_us[gpu] = sample.timestamp_us
-            reading.shares = {pid: sum(v) / len(v) / 100.0 for pid, v in per_pid.items()}
-        return reading
-
-
-# -- the host -----------------------------------------------------------------------------
-
-
-def _busy_and_total(times: Any) -> tuple[float, float]:
-    total = float(sum(times))
-    # On Linux guest time is already inside user time; do not count it twice.
-    total -= getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
-    idle = times.idle + getattr(times, "iowait", 0.0)
-    return total - idle, total
-
-
-class _Host:
-    def __init__(self) -> None:
-        self._previous = _busy_and_total(psutil.cpu_times())
-        self._ratio = 0.0
-        self._cpus = psutil.cpu_count() or 1
-        self._loopback: dict[str, bool] = {}
-
-    def _is_loopback(self, nic: str) -> bool:
-        known = self._loopback.get(nic)
-        if known is None:
-            stats = psutil.net_if_stats().get(nic)
-            flags = getattr(stats, "flags", "") if stats is not None else ""
-            known = self._loopback[nic] = nic == "lo" or "loopback" in flags.split(",")
-        return known
-
-    def read(self) -> HostReading:
-        busy, total = _busy_and_total(psutil.cpu_times())
-        busy_before, total_before = self._previous
-        if total > total_before:  # else keep the last ratio: no time has passed
-            self._ratio = min(1.0, max(0.0, (busy - busy_before) / (total - total_before)))
-            self._previous = (busy, total)
-        memory = psutil.virtual_memory()
-        disk = psutil.disk_io_counters()
-        received = sent = 0
-        for nic, counters in psutil.net_io_counters(pernic=True).items():
-            if not self._is_loopback(nic):
-                received += counters.bytes_recv
-                sent += counters.bytes_sent
-        return HostReading(
-            cpu_utilization_ratio=self._ratio,
-            cpus=self._cpus,
-            memory_used_bytes=int(memory.total - memory.available),
-            memory_total_bytes=int(memory.total),
-            disk_read_bytes=None if disk is None else int(disk.read_bytes),
-            disk_written_bytes=None if disk is None else int(disk.write_bytes),
-            network_receive_bytes=received,
-            network_transmit_bytes=sent,
-        )
-
-
 # -- the exporter -------------------------------------------------------------------------
 
 
@@ -348,8 +144,8 @@ class NodeExporter(Collector):
         monotonic: Callable[[], float] = time.monotonic,
     ):
         self.node = node or socket.gethostname()
-        self._gpus = _Gpus(PyNvml() if gpus is None else gpus, init_retry_s, monotonic)
-        self._host = _Host()
+        self._gpus = GpuReader(PyNvml() if gpus is None else gpus, init_retry_s, monotonic)
+        self._host = HostReader()
         self._processes = processes if processes is not None else ProcessTable()
         self._clock = clock
         self._lock = threading.Lock()
@@ -363,6 +159,7 @@ class NodeExporter(Collector):
     def close(self) -> None:
         with self._lock:
             self._gpus.close()
+            self._processes.close()
 
     def read(self) -> Reading:
         """One reading of everything (what a scrape and ``snapshot()`` both start from)."""
@@ -624,36 +421,9 @@ def _host_families(node: str, host: HostReading | None) -> Iterator[Metric]:
 # -- HTTP ---------------------------------------------------------------------------------
 
 
-@dataclass
-class MetricsServer:
-    """A running ``/metrics`` endpoint (a daemon thread); ``close()`` stops it."""
-
-    host: str
-    port: int
-    _server: Any
-    _thread: threading.Thread
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/metrics"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-
 def serve(host: str, port: int, exporter: NodeExporter) -> tuple[MetricsServer, int]:
-    """Serve the exporter's registry on ``http://host:port/metrics`` in a daemon thread;
-    port 0 picks a free one. Raises ``ExporterError`` when the address cannot be bound."""
-    try:
-        server, thread = start_http_server(port, addr=host, registry=exporter.registry)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ExporterError(
-            f"cannot serve metrics on {host}:{port}: {reason}"
-            " (is another exporter running there? choose another --port)"
-        ) from None
-    bound = int(server.server_port)
-    return MetricsServer(host, bound, server, thread), bound
+    """Serve the exporter's registry on ``http://host:port/metrics`` in a daemon thread
+    (``dcsched.exporters.exposition``); port 0 picks a free one. Returns the running
+    server and its port. Raises ``ExporterError`` when the address cannot be bound."""
+    server = serve_registry(host, port, exporter.registry)
+    return server, server.port

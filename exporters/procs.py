@@ -10,7 +10,9 @@ Invariants (what keeps a scrape cheap):
   it (``create_time`` in psutil's words), so a recycled pid is a new process.
 - Each scrape lists the pids (one directory read), drops the ones that are gone, reads
   the environment of new ones only, and reads one small file per job process (its CPU
-  time, resident memory and start time together, which also re-checks its identity).
+  time, resident memory and start time together). A job process's file stays open
+  between scrapes (up to ``MAX_OPEN_FILES``): one ``pread``, and it cannot be fooled by
+  a recycled pid (reading it fails once its process is gone).
   Pids of no job are re-checked ``VERIFY_PER_SCAN`` at a time, round-robin, so a pid
   recycled between two scrapes is still found within a few scrapes.
 - An empty environment is not an answer yet: a process caught between fork and exec
@@ -19,17 +21,19 @@ Invariants (what keeps a scrape cheap):
 - A job's CPU seconds only grow while the job has processes here: a process that exits
   leaves its last CPU time in the job's total. A job with no live process is dropped.
 
-On Linux this reads ``/proc`` directly (one ``stat`` read per job process; psutil needs
-about four times as long here); elsewhere it goes through psutil.
+On Linux this reads ``/proc`` directly (psutil needs about four times as long here);
+elsewhere it goes through psutil.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import psutil
 
@@ -39,26 +43,50 @@ JOB_ENV = "DCSCHED_JOB_ID"
 TEAM_ENV = "DCSCHED_TEAM"
 VERIFY_PER_SCAN = 16
 ENV_RETRIES = 3  # scans that read an empty environment again (a process mid-exec)
+MAX_OPEN_FILES = 512  # job processes whose stat file stays open between scans
 KTHREADD = 2  # Linux kernel threads are kthreadd (pid 2) and its children
 
 JobKey = tuple[str, str]  # (job, team)
 
 
-@dataclass(frozen=True)
-class ProcStat:
+class ProcStat(NamedTuple):  # a tuple: made per job process per scrape
     start: float  # the process's start time, in whatever unit the reader uses
     cpu_seconds: float  # user + system, of this process only
     rss_bytes: int
-    ppid: int = 0
+    ppid: int
 
 
 class _ProcFs:
-    """Reads /proc/<pid>/stat and /proc/<pid>/environ (Linux)."""
+    """Reads /proc/<pid>/stat and /proc/<pid>/environ (Linux).
+
+    The stat file of a watched process (a job's) stays open: one ``pread`` a scrape
+    instead of open, read and close. An open file keeps naming the process it was opened
+    for: once that process is gone, reading it fails (ESRCH) even if the pid was reused.
+    """
 
     def __init__(self, root: str = "/proc"):
         self.root = root
         self.tick = float(os.sysconf("SC_CLK_TCK"))
         self.page = int(os.sysconf("SC_PAGE_SIZE"))
+        self._open: dict[int, int] = {}  # pid -> fd of its stat file
+
+    def watch(self, pid: int) -> None:
+        if pid in self._open or len(self._open) >= MAX_OPEN_FILES:
+            return
+        with contextlib.suppress(OSError):  # gone already: the next scan forgets it
+            self._open[pid] = os.open(f"{self.root}/{pid}/stat", os.O_RDONLY)
+
+    def release(self, pid: int) -> None:
+        fd = self._open.pop(pid, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close(self) -> None:
+        for pid in list(self._open):
+            self.release(pid)
+
+    def __del__(self) -> None:
+        self.close()
 
     def _read(self, path: str, whole: bool) -> bytes | None:
         # os.open/os.read: half the time of open() here, and this runs per process.
@@ -80,17 +108,28 @@ class _ProcFs:
         return [int(name) for name in os.listdir(self.root) if name.isdigit()]
 
     def stat(self, pid: int) -> ProcStat | None:
-        raw = self._read(f"{self.root}/{pid}/stat", whole=False)  # one line, < 1 KiB
+        fd = self._open.get(pid)
+        if fd is None:
+            raw = self._read(f"{self.root}/{pid}/stat", whole=False)  # one line, < 1 KiB
+        else:
+            try:
+                raw = os.pread(fd, 4096, 0)
+            except OSError:  # that process is gone (the pid may live on in another)
+                self.release(pid)
+                return None
         if raw is None:
             return None
         # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-        fields = raw[raw.rfind(b")") + 2 :].split()
+        fields = raw[raw.rfind(b")") + 2 :].split(None, 22)  # up to rss, no further
         try:
-            ppid, utime, stime = int(fields[1]), int(fields[11]), int(fields[12])
-            start, rss_pages = int(fields[19]), int(fields[21])
+            return ProcStat(
+                float(fields[19]),  # starttime, clock ticks after boot
+                (int(fields[11]) + int(fields[12])) / self.tick,  # utime + stime
+                int(fields[21]) * self.page,  # rss, pages
+                int(fields[1]),  # ppid
+            )
         except (IndexError, ValueError):
             return None
-        return ProcStat(float(start), (utime + stime) / self.tick, rss_pages * self.page, ppid)
 
     def environ(self, pid: int) -> dict[str, str] | None:
         raw = self._read(f"{self.root}/{pid}/environ", whole=True)
@@ -109,6 +148,15 @@ class _Psutil:
 
     def pids(self) -> list[int]:
         return list(psutil.pids())
+
+    def watch(self, pid: int) -> None:
+        pass
+
+    def release(self, pid: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
     def stat(self, pid: int) -> ProcStat | None:
         try:
@@ -224,6 +272,7 @@ class ProcessTable:
         if job is not None:
             # The job's counter starts from the process's CPU time so far.
             entry.cpu_seconds, entry.rss_bytes = stat.cpu_seconds, stat.rss_bytes
+            self._reader.watch(pid)
         else:
             self._unverified.append((pid, stat.start))
         self._entries[pid] = entry
@@ -244,9 +293,15 @@ class ProcessTable:
                 entry.job = job
                 entry.cpu_seconds, entry.rss_bytes = stat.cpu_seconds, stat.rss_bytes
                 self._env_pending.discard(pid)
+                self._reader.watch(pid)
+
+    def close(self) -> None:
+        """Closes the files kept open; a later scan opens them again."""
+        self._reader.close()
 
     def _forget(self, pid: int) -> None:
         self._env_pending.discard(pid)
+        self._reader.release(pid)
         entry = self._entries.pop(pid, None)
         if entry is not None and entry.job is not None:
             self._exited_cpu[entry.job] = self._exited_cpu.get(entry.job, 0.0) + entry.cpu_seconds

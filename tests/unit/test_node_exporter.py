@@ -8,6 +8,7 @@ is checked by ``promtool check metrics`` and against the table in docs/metrics.m
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -19,11 +20,15 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from dcsched.exporters.node import ExporterError, NodeExporter, serve
+from dcsched.exporters.exposition import render
+from dcsched.exporters.node import ExporterError, NodeExporter, _families, serve
 from dcsched.exporters.nvml import ERROR_GPU_IS_LOST, ERROR_NOT_SUPPORTED, PyNvml
 from dcsched.exporters.nvml_fake import FIELDS, GIB, FakeNvml, FakeProcess
 from dcsched.exporters.procs import ENV_RETRIES, ProcessTable
@@ -382,9 +387,24 @@ def test_an_empty_environment_is_read_again_a_few_times(spawn: Spawn) -> None:
     assert table.environ_reads == 1 + ENV_RETRIES
 
 
+def test_a_job_process_file_stays_open_and_knows_when_its_process_is_gone(
+    spawn: Spawn,
+) -> None:
+    child = spawn("job-a", "vision")
+    table = ProcessTable(use_procfs=True)
+    table.scan([child.pid])
+    table.scan([child.pid])
+    assert table.environ_reads == 1
+    child.kill()
+    child.wait()
+    # Listed still (as a recycled pid would be), but its open file says it is gone.
+    assert table.scan([child.pid]) == {}
+    table.close()
+
+
 def test_a_recycled_pid_is_read_again(spawn: Spawn) -> None:
     child = spawn("job-a", "vision")
-    table = ProcessTable()
+    table = ProcessTable(use_procfs=False)  # psutil: no file kept open
     table.scan([child.pid])
     # The kernel recycles pids; the cache knows a process by (pid, start time). Make the
     # cached start time disagree with the real one, as after a recycle.
@@ -542,6 +562,52 @@ def test_served_text_is_exactly_the_documented_series_and_passes_promtool(
     for name, (kind, labels) in documented.items():
         assert seen[name][0] == kind, name
         assert seen[name][1] == {labels}, name
+
+
+def test_the_fast_text_is_what_prometheus_client_writes(
+    cluster: tuple[FakeNvml, dict[str, list[int]]],
+) -> None:
+    """exposition.render against prometheus_client's generate_latest, on one reading
+    (label values with quotes, backslashes and newlines included)."""
+    fake, _ = cluster
+    fake.gpus[0].name = 'odd "model"\\ with\na newline'
+    reading = NodeExporter(NODE, fake).read()
+
+    class Fixed:
+        def collect(self) -> Iterator[Metric]:
+            return _families(NODE, reading)
+
+    registry = CollectorRegistry()
+    registry.register(Fixed())
+    ours, theirs = render(registry).decode(), generate_latest(registry).decode()
+
+    def parsed(text: str) -> list[tuple[str, str, list[tuple[str, list[Any], float]]]]:
+        return [
+            (f.name, f.type, sorted((s.name, sorted(s.labels.items()), s.value) for s in f.samples))
+            for f in text_string_to_metric_families(text)
+        ]
+
+    assert parsed(ours) == parsed(theirs)
+    assert len(ours.splitlines()) == len(theirs.splitlines())
+    promtool_check(ours)
+
+
+def test_the_endpoint_answers_metrics_head_and_404() -> None:
+    exporter = NodeExporter(NODE, FakeNvml(available=False))
+    server, port = serve("127.0.0.1", 0, exporter)
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("HEAD", "/metrics")
+        head = connection.getresponse()
+        assert head.status == 200 and head.read() == b""
+        assert head.getheader("Content-Type", "").startswith("text/plain; version=0.0.4")
+        connection.close()
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/elsewhere")
+        assert connection.getresponse().status == 404
+        connection.close()
+    finally:
+        server.close()
 
 
 def test_promtool_accepts_the_output_without_gpus(spawn: Spawn) -> None:
