@@ -112,6 +112,7 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
     from dcsched.adapters import node_exporters, ray_executor, ray_head
     from dcsched.adapters.http_api import create_app
     from dcsched.adapters.sqlite_store import SQLiteStore
+    from dcsched.core import accounting
     from dcsched.exporters.scheduler import SchedulerMetrics, SchedulerStateCollector
     from dcsched.plugins.registry import describe_plugins
     from dcsched.service import SchedulerService
@@ -154,10 +155,12 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
     registry = CollectorRegistry()
     service_ref: list[Any] = []
 
-    def allocated_by_team() -> dict[str, Any]:
-        from dcsched.core import accounting
+    totals = accounting.RunningTotals()
+    totals_lock = threading.Lock()
 
-        return accounting.by_team(service_ref[0].allocations(), time.time())
+    def allocated_by_team() -> dict[str, Any]:
+        with totals_lock:
+            return totals.totals(service_ref[0].allocations, time.time())
 
     metrics = SchedulerMetrics(registry, store.counts_by_state, allocated_by_team)
     fleet = None

@@ -82,6 +82,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
     """,
+    # 4: indexes for what /metrics reads at every scrape (counts by state, team and kind;
+    # allocation spans that ended recently)
+    """
+    CREATE INDEX jobs_state_team_kind ON jobs(state, team, kind);
+    CREATE INDEX jobs_finished ON jobs(finished_at);
+    """,
 )
 
 _JOB_COLUMNS = (

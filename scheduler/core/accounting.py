@@ -16,7 +16,7 @@ intervals. Times are unix seconds given by the caller.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from dcsched.core.fairshare import UsageInterval
 from dcsched.core.resources import Resources
@@ -56,3 +56,36 @@ def by_team(
     for interval in intervals:
         sums[interval.team] = sums.get(interval.team, Resources()) + allocated(interval, now, since)
     return sums
+
+
+class RunningTotals:
+    """Resource-seconds per team since the beginning, kept up to date cheaply: spans that
+    ended more than ``settle_s`` before a call are summed once and remembered, so each
+    call needs only the spans that were open or ended since the previous call's horizon
+    (``spans_since(horizon)``: every span ending at or after it, open ones included).
+
+    ``settle_s`` bounds how late a span may be recorded and still be counted: a store
+    that writes each span's end as it happens needs seconds, not minutes. Not
+    thread-safe: callers serialise calls.
+    """
+
+    def __init__(self, settle_s: float = 300.0):
+        self.settle_s = settle_s
+        self._horizon: float | None = None
+        self._settled: dict[str, Resources] = {}
+
+    def totals(
+        self, spans_since: Callable[[float | None], Iterable[UsageInterval]], now: float
+    ) -> dict[str, Resources]:
+        horizon = now - self.settle_s
+        current: dict[str, Resources] = {}
+        for span in spans_since(self._horizon):
+            if span.end is not None and self._horizon is not None and span.end < self._horizon:
+                continue  # settled by an earlier call
+            target = self._settled if span.end is not None and span.end < horizon else current
+            target[span.team] = target.get(span.team, Resources()) + allocated(span, now)
+        self._horizon = horizon
+        out = dict(self._settled)
+        for team, total in current.items():
+            out[team] = out.get(team, Resources()) + total
+        return out

@@ -193,7 +193,7 @@ def test_every_node_runs_an_exporter_that_attributes_a_running_job(
     job = wait_for(server, job_id, lambda j: j["state"] == "RUNNING" and j["progress"])
     target = next(g for g in groups if g["labels"]["node"] == job["nodes"][0])
     url = f"http://{target['targets'][0]}/metrics"
-    labels = (("job", job_id), ("node", job["nodes"][0]), ("team", "research"))
+    labels = (("job_id", job_id), ("node", job["nodes"][0]), ("team", "research"))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         samples = scrape(url)

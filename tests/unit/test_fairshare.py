@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dcsched.core.accounting import allocated, by_job, by_team, interval_seconds
+from dcsched.core.accounting import RunningTotals, allocated, by_job, by_team, interval_seconds
 from dcsched.core.fairshare import UsageInterval, decay_weight, decayed_usage
 from dcsched.core.resources import Resources
 
@@ -122,3 +122,46 @@ def test_sums_per_job_and_team_count_every_run_of_a_preempted_job() -> None:
     teams = by_team(intervals, 40)
     assert teams["x"].gpus == 40 + 5
     assert teams["y"].gpus == 0 and teams["y"].cpus == 8 * 40
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    spans=st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c"]),
+            st.floats(0, 1000),
+            st.one_of(st.none(), st.floats(0, 500)),
+            st.integers(1, 4),
+        ),
+        max_size=30,
+    ),
+    calls=st.lists(st.floats(0, 2000), min_size=1, max_size=8),
+)
+def test_running_totals_equal_a_full_recount_at_every_call(
+    spans: list[tuple[str, float, float | None, int]], calls: list[float]
+) -> None:
+    """Spans become known as they end (a store writes each end when it happens); running
+    totals, which read only recent spans, always equal a sum over all of them."""
+    intervals = [
+        UsageInterval(team, Resources(cpus=1, gpus=gpus), start, None if d is None else start + d)
+        for team, start, d, gpus in spans
+    ]
+    totals = RunningTotals(settle_s=50)
+    for now in sorted(calls):
+        known = [
+            i
+            if i.end is None or i.end <= now
+            else UsageInterval(i.team, i.resources, i.start, None)
+            for i in intervals
+            if i.start <= now
+        ]
+
+        def since(horizon: float | None, known: list[UsageInterval] = known) -> list[UsageInterval]:
+            return [i for i in known if horizon is None or i.end is None or i.end >= horizon]
+
+        got = totals.totals(since, now)
+        want = by_team(known, now)
+        assert set(got) == set(want)
+        for team, total in want.items():
+            assert got[team].gpus == pytest.approx(total.gpus, abs=1e-6)
+            assert got[team].cpus == pytest.approx(total.cpus, abs=1e-6)
