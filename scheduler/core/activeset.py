@@ -107,7 +107,7 @@ class ActiveSet(Sequence[Job]):
         self.runs: dict[str, RunningJob] = {}
         self.by_team: dict[str, dict[str, RunningJob]] = {}
         self.ledger = QuotaLedger(config)
-        self.index = CapacityIndex(cluster.nodes)
+        self.free_index = CapacityIndex(cluster.nodes)
         self.alive = frozenset(n.id for n in cluster.alive_nodes())
         self.capacity = cluster.total()
         self.alloc: dict[str, list[float]] = {}
@@ -161,7 +161,7 @@ class ActiveSet(Sequence[Job]):
         if len(job.nodes) != job.workers:
             raise ValueError(f"job {job.id} has {job.workers} workers on {len(job.nodes)} nodes")
         run = running_job(job, self.classes, start)
-        self.index.take(run.nodes, run.per_worker)  # raises, changing nothing, if no room
+        self.free_index.take(run.nodes, run.per_worker)  # raises, changing nothing, if no room
         self.runs[job.id] = run
         self.by_team.setdefault(run.team, {})[job.id] = run
         self.ledger.take(run.team, run.total, run.gpu_type)
@@ -187,7 +187,7 @@ class ActiveSet(Sequence[Job]):
         del team_runs[job_id]
         if not team_runs:
             del self.by_team[run.team]
-        self.index.give(run.nodes, run.per_worker)
+        self.free_index.give(run.nodes, run.per_worker)
         self.ledger.give(run.team, run.total, run.gpu_type)
         self._add_alloc(run.team, run.total, -1.0)
         if run.preemptible:
@@ -234,5 +234,5 @@ class ActiveSet(Sequence[Job]):
         """Free capacity left over all alive nodes (for reports and tests)."""
         total = Resources()
         for node in sorted(self.alive):
-            total = total + self.index.free(node)
+            total = total + self.free_index.free(node)
         return total

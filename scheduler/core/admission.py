@@ -384,7 +384,7 @@ class _Pass:
     def run(self) -> list[Decision]:
         order = self.order()
         if self.prepared is not None:
-            self.index = self.prepared.index.copy()
+            self.index = self.prepared.free_index.copy()
             self.alive: Collection[str] = self.prepared.alive
         else:
             self.index = CapacityIndex(self.inp.cluster.nodes)

@@ -91,7 +91,7 @@ _CONTEXT = {"help_option_names": ["-h", "--help"]}
 @click.option("--limit", type=int, help="Replay only the first N jobs by submit time.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a TTY).")
 @click.pass_context
-def sim(ctx: click.Context, **kw: Any) -> None:
+def sim(ctx: click.Context, /, **kw: Any) -> None:
     """Replay a cluster trace through dcsched's own scheduling policies.
 
     \b

@@ -27,9 +27,9 @@ and the queue is strict: a job that does not fit blocks those behind it.
 Lookahead: a pass sees the first ``lookahead`` pending jobs of each team, in the team's
 own queue order (fifo: submit time; priority and fair: class, then submit time). Jobs
 further back wait until they come within reach, like SLURM's queue depth limits. When a
-pass admits jobs and some team had more, another pass follows at the same instant, so
-without backfill the decisions equal those of an unlimited pass whenever no team has
-more than ``lookahead`` jobs that its quota blocks at once.
+team with more jobs had its whole window started, another pass follows at the same
+instant, so without backfill the decisions equal those of an unlimited pass as long as
+no team has more than ``lookahead`` jobs waiting ahead of one that could start.
 
 Pass interval: 0 runs a pass at every instant with events (the live service wakes at
 every submission and polls every 0.1 s). A positive interval runs at most one pass per
@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from dcsched.core.activeset import ActiveSet
 from dcsched.core.admission import Admit, Cancel, Preempt, SchedulingInput, Wait, plan
 from dcsched.core.cluster import ClusterSnapshot, NodeState
-from dcsched.core.config import ClusterConfig, PlacementPolicy, Quota, QueueingPolicy
+from dcsched.core.config import ClusterConfig, PlacementPolicy, QueueingPolicy, Quota
 from dcsched.core.job import Job
 from dcsched.core.lifecycle import JobState
 from dcsched.core.resources import Resources
@@ -320,11 +320,13 @@ class Simulation:
         record.domain = domain.name
         spec = self._spec(tj)
         if isinstance(spec, str):
-            return self._unschedulable(record, now, spec)
+            self._unschedulable(record, spec)
+            return None
         job = Job(tj.id, spec, JobState.PENDING, submitted_at=record.submit)
         never = self._never(domain, job)
         if never is not None:
-            return self._unschedulable(record, now, never)
+            self._unschedulable(record, never)
+            return None
         if tj.max_runtime is None and self.options.predictor:
             estimate = self.predictor.estimate(tj.team, record.gpus)
             if estimate is not None:
@@ -334,10 +336,9 @@ class Simulation:
         self._enqueue(domain, job)
         return domain.name
 
-    def _unschedulable(self, record: JobRecord, now: float, reason: str) -> None:
+    def _unschedulable(self, record: JobRecord, reason: str) -> None:
         record.state = "UNSCHEDULABLE"
         record.reason = reason
-        return None
 
     def _spec(self, tj: TraceJob) -> JobSpec | str:
         workers, gpus, cpus, memory = shape(tj, self.node_gpus)
@@ -446,7 +447,8 @@ class Simulation:
         record.run_token += 1
         end = now + (run_time if limit is None else min(run_time, limit))
         self._push(end, _END, job.id, record.run_token)
-        domain.usage.start(job.team, job.spec.resources.total(), now)
+        if domain.policy == "fair":
+            domain.usage.start(job.team, job.spec.resources.total(), now)
         self._allocate(now, record.gpus)
 
     def _stop(self, domain: _Domain, record: JobRecord, now: float) -> Job:
@@ -454,7 +456,8 @@ class Simulation:
         elapsed = now - record.run_start
         record.run_s += elapsed
         record.remaining = max(0.0, record.remaining - elapsed / record.run_factor)
-        domain.usage.stop(job.team, job.spec.resources.total(), record.run_start, now)
+        if domain.policy == "fair":
+            domain.usage.stop(job.team, job.spec.resources.total(), record.run_start, now)
         self._allocate(now, -record.gpus)
         return job
 
@@ -479,14 +482,15 @@ class Simulation:
 
     # -- passes ------------------------------------------------------------------------
 
-    def _window(self, domain: _Domain) -> tuple[list[Job], bool]:
+    def _window(self, domain: _Domain) -> tuple[list[Job], set[str]]:
+        """The first ``lookahead`` pending jobs of each team, and the teams cut short."""
         limit = self.options.lookahead
         jobs: list[Job] = []
-        truncated = False
+        truncated = set()
         for team in sorted(domain.queues):
             queue = domain.queues[team]
             if len(queue) > limit:
-                truncated = True
+                truncated.add(team)
             jobs.extend(domain.pending[str(key[-1])] for key in queue[:limit])
         return jobs, truncated
 
@@ -509,11 +513,11 @@ class Simulation:
                 )
             )
             by_id = {job.id: job for job in pending}
-            admitted = preempted = False
+            preempted = False
+            waiting = set()
             for decision in decisions:
                 if isinstance(decision, Admit):
                     self._start(domain, by_id[decision.job_id], decision.nodes, now)
-                    admitted = True
                 elif isinstance(decision, Preempt):
                     for victim in decision.victims:
                         self._preempt(domain, victim, decision.reason, now)
@@ -524,7 +528,11 @@ class Simulation:
                     domain.active.forget(job.id)
                     record = self._by_id[job.id]
                     record.state, record.reason = "UNSCHEDULABLE", decision.reason
-            if not (preempted or (admitted and truncated)):
+                else:
+                    waiting.add(by_id[decision.job_id].team)
+            # Again at once after preemptions, and when a team cut short had its whole
+            # window started: its next jobs come within reach.
+            if not (preempted or truncated - waiting):
                 return
         raise RuntimeError(  # pragma: no cover - the core guarantees progress
             f"more than {_MAX_PASSES_PER_INSTANT} passes at t={now:g} in domain {domain.name!r}"
