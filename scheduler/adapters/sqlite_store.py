@@ -296,13 +296,21 @@ class SQLiteStore:
         """Each span during which a job held its resources: from its admission to the next
         requeue or its end (still open while it holds them). Read from the event history,
         so preempted and requeued jobs count every span."""
+        # Only jobs ever admitted have spans (a requeued job waiting again has
+        # admitted_at NULL but attempt > 0; stores from before migration 3 have attempt 0
+        # for jobs that then ended); with ``since``, only jobs not ended, or ended since
+        # then (both found through an index).
         sql = (
-            "SELECT e.job_id, e.at, e.to_state, j.spec FROM job_events e JOIN jobs j"
-            " ON j.id = e.job_id WHERE j.admitted_at IS NOT NULL OR j.finished_at IS NOT NULL"
+            "SELECT e.job_id, e.at, e.to_state, j.spec FROM jobs j JOIN job_events e"
+            " ON e.job_id = j.id"
+            " WHERE (j.attempt > 0 OR j.admitted_at IS NOT NULL OR j.finished_at IS NOT NULL)"
         )
         args: list[Any] = []
         if since is not None:
-            sql += " AND (j.finished_at IS NULL OR j.finished_at >= ?)"
+            sql += (
+                " AND j.id IN (SELECT id FROM jobs WHERE finished_at >= ?"
+                " UNION SELECT id FROM jobs WHERE finished_at IS NULL)"
+            )
             args.append(since)
         sql += " ORDER BY e.job_id, e.seq"
         intervals: list[AllocationInterval] = []
