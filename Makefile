@@ -56,6 +56,7 @@ bench: install
 	$(BIN)/python bench/train_overhead.py
 	$(BIN)/python bench/cli_latency.py
 	$(BIN)/python bench/admission.py
+	$(BIN)/python bench/scrape.py
 
 clean:
 	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache
