@@ -45,6 +45,9 @@ class ServerOptions:
     exporters: bool = True
     """Run a node exporter on every Ray node (dcsched.adapters.node_exporters)."""
     exporter_port: int = 9478
+    exporter_host: str | None = None
+    """Address the exporters bind; default each node's Ray address, or 127.0.0.1 when the
+    server starts its own local Ray head (everything is on this machine)."""
     grafana_url: str | None = None
     """Given to the Ray head it starts as RAY_GRAFANA_HOST, so its dashboard embeds
     Grafana panels (with ``prometheus_url`` as RAY_PROMETHEUS_HOST)."""
@@ -60,6 +63,8 @@ class ServerOptions:
         if not self.exporters:
             args.append("--no-exporters")
         args += ["--exporter-port", str(self.exporter_port)]
+        if self.exporter_host:
+            args += ["--exporter-host", self.exporter_host]
         if self.grafana_url:
             args += ["--grafana-url", self.grafana_url]
         if self.prometheus_url:
@@ -165,8 +170,11 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
     metrics = SchedulerMetrics(registry, store.counts_by_state, allocated_by_team)
     fleet = None
     if options.exporters:
+        local = options.ray_address is None
         fleet = node_exporters.ExporterFleet(
-            paths.home / "prometheus" / "exporters.json", port=options.exporter_port
+            paths.home / "prometheus" / "exporters.json",
+            port=options.exporter_port,
+            host=options.exporter_host or ("127.0.0.1" if local else None),
         )
     service = SchedulerService(
         store=store,

@@ -135,6 +135,8 @@ def start_server(home: Path, ray_address: str, config: str | None = None) -> Ser
             # Node exporters run as Ray actors; several Ray nodes share this host.
             "--exporter-port",
             "0",
+            "--exporter-host",
+            "127.0.0.1",
         ],
         env=env,
         stdout=log,

@@ -6,7 +6,8 @@ Prometheus file_sd targets to ``$DCSCHED_HOME/prometheus/exporters.json`` (label
 the Ray node id), and caches each node's latest measured usage. The cache feeds the
 cluster view (``utilization``, for the least-loaded placement) and ``/v1/nodes``.
 
-An exporter binds the node's address on the configured port; where that port is taken
+An exporter binds the node's address (or the configured host: 127.0.0.1 when the
+server runs its own local Ray head) on the configured port; where that port is taken
 (several Ray nodes on one host, as in tests) it takes a free one, and the file_sd file
 says which. The actors are detached, so they outlive a server restart; they end with the
 Ray cluster (``dcsched down`` stops the head that ``dcsched up`` started).
@@ -65,11 +66,13 @@ class ExporterFleet:
         self,
         sd_file: Path,
         port: int = DEFAULT_EXPORTER_PORT,
+        host: str | None = None,
         interval_s: float = 5.0,
         call_timeout_s: float = 10.0,
     ):
         self.sd_file = sd_file
         self.port = port
+        self.host = host  # None: each node's own address (as Ray knows it)
         self.interval_s = interval_s
         self.call_timeout_s = call_timeout_s
         self._lock = threading.Lock()
@@ -106,7 +109,9 @@ class ExporterFleet:
         alive = {n["NodeID"]: n for n in nodes if n.get("Alive")}
         for node_id, node in alive.items():
             if node_id not in self._actors:
-                self._actors[node_id] = self._ensure_actor(node_id, node["NodeManagerAddress"])
+                self._actors[node_id] = self._ensure_actor(
+                    node_id, self.host or node["NodeManagerAddress"]
+                )
         for node_id in list(self._actors):
             if node_id not in alive:
                 del self._actors[node_id]

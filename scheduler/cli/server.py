@@ -71,6 +71,12 @@ _exporter_options = [
         "DCSCHED_EXPORTER_PORT).",
     ),
     click.option(
+        "--exporter-host",
+        default=None,
+        help="Address the node exporters bind (default: each node's Ray address; "
+        "127.0.0.1 with the local Ray head that dcsched starts).",
+    ),
+    click.option(
         "--grafana-url",
         envvar="RAY_GRAFANA_HOST",
         default=None,
@@ -101,6 +107,7 @@ def _options(daemon: Any, **given: Any) -> Any:
         config_path=given["config_path"],
         exporters=given["exporters"],
         exporter_port=given["exporter_port"],
+        exporter_host=given["exporter_host"],
         grafana_url=given["grafana_url"],
         prometheus_url=given["prometheus_url"],
     )
