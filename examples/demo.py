@@ -51,9 +51,11 @@ Demo finished in {elapsed:.0f}s. Where to look:
   Ray dashboard (jobs, logs):  {info["ray_dashboard_url"]}
   dcsched API:                 {info["api_url"]}   (bearer token in {home}/token)
   dcsched metrics:             {info["metrics_url"]}
+  Node exporter targets:       {info.get("exporters_file_sd") or "-"}  (Prometheus file_sd)
   Models and runs:             {home}/models, {home}/runs
 
 Use the CLI against this demo:   export DCSCHED_HOME={home}; .venv/bin/dcsched list
+Live view of nodes, jobs, queue: .venv/bin/dcsched top
 Stop the server and local Ray:   make demo-down
 """
     )
