@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,6 +78,17 @@ class Server:
                 return response.status, response.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
+
+    def wait_for_job(self, job_id: str, predicate: Any, timeout: float = 180) -> dict:
+        """Poll `dcsched status` until ``predicate(job)`` holds; return that job."""
+        deadline = time.monotonic() + timeout
+        job: dict = {}
+        while time.monotonic() < deadline:
+            job = self.cli_json("status", job_id)  # type: ignore[assignment]
+            if predicate(job):
+                return job
+            time.sleep(0.5)
+        raise AssertionError(f"{job_id}: condition not met; last seen {job}")
 
     def cancel_live_jobs(self) -> None:
         """Tests share one Ray cluster: a module's jobs must not outlive its server."""

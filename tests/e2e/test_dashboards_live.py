@@ -213,17 +213,6 @@ def spec(tmp_path: Path, name: str, team: str, priority: str, cpus: int, epochs:
     return path
 
 
-def wait_job(server: Server, job_id: str, predicate: Any, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    job: dict = {}
-    while time.monotonic() < deadline:
-        job = server.cli_json("status", job_id)  # type: ignore[assignment]
-        if predicate(job):
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"{job_id}: condition not met; last seen {job}")
-
-
 def epoch(job: dict) -> int:
     return int((job.get("progress") or {}).get("epoch") or 0)
 
@@ -277,11 +266,15 @@ def live(server: Server, ray_head: Any, tmp_path_factory: pytest.TempPathFactory
         victim = server.cli(
             "submit", str(spec(tmp, "victim", "research", "low", 8, 100000))
         ).stdout.strip()
-        wait_job(server, victim, lambda j: j["state"] == "RUNNING" and epoch(j) >= 1)
+        server.wait_for_job(
+            victim, lambda j: j["state"] == "RUNNING" and epoch(j) >= 1, timeout=240
+        )
         urgent = server.cli(
             "submit", str(spec(tmp, "urgent", "research", "high", 8, 100000))
         ).stdout.strip()
-        wait_job(server, urgent, lambda j: j["state"] == "RUNNING" and epoch(j) >= 1)
+        server.wait_for_job(
+            urgent, lambda j: j["state"] == "RUNNING" and epoch(j) >= 1, timeout=240
+        )
         assert server.cli_json("status", victim)["state"] == "PENDING"  # type: ignore[index]
 
         helpers += stand_in_exporter(stand_in_sd, urgent, "research", tmp)

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dcsched.exporters.node import NodeExporter, NodeUsage, serve
 from dcsched.exporters.nvml import NvmlError, PyNvml
-from tests.conftest import REPO, free_port
+from tests.conftest import free_port, run_cli
 from tests.unit.test_node_exporter import promtool_check, scrape
 
 
@@ -155,14 +155,7 @@ def dcsched_home(tmp_path: Path) -> Iterator[dict[str, str]]:
 def dcsched(
     env: dict[str, str], *args: str, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dcsched.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-    )
+    return run_cli(*args, env=env, timeout=timeout)
 
 
 def write_training_data(path: Path, rows: int = 20_000, features: int = 64) -> None:

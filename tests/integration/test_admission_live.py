@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from tests.conftest import EXAMPLES, Server, start_cluster, start_server
-from tests.integration.test_scheduling_live import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -80,12 +79,11 @@ def submit(
 
 
 def running(server: Server, job_id: str) -> dict:
-    return wait_for(server, job_id, lambda j: j["state"] == "RUNNING")
+    return server.wait_for_job(job_id, lambda j: j["state"] == "RUNNING")
 
 
 def reason_of(server: Server, job_id: str, contains: str) -> dict:
-    return wait_for(
-        server,
+    return server.wait_for_job(
         job_id,
         lambda j: j["state"] == "PENDING" and contains in (j["reason"] or ""),
         timeout=60,
@@ -194,7 +192,7 @@ def test_dependencies_wait_for_success_and_a_failed_dependency_cancels(
 
     doomed = submit(server, tmp_path, "doomed", max_runtime="3s")
     after = submit(server, tmp_path, "after-doomed", epochs=3, depends_on=f"[{doomed}]")
-    failed = wait_for(server, doomed, lambda j: j["state"] == "FAILED", timeout=120)
+    failed = server.wait_for_job(doomed, lambda j: j["state"] == "FAILED", timeout=120)
     assert "max_runtime" in failed["reason"]
-    cancelled = wait_for(server, after, lambda j: j["state"] == "CANCELLED", timeout=60)
+    cancelled = server.wait_for_job(after, lambda j: j["state"] == "CANCELLED", timeout=60)
     assert doomed in cancelled["reason"] and "FAILED" in cancelled["reason"].upper()

@@ -59,17 +59,6 @@ def spec_file(tmp_path: Path, name: str, **fields: str) -> Path:
     return path
 
 
-def wait_for(server: Server, job_id: str, predicate: Any, timeout: float = 180) -> dict:
-    deadline = time.monotonic() + timeout
-    job: dict = {}
-    while time.monotonic() < deadline:
-        job = server.cli_json("status", job_id)  # type: ignore[assignment]
-        if predicate(job):
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"{job_id}: condition not met; last seen {job}")
-
-
 def ray_driver_node(cluster: Any, server: Server, run_id: str) -> str:
     token = Path(server.env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
     request = urllib.request.Request(f"{dashboard_url(cluster)}/api/jobs/{run_id}")
@@ -95,7 +84,7 @@ def test_spread_and_binpack_place_jobs_where_they_decide(live: Any, tmp_path: Pa
             ).stdout.strip()
             for i in range(3)
         ]
-        jobs = [wait_for(server, j, lambda job: job["state"] == "RUNNING") for j in ids]
+        jobs = [server.wait_for_job(j, lambda job: job["state"] == "RUNNING") for j in ids]
         nodes = [job["nodes"][0] for job in jobs]
         # spread: one job per node; binpack: fill a 2-CPU node before the next one.
         assert len(set(nodes)) == expected_nodes, (placement, nodes)
@@ -117,8 +106,7 @@ def test_preemption_frees_resources_and_the_victim_resumes(live: Any, tmp_path: 
             )
         ),
     ).stdout.strip()
-    wait_for(
-        server,
+    server.wait_for_job(
         victim,
         lambda j: j["state"] == "RUNNING" and (j["progress"] or {}).get("epoch", 0) >= 3,
     )
@@ -126,7 +114,7 @@ def test_preemption_frees_resources_and_the_victim_resumes(live: Any, tmp_path: 
         "submit",
         str(spec_file(tmp_path, "urgent", cpus="2", priority="high", node_selector=rack).__str__()),
     ).stdout.strip()
-    preempted = wait_for(server, victim, lambda j: j["state"] != "RUNNING")
+    preempted = server.wait_for_job(victim, lambda j: j["state"] != "RUNNING")
     assert preempted["state"] in ("PENDING", "ADMITTED")
     events = preempted["events"]
     requeue = next(e for e in events if e["from_state"] == "RUNNING" and e["to_state"] == "PENDING")
@@ -134,7 +122,7 @@ def test_preemption_frees_resources_and_the_victim_resumes(live: Any, tmp_path: 
     done = server.cli("wait", urgent, "--timeout", "180")
     assert done.returncode == 0, done.stderr
 
-    resumed = wait_for(server, victim, lambda j: j["state"] == "RUNNING" and j["attempt"] == 2)
+    resumed = server.wait_for_job(victim, lambda j: j["state"] == "RUNNING" and j["attempt"] == 2)
     preempted_at = requeue["at"]
     progress_file = server.home / "runs" / victim / "progress.jsonl"
     deadline = time.monotonic() + 120
@@ -190,7 +178,7 @@ def test_every_node_runs_an_exporter_that_attributes_a_running_job(
 
     job_id = server.cli("submit", str(spec_file(tmp_path, "watched", epochs="100000"))).stdout
     job_id = job_id.strip()
-    job = wait_for(server, job_id, lambda j: j["state"] == "RUNNING" and j["progress"])
+    job = server.wait_for_job(job_id, lambda j: j["state"] == "RUNNING" and j["progress"])
     target = next(g for g in groups if g["labels"]["node"] == job["nodes"][0])
     url = f"http://{target['targets'][0]}/metrics"
     labels = (("job_id", job_id), ("node", job["nodes"][0]), ("team", "research"))
