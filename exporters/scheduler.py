@@ -143,11 +143,13 @@ class SchedulerState(Protocol):
     @property
     def config(self) -> ClusterConfig: ...
 
-    def teams_view(self) -> list[dict[str, Any]]: ...
+    def teams_view(
+        self, active: list[Job] | None = None, pending: list[Job] | None = None
+    ) -> list[dict[str, Any]]: ...
 
     def jobs_in(self, states: Sequence[JobState]) -> list[Job]: ...
 
-    def cluster_snapshot(self) -> ClusterSnapshot: ...
+    def cluster_snapshot(self, active: list[Job] | None = None) -> ClusterSnapshot: ...
 
     def run_progress(self, job: Job) -> dict[str, Any] | None: ...
 
@@ -168,10 +170,10 @@ class SchedulerStateCollector(Collector):
         now = state.now()
         pending = state.jobs_in([JobState.PENDING])
         running = state.jobs_in([JobState.ADMITTED, JobState.RUNNING])
-        teams = state.teams_view()
+        teams = state.teams_view(running, pending)
         team_names = sorted({t["name"] for t in teams} | {j.team for j in pending})
         yield from _queue_families(pending, team_names, now)
-        cluster = state.cluster_snapshot()
+        cluster = state.cluster_snapshot(running)
         yield from _team_families(teams, state.config, cluster)
         yield from _node_families(cluster)
         yield from _job_families(running, state)

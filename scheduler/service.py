@@ -233,21 +233,28 @@ class SchedulerService:
     def jobs_in(self, states: Sequence[JobState]) -> list[Job]:
         return self.store.list_jobs(states=states)
 
-    def cluster_snapshot(self) -> ClusterSnapshot:
-        """The cluster as the policy sees it: Ray's view less dcsched's reservations."""
-        active = self.store.list_jobs(states=ACTIVE_STATES)
+    def cluster_snapshot(self, active: list[Job] | None = None) -> ClusterSnapshot:
+        """The cluster as the policy sees it: Ray's view less dcsched's reservations
+        (those of ``active``, the ADMITTED and RUNNING jobs, read here when not given)."""
+        if active is None:
+            active = self.store.list_jobs(states=ACTIVE_STATES)
         return self.cluster.snapshot().with_reservations(_reserved_by_node(active))
 
     def run_progress(self, job: Job) -> dict[str, Any] | None:
         return last_progress(self.paths.run_dir(job.id))
 
-    def teams_view(self) -> list[dict[str, Any]]:
+    def teams_view(
+        self, active: list[Job] | None = None, pending: list[Job] | None = None
+    ) -> list[dict[str, Any]]:
         """Each team's nominal quota, what it uses now, what of that is borrowed, and its
         pending work. Teams listed in the configuration come first, then any other team
-        with pending or active jobs."""
+        with pending or active jobs. ``active`` and ``pending`` are read here when not
+        given (a caller that has them already saves the queries)."""
         config = self.config
-        active = self.store.list_jobs(states=ACTIVE_STATES)
-        pending = self.store.list_jobs(states=[JobState.PENDING])
+        if active is None:
+            active = self.store.list_jobs(states=ACTIVE_STATES)
+        if pending is None:
+            pending = self.store.list_jobs(states=[JobState.PENDING])
         names = [t.name for t in config.teams]
         for job in active + pending:
             if job.team not in names:
@@ -316,7 +323,7 @@ class SchedulerService:
         now = self.clock.now()
         config = self.config
         active = self.store.list_jobs(states=ACTIVE_STATES)
-        snapshot = self.cluster.snapshot().with_reservations(_reserved_by_node(active))
+        snapshot = self.cluster_snapshot(active)
         started = time.perf_counter()
         decisions = plan(
             SchedulingInput(
