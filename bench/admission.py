@@ -33,7 +33,7 @@ from dcsched.core.config import GPU_TYPE_LABEL, ClusterConfig
 from dcsched.core.job import Job
 from dcsched.core.lifecycle import JobState
 from dcsched.core.resources import Resources
-from dcsched.core.spec import JobSpec, parse_spec
+from dcsched.core.spec import SchedulingRequest
 
 FLOOR = 5000.0
 GiB = 1024**3
@@ -42,7 +42,7 @@ TEAMS = 50
 
 
 def spec_factory() -> Any:
-    cache: dict[tuple[Any, ...], JobSpec] = {}
+    cache: dict[tuple[Any, ...], SchedulingRequest] = {}
 
     def make(
         team: str,
@@ -51,13 +51,12 @@ def spec_factory() -> Any:
         priority: str,
         runtime: float | None,
         gpu_type: str | None,
-    ) -> JobSpec:
+    ) -> SchedulingRequest:
         key = (team, gpus, workers, priority, runtime, gpu_type)
         if key not in cache:
-            cache[key] = parse_spec(
+            cache[key] = SchedulingRequest.model_validate(
                 {
                     "name": "bench",
-                    "kind": "train",
                     "team": team,
                     "priority": priority,
                     "resources": {
@@ -66,8 +65,6 @@ def spec_factory() -> Any:
                         "gpus": gpus,
                         "memory": f"{64 * gpus}GiB",
                     },
-                    "model": {"type": "mlp"},
-                    "data": {"source": "sklearn:iris"},
                     "max_runtime": runtime,
                     "node_selector": {GPU_TYPE_LABEL: gpu_type} if gpu_type else {},
                 }

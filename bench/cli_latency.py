@@ -27,14 +27,18 @@ def fill_store(home: Path, count: int) -> None:
     from dcsched.adapters.sqlite_store import SQLiteStore
     from dcsched.core.job import Job
     from dcsched.core.lifecycle import JobState
-    from dcsched.core.spec import load_spec_yaml
+    from dcsched.kinds import load_job_spec_yaml as load_spec_yaml
 
     store = SQLiteStore(home / "dcsched.db", home / "models")
-    spec = load_spec_yaml((REPO / "examples" / "train-mlp.yaml").read_text())
+    from dcsched.kinds import split
+
+    request, kind, payload = split(
+        load_spec_yaml((REPO / "examples" / "train-mlp.yaml").read_text())
+    )
     now = time.time() - count
     for i in range(count):
         job_id = f"mlp-breast-cancer-{i:08x}"
-        store.add_job(Job(job_id, spec, JobState.PENDING, submitted_at=now + i))
+        store.add_job(Job(job_id, request, JobState.PENDING, now + i, kind=kind, payload=payload))
         if i % 5 == 4:
             store.transition(job_id, JobState.CANCELLED, now + i + 0.5, "cancelled by user")
             continue

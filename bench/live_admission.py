@@ -82,7 +82,7 @@ def through_raw_ray(
 ) -> tuple[dict[str, float], dict[str, float]]:
     from ray.job_submission import JobSubmissionClient
 
-    from dcsched.core.spec import parse_spec
+    from dcsched.kinds import parse_job_spec as parse_spec
 
     client = JobSubmissionClient(dashboard)
     spec = parse_spec(spec_document())

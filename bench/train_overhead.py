@@ -25,7 +25,7 @@ FLOOR_S = 3.0
 
 
 def plain_run() -> float:
-    from dcsched.core.spec import load_spec_yaml
+    from dcsched.kinds import load_job_spec_yaml as load_spec_yaml
 
     with tempfile.TemporaryDirectory() as run_dir:
         spec = load_spec_yaml(SPEC.read_text())

@@ -198,7 +198,7 @@ def _queue_families(
         length.add_metric([team], len(mine))
         first = min((job.submitted_at for job in mine), default=None)
         oldest.add_metric([team], 0.0 if first is None else max(0.0, now - first))
-        gpus.add_metric([team], sum(job.spec.resources.total().gpus for job in mine))
+        gpus.add_metric([team], sum(job.request.resources.total().gpus for job in mine))
     yield length
     yield oldest
     yield gpus
@@ -291,7 +291,7 @@ def _job_families(running: list[Job], state: SchedulerState) -> Iterator[GaugeMe
     )
     for job in running:
         key = [job.id, job.team]
-        total = job.spec.resources.total()
+        total = job.request.resources.total()
         gpus.add_metric(key, total.gpus)
         cpus.add_metric(key, total.cpus)
         if job.state is not JobState.RUNNING:

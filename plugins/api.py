@@ -42,7 +42,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ValidationError
 
-from dcsched.core.spec import TrainSpec
+from dcsched.kinds.train import TrainSpec
 
 TaskType = Literal["binary", "multiclass", "regression"]
 TASK_TYPES: tuple[str, ...] = get_args(TaskType)

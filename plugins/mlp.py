@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from dcsched.core.spec import TrainSpec
+from dcsched.kinds.train import TrainSpec
 from dcsched.plugins.api import (
     CheckpointError,
     DatasetInfo,

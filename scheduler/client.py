@@ -93,9 +93,13 @@ class Client:
     def get_job(self, job_id: str) -> dict[str, Any]:
         return _mapping(self.request("GET", f"/v1/jobs/{_seg(job_id)}"))
 
-    def job_logs(self, job_id: str, offset: int = 0) -> dict[str, Any]:
+    def job_logs(self, job_id: str, offset: int = 0, rank: int | None = None) -> dict[str, Any]:
         path = f"/v1/jobs/{_seg(job_id)}/logs"
-        return _mapping(self.request("GET", path, query={"offset": offset}))
+        return _mapping(self.request("GET", path, query={"offset": offset, "rank": rank}))
+
+    def upload(self, data: bytes) -> dict[str, Any]:
+        """Send a file's bytes; the answer's ``ref`` names them in a spec."""
+        return _mapping(self.request("POST", "/v1/uploads", body=data))
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return _mapping(self.request("POST", f"/v1/jobs/{_seg(job_id)}/cancel"))
@@ -158,7 +162,10 @@ class Client:
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         data = None
-        if body is not None:
+        if isinstance(body, bytes):
+            data = body
+            headers["Content-Type"] = "application/octet-stream"
+        elif body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         try:

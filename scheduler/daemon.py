@@ -119,6 +119,8 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
     from dcsched.adapters.sqlite_store import SQLiteStore
     from dcsched.core import accounting
     from dcsched.exporters.scheduler import SchedulerMetrics, SchedulerStateCollector
+    from dcsched.inputs import InputStore, resolve_payload
+    from dcsched.kinds import document_of
     from dcsched.plugins.registry import describe_plugins
     from dcsched.service import SchedulerService
     from dcsched.validation import check_runnable
@@ -176,13 +178,24 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
             port=options.exporter_port,
             host=options.exporter_host or ("127.0.0.1" if local else None),
         )
+    inputs = InputStore(
+        paths.uploads,
+        data_roots=lambda: service_ref[0].config.data_roots,
+        max_upload=lambda: service_ref[0].config.max_upload,
+    )
+
+    def run_document(job: Any) -> dict[str, Any]:
+        payload = resolve_payload(job.kind, dict(job.payload), inputs)
+        return document_of(job.request, job.kind, payload)
+
     service = SchedulerService(
         store=store,
         executor=ray_executor.RayExecutor(dashboard_url),
         cluster=ray_executor.RayClusterView(fleet.usage if fleet else None),
         paths=paths,
-        check_runnable=check_runnable,
+        check_runnable=lambda spec: check_runnable(spec, inputs),
         events=metrics,
+        run_document=run_document,
     )
     if config_text is not None:
         service.apply_config(config_text)
@@ -198,7 +211,13 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
         "exporters_file_sd": str(fleet.sd_file) if fleet else None,
     }
     app = create_app(
-        service, token, registry, info, describe_plugins, fleet.usage if fleet else dict
+        service,
+        token,
+        registry,
+        info,
+        describe_plugins,
+        fleet.usage if fleet else dict,
+        inputs=inputs,
     )
     stop = threading.Event()
     loop = threading.Thread(target=service.run_forever, args=(stop,), name="scheduler", daemon=True)

@@ -5,9 +5,9 @@
     server.json      how to reach the running server (url, pid, Ray addresses)
     server.pid       pid of a background server started by ``dcsched up``
     server.log       its output
-    runs/JOB/        a job's run directory: spec.json, progress.jsonl, checkpoint/, model/,
-                     result.json (the Ray job writes here; on a multi-node cluster this
-                     folder must be on storage that every node mounts)
+    runs/JOB/        a job's run directory (dcsched.rundir; the Ray job writes here; on a
+                     multi-node cluster this folder must be on storage that every node mounts)
+    uploads/sha256/  files sent with submissions, content-addressed (dcsched.inputs)
     models/NAME/V/   registered model artifacts
     ray/             the local Ray head that dcsched started, if any (head.json, head.pid)
 
@@ -61,6 +61,10 @@ class Paths:
 
     def run_dir(self, job_id: str) -> Path:
         return self.runs / job_id
+
+    @property
+    def uploads(self) -> Path:
+        return self.home / "uploads"
 
     @property
     def models(self) -> Path:

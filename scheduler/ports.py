@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from dcsched.core.cluster import ClusterSnapshot
 from dcsched.core.job import Job, JobEvent
 from dcsched.core.lifecycle import JobState
-from dcsched.core.spec import JobSpec
+from dcsched.core.spec import SchedulingRequest
 
 
 class Clock(Protocol):
@@ -61,7 +61,7 @@ class AllocationInterval:
     """A span during which a job held its resources; ``end`` is None while it still does."""
 
     job_id: str
-    spec: JobSpec
+    request: SchedulingRequest
     start: float
     end: float | None
 

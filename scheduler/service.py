@@ -14,15 +14,12 @@ all); an accepted job is never dropped.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from dcsched.core import accounting
@@ -34,11 +31,12 @@ from dcsched.core.job import Job
 from dcsched.core.lifecycle import JobState
 from dcsched.core.placement import fits_cluster_at_all
 from dcsched.core.resources import Resources
-from dcsched.core.spec import JobSpec, SpecError, parse_spec
+from dcsched.core.spec import SpecError
 from dcsched.core.units import format_duration
+from dcsched.kinds import AnyJobSpec, document_of, parse_job_spec, split
 from dcsched.paths import Paths
 from dcsched.ports import ClusterView, Executor, JobStore, RunPhase, RunStatus
-from dcsched.training.runner import last_progress
+from dcsched.rundir import RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -108,13 +106,17 @@ class SchedulerService:
         executor: Executor,
         cluster: ClusterView,
         paths: Paths,
-        check_runnable: Callable[[JobSpec], list[str]],
+        check_runnable: Callable[[AnyJobSpec], list[str]],
         clock: Any = None,
         events: JobEvents | None = None,
         settings: ServiceSettings | None = None,
         config: ClusterConfig | None = None,
+        run_document: Callable[[Job], dict[str, Any]] | None = None,
     ):
+        """``run_document`` gives the spec document a run reads (spec.json), with its
+        inputs resolved to paths; by default the stored document as it is."""
         self.store = store
+        self.run_document = run_document or _stored_document
         self.executor = executor
         self.cluster = cluster
         self.paths = paths
@@ -153,7 +155,7 @@ class SchedulerService:
 
     def submit(self, document: Any) -> Job:
         """Validate and store a job; raise SpecError listing every problem."""
-        spec = parse_spec(document)
+        spec = parse_job_spec(document)
         config = self.config
         problems = []
         priority_class = config.priority_class(spec.priority)
@@ -184,11 +186,14 @@ class SchedulerService:
             problems.append(f"resources: the request can never run here: {too_big}")
         if problems:
             raise SpecError(problems)
+        request, kind, payload = split(spec)
         job = Job(
             id=f"{spec.name[:48]}-{secrets.token_hex(4)}",
-            spec=spec,
+            request=request,
             state=JobState.PENDING,
             submitted_at=self.clock.now(),
+            kind=kind,
+            payload=payload,
         )
         self.store.add_job(job)
         logger.info("accepted job %s (team %s)", job.id, job.team)
@@ -240,8 +245,11 @@ class SchedulerService:
             active = self.store.list_jobs(states=ACTIVE_STATES)
         return self.cluster.snapshot().with_reservations(_reserved_by_node(active))
 
+    def run_files(self, job_id: str) -> RunDir:
+        return RunDir(self.paths.run_dir(job_id))
+
     def run_progress(self, job: Job) -> dict[str, Any] | None:
-        return last_progress(self.paths.run_dir(job.id))
+        return self.run_files(job.id).last_progress()
 
     def teams_view(
         self, active: list[Job] | None = None, pending: list[Job] | None = None
@@ -369,7 +377,7 @@ class SchedulerService:
     def allocations(self, since: float | None = None) -> list[UsageInterval]:
         """Every span in which a job held resources (ending at or after ``since``)."""
         return [
-            UsageInterval(i.spec.team, i.spec.resources.total(), i.start, i.end, i.job_id)
+            UsageInterval(i.request.team, i.request.resources.total(), i.start, i.end, i.job_id)
             for i in self.store.allocation_intervals(since=since)
         ]
 
@@ -391,7 +399,7 @@ class SchedulerService:
     def _dependency_states(self, pending: list[Job]) -> dict[str, JobState]:
         states: dict[str, JobState] = {}
         for job in pending:
-            for dependency in job.spec.depends_on:
+            for dependency in job.request.depends_on:
                 if dependency not in states:
                     found = self.store.get_job(dependency)
                     if found is not None:
@@ -425,13 +433,10 @@ class SchedulerService:
             logger.exception("starting job %s failed; retrying next pass", job.id)
 
     def _start(self, job: Job) -> None:
-        run_dir = self.paths.run_dir(job.id)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        spec_file = run_dir / "spec.json"
-        tmp = spec_file.with_suffix(".tmp")
-        tmp.write_text(job.spec.model_dump_json(indent=2))
-        os.replace(tmp, spec_file)
-        self.executor.start(job, run_dir)
+        files = self.run_files(job.id)
+        files.write_spec(self.run_document(job))
+        files.clear_outcome()
+        self.executor.start(job, files.path)
 
     def _requeue(self, job: Job, reason: str) -> None:
         self.executor.release(job.run_id)
@@ -465,7 +470,7 @@ class SchedulerService:
         elif status.phase.is_terminal():
             self._finish(job, status)
         elif job.state is JobState.RUNNING and _over_time(job, self.clock.now()):
-            limit = format_duration(job.spec.max_runtime or 0)
+            limit = format_duration(job.request.max_runtime or 0)
             self.executor.stop(job.run_id)
             self.executor.release(job.run_id)
             job = self.store.transition(
@@ -475,37 +480,52 @@ class SchedulerService:
 
     def _finish(self, job: Job, status: RunStatus) -> None:
         now = self.clock.now()
-        run_dir = self.paths.run_dir(job.id)
+        files = self.run_files(job.id)
         if job.state is JobState.ADMITTED:  # ended before we saw it running
             self.events.started(job, now - job.submitted_at)
-        if status.phase is RunPhase.SUCCEEDED:
-            result = _read_json(run_dir / "result.json")
-            if result is None or not (run_dir / "model").is_dir():
-                job = self.store.transition(
-                    job.id, JobState.FAILED, now, "the run ended without writing its result"
-                )
-            else:
-                version = self.store.finish_with_model(
-                    job.id,
-                    now,
-                    run_dir / "model",
-                    metrics=result.get("metrics", {}),
-                    plugin=str(result.get("plugin", job.spec.model.type)),
-                    params=result.get("params", job.spec.model.params),
-                    result=result,
-                )
-                job = self.store.get_job(job.id) or job
-                logger.info("job %s succeeded; model %s:%s", job.id, version.name, version.version)
+        # Free the reservation first: a crash after this leaves an ended run still
+        # marked active, which the next pass finishes again (release is idempotent).
+        self.executor.release(job.run_id)
+        if status.phase is RunPhase.SUCCEEDED and job.kind == "train":
+            job = self._register_model(job, files, now)
+        elif status.phase is RunPhase.SUCCEEDED:
+            result = files.read_result() or {}
+            progress = files.last_progress()
+            if progress is not None:
+                result.setdefault("progress", progress)
+            job = self.store.transition(job.id, JobState.SUCCEEDED, now, None, result=result)
         elif status.phase is RunPhase.FAILED:
             job = self.store.transition(
-                job.id, JobState.FAILED, now, _failure_reason(run_dir, status)
+                job.id, JobState.FAILED, now, _failure_reason(files, status)
             )
         else:
             job = self.store.transition(
                 job.id, JobState.CANCELLED, now, "the Ray job was stopped outside dcsched"
             )
-        self.executor.release(job.run_id)
         self.events.finished(job, _run_seconds(job))
+
+    def _register_model(self, job: Job, files: RunDir, now: float) -> Job:
+        result = files.read_result()
+        if result is None or not files.model.is_dir():
+            return self.store.transition(
+                job.id, JobState.FAILED, now, "the run ended without writing its result"
+            )
+        model = job.payload.get("model", {})
+        version = self.store.finish_with_model(
+            job.id,
+            now,
+            files.model,
+            metrics=result.get("metrics", {}),
+            plugin=str(result.get("plugin", model.get("type", ""))),
+            params=result.get("params", model.get("params", {})),
+            result=result,
+        )
+        logger.info("job %s succeeded; model %s:%s", job.id, version.name, version.version)
+        return self.store.get_job(job.id) or job
+
+
+def _stored_document(job: Job) -> dict[str, Any]:
+    return document_of(job.request, job.kind, dict(job.payload))
 
 
 def _reserved_by_node(active: list[Job]) -> dict[str, Resources]:
@@ -527,12 +547,12 @@ def _seconds(total: Resources) -> dict[str, float]:
 def _sum_total(jobs: Any) -> Resources:
     total = Resources()
     for job in jobs:
-        total = total + job.spec.resources.total()
+        total = total + job.request.resources.total()
     return total
 
 
 def _over_time(job: Job, now: float) -> bool:
-    limit = job.spec.max_runtime
+    limit = job.request.max_runtime
     return limit is not None and job.started_at is not None and now - job.started_at > limit
 
 
@@ -542,17 +562,5 @@ def _run_seconds(job: Job) -> float | None:
     return job.finished_at - job.started_at
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _failure_reason(run_dir: Path, status: RunStatus) -> str:
-    try:
-        text = (run_dir / "error.txt").read_text().strip()
-    except OSError:
-        text = ""
-    return text or status.message or "the run failed; see `dcsched logs`"
+def _failure_reason(files: RunDir, status: RunStatus) -> str:
+    return files.read_error() or status.message or "the run failed; see `dcsched logs`"

@@ -1,5 +1,6 @@
-"""Checks that a spec can actually run here, beyond its schema: the model plugin exists
-and accepts the parameters, and the data source is there with its target column.
+"""Checks that a spec can actually run here, beyond its schema, per kind: its inputs may
+be read (``dcsched.inputs``); for ``train``, the model plugin exists and accepts the
+parameters, and the data source is there with its target column.
 
 Used by the service at submit time, so that a job that could never run is refused with
 a clear message instead of failing later on a node.
@@ -7,14 +8,36 @@ a clear message instead of failing later on a node.
 
 from __future__ import annotations
 
-from dcsched.core.spec import JobSpec, SpecError
+import os
+import zipfile
+
+from dcsched.core.spec import SpecError
+from dcsched.inputs import InputError, InputStore, resolve_payload
+from dcsched.kinds import AnyJobSpec, TrainJobSpec, split
 from dcsched.plugins.registry import PluginLoadError, UnknownPluginError, load_plugin
 from dcsched.training.data import check_source
 
 
-def check_runnable(spec: JobSpec) -> list[str]:
+def check_runnable(spec: AnyJobSpec, inputs: InputStore) -> list[str]:
     problems: list[str] = []
-    if spec.kind == "train" and spec.resources.workers > 1:
+    _, kind, payload = split(spec)
+    try:
+        resolved = resolve_payload(kind, payload, inputs)
+    except InputError as exc:
+        return [str(exc)]
+    if isinstance(spec, TrainJobSpec):
+        problems.extend(
+            _check_train(TrainJobSpec.model_validate({**spec.model_dump(), **resolved}))
+        )
+    working_dir = resolved.get("run", {}).get("working_dir") if kind == "run" else None
+    if working_dir and os.path.isfile(working_dir) and not zipfile.is_zipfile(working_dir):
+        problems.append("run.working_dir: the upload is not a zip of a folder")
+    return problems
+
+
+def _check_train(spec: TrainJobSpec) -> list[str]:
+    problems: list[str] = []
+    if spec.resources.workers > 1:
         problems.append(
             "resources.workers: training runs on one worker for now (multi-worker "
             "data-parallel training is not built yet); set workers: 1"

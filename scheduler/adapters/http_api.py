@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -25,12 +25,18 @@ from pydantic import BaseModel, Field
 from dcsched import __version__
 from dcsched.core.job import Job
 from dcsched.core.lifecycle import JobState
-from dcsched.core.spec import JobSpec, SpecError
+from dcsched.core.spec import SpecError
+from dcsched.inputs import InputError, InputStore, UploadTooLarge
+from dcsched.kinds import document_of, job_spec_schema
 from dcsched.ports import ModelVersion
+from dcsched.rundir import read_range
 from dcsched.service import JobAlreadyEnded, JobNotFound, SchedulerService
-from dcsched.training.runner import last_progress
 
 logger = logging.getLogger(__name__)
+
+
+LOG_CHUNK_BYTES = 1024 * 1024
+"""Most log bytes one call returns; ``dcsched logs`` pages with ``offset``."""
 
 
 class SubmitRequest(BaseModel):
@@ -60,7 +66,7 @@ def job_view(
     estimated_start: float | None = None,
 ) -> dict[str, Any]:
     """The API's one representation of a job (stable field names)."""
-    resources = job.spec.resources
+    resources = job.request.resources
     return {
         "id": job.id,
         "name": job.name,
@@ -109,6 +115,7 @@ def create_app(
     info: dict[str, Any],
     plugins: Any,
     node_usage: Callable[[], dict[str, dict[str, Any]]] = dict,
+    inputs: InputStore | None = None,
 ) -> FastAPI:
     """Build the app. ``plugins`` is a callable returning the plugin descriptions;
     ``node_usage`` returns each node's latest measured usage (node id -> the node
@@ -132,7 +139,6 @@ def create_app(
         dependencies=[Depends(require_token)],
     )
     store = service.store
-    paths = service.paths
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -152,7 +158,7 @@ def create_app(
             return None
         if job.id in final_progress:  # an ended job's progress never changes
             return final_progress[job.id]
-        progress = last_progress(paths.run_dir(job.id))
+        progress = service.run_files(job.id).last_progress()
         if job.state.is_terminal():
             if len(final_progress) > 100_000:
                 final_progress.clear()
@@ -176,11 +182,17 @@ def create_app(
 
     @app.get("/v1/info")
     def get_info() -> dict[str, Any]:
-        return {"version": __version__, **info}
+        config = service.config
+        return {
+            "version": __version__,
+            **info,
+            "data_roots": list(config.data_roots),
+            "max_upload": config.max_upload,
+        }
 
     @app.get("/v1/schema/job-spec")
-    def job_spec_schema() -> dict[str, Any]:
-        return JobSpec.model_json_schema()
+    def get_job_spec_schema() -> dict[str, Any]:
+        return job_spec_schema()
 
     @app.post("/v1/jobs", status_code=201)
     def submit(request: SubmitRequest) -> dict[str, Any]:
@@ -212,7 +224,7 @@ def create_app(
     def get_job(job_id: str) -> dict[str, Any]:
         job = get_job_or_404(job_id)
         body = view(job)
-        body["spec"] = job.spec.model_dump(mode="json")
+        body["spec"] = document_of(job.request, job.kind, dict(job.payload))
         body["events"] = [
             {
                 "at": iso(e.at),
@@ -225,11 +237,60 @@ def create_app(
         return body
 
     @app.get("/v1/jobs/{job_id}/logs")
-    def get_logs(job_id: str, offset: int = 0) -> dict[str, Any]:
+    def get_logs(
+        job_id: str,
+        offset: int = Query(0, ge=0),
+        rank: int | None = Query(None, ge=0, le=1023),
+        limit: int = Query(LOG_CHUNK_BYTES, ge=1, le=LOG_CHUNK_BYTES),
+    ) -> dict[str, Any]:
+        """The job's output from ``offset``: Ray's log of the run (all ranks) or, with
+        ``rank``, that rank's own log file; at most ``limit`` bytes a call."""
         job = get_job_or_404(job_id)
+        done = job.state.is_terminal()
+        if rank is not None:
+            if rank >= job.workers:
+                raise ApiError(400, f"rank {rank} does not exist; the job has {job.workers}")
+            data, end = read_range(service.run_files(job.id).rank_log(rank), offset, limit)
+            return {"logs": data.decode("utf-8", "replace"), "offset": end, "done": done}
         text = "" if job.state is JobState.PENDING else service.executor.logs(job.run_id)
-        offset = max(0, min(offset, len(text)))
-        return {"logs": text[offset:], "offset": len(text), "done": job.state.is_terminal()}
+        raw = text.encode("utf-8", "replace")
+        start = min(offset, len(raw))
+        chunk = raw[start : start + limit]
+        return {
+            "logs": chunk.decode("utf-8", "replace"),
+            "offset": start + len(chunk),
+            "done": done,
+        }
+
+    @app.post("/v1/uploads", status_code=201)
+    async def upload(request: Request) -> dict[str, Any]:
+        """Store the request body (a data file, or a zip of a working_dir) content-
+        addressed; the answer's ``ref`` goes into the spec. Raw bytes, size-limited."""
+        if inputs is None:
+            raise ApiError(404, "this server takes no uploads")
+        limit = inputs.max_upload()
+        declared = request.headers.get("content-length")
+        if declared is None or not declared.isdigit():
+            raise ApiError(411, "an upload needs a Content-Length header")
+        if int(declared) > limit:
+            raise ApiError(
+                413,
+                f"the upload is {int(declared)} bytes, over the limit of {limit} bytes "
+                "(max_upload in dcsched.yaml); leave large files out of the working_dir or "
+                "put them under a data root",
+            )
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, f"the upload is over the limit of {limit} bytes")
+        try:
+            ref, size = inputs.save([bytes(body)])
+        except UploadTooLarge as exc:
+            raise ApiError(413, str(exc)) from None
+        except InputError as exc:
+            raise ApiError(400, str(exc)) from None
+        return {"ref": ref, "size": size}
 
     @app.post("/v1/jobs/{job_id}/cancel")
     def cancel(job_id: str) -> dict[str, Any]:

@@ -9,12 +9,17 @@ gets run id ``<job id>-run<N>``: Ray keeps every submission id forever). The job
 driver is pinned with ``entrypoint_label_selector`` to the first worker's node and asks
 Ray for no resources of its own: the placement group already holds them.
 
-Two ways to run (``run_in_group``):
-- CPU-only single-worker jobs train in the driver itself (``dcsched.training.runner``):
-  a plain PyTorch loop, threads capped at the job's CPUs, on the node whose CPUs and
-  memory the group holds. This saves a ``ray.init`` and a second worker (~3 s here).
-- Jobs with GPUs run as a Ray task inside bundle 0 of the group
-  (``dcsched.training.group_runner``), so Ray assigns the reserved GPUs.
+How each kind runs (``entrypoint``):
+- CPU-only single-worker jobs run in the driver itself, on the node whose CPUs and memory
+  the group holds: ``train`` as a plain PyTorch loop (``dcsched.training.runner``), ``run``
+  as the user's command under a small launcher (``dcsched.runs.launch``). This saves a
+  ``ray.init`` and a second worker (~3 s here).
+- Jobs with GPUs, and ``run`` gangs, run inside the group: a ``train`` as a Ray task in
+  bundle 0 (``dcsched.training.group_runner``), a ``run`` as one actor per bundle
+  (``dcsched.runs.gang``), so Ray assigns each the reserved GPUs. The group is always
+  named after the *run* id: a job's second run reserves a new group.
+- A ``run`` job's working_dir (an upload or a data-root folder) is its Ray runtime_env
+  ``working_dir``: Ray ships it to every node that runs a rank.
 
 Never let a job's driver consume the group's bundle resources by name
 (``CPU_group_0_<id>`` as ``entrypoint_resources``): removing the group afterwards
@@ -26,7 +31,9 @@ Ray is imported lazily: importing this module is cheap.
 from __future__ import annotations
 
 import logging
+import os
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +44,7 @@ from dcsched.core.cluster import ClusterSnapshot, NodeState
 from dcsched.core.job import Job
 from dcsched.core.resources import Resources
 from dcsched.ports import RunPhase, RunStatus
+from dcsched.rundir import RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -130,16 +138,18 @@ class RayExecutor:
             return  # already submitted (e.g. before a server restart)
         if self._group(job.run_id) is None:
             raise RuntimeError(f"job {job.id} has no reservation to run in")
-        if self.run_in_group(job):
-            argv = [
-                "-m",
-                "dcsched.training.group_runner",
-                str(run_dir),
-                placement_group_name(job.id),
-            ]
-        else:
-            argv = ["-m", "dcsched.training.runner", str(run_dir)]
+        argv = self.entrypoint(job, run_dir)
         entrypoint = shlex.join([self.python, *argv])
+        env_vars = {
+            "DCSCHED_JOB_ID": job.id,
+            "DCSCHED_TEAM": job.team,
+            "DCSCHED_RUN_ATTEMPT": str(job.attempt),
+        }
+        runtime_env: dict[str, Any] = {"env_vars": env_vars}
+        if job.kind == "run":
+            working_dir = RunDir(run_dir).read_spec()["run"].get("working_dir")
+            if working_dir:
+                runtime_env["working_dir"] = _ray_working_dir(Path(working_dir), run_dir)
         submit_args: dict[str, Any] = {
             "entrypoint": entrypoint,
             "submission_id": job.run_id,
@@ -151,8 +161,8 @@ class RayExecutor:
                 "dcsched_resources": f"{job.workers}x {job.per_worker.describe()}",
             },
             # The node exporter attributes processes (and their GPU memory) to jobs by
-            # these; tasks and actors the run starts inherit them.
-            "runtime_env": {"env_vars": {"DCSCHED_JOB_ID": job.id, "DCSCHED_TEAM": job.team}},
+            # DCSCHED_JOB_ID and DCSCHED_TEAM; tasks and actors the run starts inherit them.
+            "runtime_env": runtime_env,
             "entrypoint_num_cpus": 0,
             "entrypoint_label_selector": {NODE_ID_LABEL: job.nodes[0]} if job.nodes else None,
         }
@@ -166,6 +176,17 @@ class RayExecutor:
                 if "No available agent" not in str(exc) or time.monotonic() > deadline:
                     raise
             time.sleep(0.5)
+
+    def entrypoint(self, job: Job, run_dir: Path) -> list[str]:
+        """The Python arguments of the run's driver (see the module docstring)."""
+        group = placement_group_name(job.run_id)
+        if job.kind == "run":
+            if job.workers > 1 or self.run_in_group(job):
+                return ["-m", "dcsched.runs.gang", str(run_dir), group]
+            return ["-m", "dcsched.runs.launch", str(run_dir)]
+        if self.run_in_group(job):
+            return ["-m", "dcsched.training.group_runner", str(run_dir), group]
+        return ["-m", "dcsched.training.runner", str(run_dir)]
 
     def status(self, run_id: str) -> RunStatus | None:
         try:
@@ -244,6 +265,20 @@ class RayClusterView:
             )
         nodes.sort(key=lambda n: n.id)
         return ClusterSnapshot(tuple(nodes))
+
+
+def _ray_working_dir(path: Path, run_dir: Path) -> str:
+    """A folder as it is; an uploaded zip (a content-addressed blob without a suffix)
+    linked into the run directory as ``working_dir.zip``, the name Ray wants."""
+    if path.is_dir():
+        return str(path)
+    link = run_dir / "working_dir.zip"
+    if not link.exists():
+        try:
+            os.link(path, link)
+        except OSError:
+            shutil.copyfile(path, link)
+    return str(link)
 
 
 def measured_utilization(usage: dict[str, Any] | None) -> float | None:

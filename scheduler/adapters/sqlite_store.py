@@ -24,7 +24,7 @@ from typing import Any
 
 from dcsched.core.job import Job, JobEvent
 from dcsched.core.lifecycle import JobState, check_transition
-from dcsched.core.spec import JobSpec
+from dcsched.core.spec import REQUEST_FIELDS, SchedulingRequest, request_of
 from dcsched.ports import AllocationInterval, ModelVersion
 
 MIGRATIONS: tuple[str, ...] = (
@@ -167,7 +167,7 @@ class SQLiteStore:
                     job.team,
                     job.priority,
                     job.state.value,
-                    job.spec.model_dump_json(),
+                    json.dumps(_document(job)),
                     job.submitted_at,
                     json.dumps(list(job.nodes)),
                     job.reason,
@@ -319,12 +319,12 @@ class SQLiteStore:
             if to_state == JobState.ADMITTED.value:
                 open_since[job_id] = at
             elif to_state != JobState.RUNNING.value and job_id in open_since:
-                spec = _spec_of(job_id, spec_text)
-                intervals.append(AllocationInterval(job_id, spec, open_since.pop(job_id), at))
+                request = _spec_of(job_id, spec_text)[0]
+                intervals.append(AllocationInterval(job_id, request, open_since.pop(job_id), at))
         for job_id, start in open_since.items():
             job = self.get_job(job_id)
             if job is not None:
-                intervals.append(AllocationInterval(job_id, job.spec, start, None))
+                intervals.append(AllocationInterval(job_id, job.request, start, None))
         if since is not None:
             intervals = [i for i in intervals if i.end is None or i.end >= since]
         return intervals
@@ -446,24 +446,34 @@ def directory_checksum(directory: Path) -> str:
 
 
 _SPEC_CACHE_SIZE = 100_000
-_spec_cache: dict[str, JobSpec] = {}
+_ParsedSpec = tuple[SchedulingRequest, str, dict[str, Any]]
+_spec_cache: dict[str, _ParsedSpec] = {}
 
 
-def _spec_of(job_id: str, text: str) -> JobSpec:
-    """Specs never change after submission: parse each once (bounded cache)."""
-    spec = _spec_cache.get(job_id)
-    if spec is None:
-        spec = JobSpec.model_validate_json(text)
+def _document(job: Job) -> dict[str, Any]:
+    """The stored spec: the request's fields, ``kind`` and the kind's payload."""
+    return {**job.request.model_dump(mode="json"), "kind": job.kind, **job.payload}
+
+
+def _spec_of(job_id: str, text: str) -> _ParsedSpec:
+    """(request, kind, payload) of a stored spec. Specs never change after submission:
+    each is parsed once (bounded cache)."""
+    parsed = _spec_cache.get(job_id)
+    if parsed is None:
+        document = json.loads(text)
+        payload = {k: v for k, v in document.items() if k not in REQUEST_FIELDS and k != "kind"}
+        parsed = (request_of(document), str(document.get("kind", "train")), payload)
         if len(_spec_cache) >= _SPEC_CACHE_SIZE:
             _spec_cache.clear()
-        _spec_cache[job_id] = spec
-    return spec
+        _spec_cache[job_id] = parsed
+    return parsed
 
 
 def _job_from_row(row: tuple[Any, ...]) -> Job:
+    request, kind, payload = _spec_of(row[0], row[1])
     return Job(
         id=row[0],
-        spec=_spec_of(row[0], row[1]),
+        request=request,
         state=JobState(row[2]),
         submitted_at=row[3],
         admitted_at=row[4],
@@ -473,6 +483,8 @@ def _job_from_row(row: tuple[Any, ...]) -> Job:
         reason=row[8],
         result=json.loads(row[9]) if row[9] else None,
         attempt=int(row[10]),
+        kind=kind,
+        payload=payload,
     )
 
 

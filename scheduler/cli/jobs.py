@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -45,16 +46,79 @@ POLL_INTERVAL_S = 1.0  # how often `wait` and `logs --follow` ask the server
 
 
 @cli.command()
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("args", nargs=-1, metavar="FILE | -- COMMAND...")
 @click.option("--wait", "wait_", is_flag=True, help="Wait until the job ends.")
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after S seconds.")
-def submit(file: Path, wait_: bool, timeout: float | None) -> None:
-    """Submit the job spec in FILE (YAML); print the job id."""
-    spec = _read_spec(file)
-    job = _client().submit(spec)
+@click.option("--team", default=None, help="Shorthand: the team of a `run` job of COMMAND.")
+@click.option("--name", default=None, help="Shorthand: the job's name (default: the program's).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--cpus", type=float, default=1.0, show_default=True, help="CPUs per worker.")
+@click.option("--gpus", type=float, default=0.0, show_default=True, help="GPUs per worker.")
+@click.option("--memory", default="1GiB", show_default=True, help="Memory per worker.")
+@click.option("--priority", default="normal", show_default=True)
+@click.option("--max-runtime", default=None, help="e.g. 30m, 2h.")
+@click.option(
+    "--working-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Shorthand: folder uploaded as the command's working_dir (default: the current one).",
+)
+@click.option("--env", "env", multiple=True, metavar="NAME=VALUE", help="Shorthand: repeatable.")
+def submit(
+    args: tuple[str, ...],
+    wait_: bool,
+    timeout: float | None,
+    team: str | None,
+    name: str | None,
+    workers: int,
+    cpus: float,
+    gpus: float,
+    memory: str,
+    priority: str,
+    max_runtime: str | None,
+    working_dir: Path | None,
+    env: tuple[str, ...],
+) -> None:
+    """Submit a job; print its id.
+
+    \b
+    dcsched submit SPEC.yaml
+    dcsched submit --team research --workers 2 --cpus 1 -- python train.py --lr 0.01
+
+    Files the spec names (csv:FILE data, a run job's working_dir) are uploaded with it,
+    unless they lie under a data root the server lists.
+    """
+    if team is not None:
+        if not args:
+            raise BadInput("give the command to run after --, e.g. -- python train.py")
+        spec = shorthand_spec(
+            list(args),
+            team=team,
+            name=name,
+            workers=workers,
+            cpus=cpus,
+            gpus=gpus,
+            memory=memory,
+            priority=priority,
+            max_runtime=max_runtime,
+            working_dir=str(working_dir or "."),
+            env=_env_pairs(env),
+        )
+        base = Path.cwd()
+    elif len(args) == 1:
+        spec = _read_spec(Path(args[0]))
+        base = Path(args[0]).parent
+    else:
+        raise BadInput(
+            "give a spec file (dcsched submit SPEC.yaml), or --team and a command "
+            "(dcsched submit --team T -- python train.py)"
+        )
+    client = _client()
+    spec = upload_inputs(spec, base, client)
+    job = client.submit(spec)
     click.echo(job["id"])
     if wait_:
-        raise click.exceptions.Exit(_wait(_client(), job["id"], timeout))
+        raise click.exceptions.Exit(_wait(client, job["id"], timeout))
 
 
 def _read_spec(file: Path) -> dict[str, Any]:
@@ -75,21 +139,127 @@ def _read_spec(file: Path) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise BadInput(f"{file} must hold a mapping of fields, not a {type(document).__name__}")
     spec: dict[str, Any] = json.loads(json.dumps(document, default=str))  # YAML dates etc.
-    data = spec.get("data")
-    if isinstance(data, dict) and isinstance(data.get("source"), str):
-        data["source"] = _absolute_csv(data["source"], file.parent)
     return spec
 
 
-def _absolute_csv(source: str, base: Path) -> str:
-    """``csv:RELATIVE`` becomes ``csv:ABSOLUTE``, resolved against the spec's folder."""
-    scheme, sep, location = source.partition(":")
-    if scheme != "csv" or not sep or not location:
-        return source
-    path = Path(location).expanduser()
-    if not path.is_absolute():
-        path = (base / path).resolve()
-    return f"csv:{path}"
+def _env_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BadInput(f"--env {pair!r}: write NAME=VALUE")
+        env[key] = value
+    return env
+
+
+def shorthand_spec(
+    command: list[str],
+    *,
+    team: str,
+    name: str | None = None,
+    workers: int = 1,
+    cpus: float = 1.0,
+    gpus: float = 0.0,
+    memory: str = "1GiB",
+    priority: str = "normal",
+    max_runtime: str | None = None,
+    working_dir: str = ".",
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The `kind: run` spec that ``dcsched submit --team T ... -- COMMAND`` means."""
+    spec: dict[str, Any] = {
+        "name": name or _name_of(command),
+        "kind": "run",
+        "team": team,
+        "priority": priority,
+        "resources": {"workers": workers, "cpus": cpus, "gpus": gpus, "memory": memory},
+        "run": {"command": command, "working_dir": working_dir, "env": env or {}},
+    }
+    if max_runtime is not None:
+        spec["max_runtime"] = max_runtime
+    return spec
+
+
+def _name_of(command: list[str]) -> str:
+    """A job name from the command: its script or program, as a slug."""
+    words = [w for w in command if not w.startswith("-")]
+    script = next((w for w in words[1:] if "." in Path(w).name), None) or words[0]
+    stem = Path(script).stem.lower()
+    slug = re.sub(r"[^a-z0-9-]+", "-", stem).strip("-")[:40].strip("-")
+    return slug or "run"
+
+
+def upload_inputs(spec: dict[str, Any], base: Path, client: Client) -> dict[str, Any]:
+    """Upload each local file or folder the spec names (relative to ``base``) and put its
+    upload reference in its place; paths under the server's data roots stay as they are."""
+    from dcsched.inputs import input_fields, is_upload_ref, replace_inputs, under_roots
+
+    kind = str(spec.get("kind", ""))
+    if not input_fields(kind, spec):
+        return spec
+    info = client.info()
+    roots = [str(r) for r in info.get("data_roots") or []]
+    limit = int(info.get("max_upload") or 0)
+
+    def upload(field: str, ref: str) -> str:
+        if is_upload_ref(ref):
+            return ref
+        path = Path(ref).expanduser()
+        if not path.is_absolute():
+            path = (base / path).resolve()
+        if roots and under_roots(str(path), roots):
+            return str(path)
+        if path.is_dir():
+            data = _zip_folder(path, field, limit)
+        elif path.is_file():
+            size = path.stat().st_size
+            if limit and size > limit:
+                raise BadInput(
+                    f"{field}: {path} is {size} bytes, over the server's upload limit of "
+                    f"{limit} bytes (max_upload in dcsched.yaml); put it under a data root "
+                    "instead"
+                )
+            data = path.read_bytes()
+        else:
+            raise BadInput(f"{field}: {path} does not exist")
+        return str(client.upload(data)["ref"])
+
+    return {**spec, **replace_inputs(kind, spec, upload)}
+
+
+SKIPPED_IN_WORKING_DIR = {".git", "__pycache__", ".venv", "venv", "node_modules", ".mypy_cache"}
+
+
+def _zip_folder(folder: Path, field: str, limit: int) -> bytes:
+    """The folder as a zip (paths relative to it), without VCS and cache folders."""
+    import io
+    import os
+    import zipfile
+
+    buffer = io.BytesIO()
+    total = 0
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for root, dirs, files in os.walk(folder):
+            dirs[:] = sorted(d for d in dirs if d not in SKIPPED_IN_WORKING_DIR)
+            for name in sorted(files):
+                path = Path(root) / name
+                if path.is_symlink() or not path.is_file():
+                    continue
+                total += path.stat().st_size
+                if limit and total > limit:
+                    raise BadInput(
+                        f"{field}: {folder} holds more than the server's upload limit of "
+                        f"{limit} bytes (max_upload in dcsched.yaml); leave large files out "
+                        "of the working_dir or put them under a data root"
+                    )
+                archive.write(path, str(path.relative_to(folder)))
+    data = buffer.getvalue()
+    if limit and len(data) > limit:
+        raise BadInput(
+            f"{field}: {folder} packs to {len(data)} bytes, over the server's upload limit "
+            f"of {limit} bytes (max_upload in dcsched.yaml)"
+        )
+    return data
 
 
 @cli.command("list")
@@ -187,12 +357,13 @@ def status(job_id: str, output: str) -> None:
 @cli.command()
 @click.argument("job_id", metavar="JOB")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the job ends.")
-def logs(job_id: str, follow: bool) -> None:
-    """Print a job's logs."""
+@click.option("--rank", type=click.IntRange(min=0), default=None, help="Only this rank's output.")
+def logs(job_id: str, follow: bool, rank: int | None) -> None:
+    """Print a job's logs (every rank's, as Ray collected them; or one rank's)."""
     client = _client()
     offset = 0
     for _ in range(10_000 if not follow else sys.maxsize):
-        page = client.job_logs(job_id, offset)
+        page = client.job_logs(job_id, offset, rank)
         text = page.get("logs") or ""
         if text:
             click.echo(text, nl=False)

@@ -48,7 +48,7 @@ def is_preemptible(job: Job, classes: Mapping[str, PriorityClass]) -> bool:
     cls = classes.get(job.priority)
     if cls is not None and not cls.preemptible:
         return False
-    return job.spec.preemptible is not False
+    return job.request.preemptible is not False
 
 
 @dataclass(slots=True)
@@ -79,7 +79,7 @@ class Release:
 def running_job(job: Job, classes: Mapping[str, PriorityClass], start: float) -> RunningJob:
     """The run of an active job that started at ``start``; ``end`` by its max_runtime."""
     per_worker = job.per_worker
-    runtime = job.spec.max_runtime
+    runtime = job.request.max_runtime
     cls = classes.get(job.priority)
     return RunningJob(
         job=job,

@@ -230,7 +230,7 @@ class _Pass:
         return cls.value if cls is not None else 0
 
     def _item(self, job: Job) -> _Item:
-        spec = job.spec
+        spec = job.request
         request = spec.resources
         workers = request.workers
         size = (request.cpus, request.gpus, request.memory, workers)
@@ -278,7 +278,7 @@ class _Pass:
 
     def _early(self) -> None:
         states: dict[str, JobState] = {}
-        if any(item.job.spec.depends_on for item in self.items):
+        if any(item.job.request.depends_on for item in self.items):
             states.update(self.inp.job_states)
             for job in self.inp.active:
                 states.setdefault(job.id, job.state)
@@ -290,7 +290,7 @@ class _Pass:
     def _early_one(self, item: _Item, states: Mapping[str, JobState]) -> Cancel | str | None:
         job_id = item.job.id
         waiting_for = []
-        for dependency in item.job.spec.depends_on:
+        for dependency in item.job.request.depends_on:
             state = states.get(dependency)
             if state is None:
                 return Cancel(job_id, f"dependency {dependency} does not exist")

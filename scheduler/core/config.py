@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
 from dcsched.core.resources import Resources
 from dcsched.core.spec import (
@@ -29,6 +29,7 @@ from dcsched.core.spec import (
     DurationSeconds,
     MemoryBytes,
     SpecError,
+    StrictModel,
     describe_validation_error,
     load_yaml_mapping,
 )
@@ -37,6 +38,7 @@ from dcsched.core.units import parse_memory
 QueueingPolicy = Literal["fifo", "priority", "fair"]
 PlacementPolicy = Literal["binpack", "spread", "least-loaded"]
 GPU_TYPE_LABEL = "dcsched.io/gpu-type"
+DEFAULT_MAX_UPLOAD = 100 * 1024**2
 
 
 def _optional_memory(value: Any) -> Any:
@@ -46,11 +48,7 @@ def _optional_memory(value: Any) -> Any:
 OptionalMemory = Annotated[int | None, BeforeValidator(_optional_memory)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Quota(_Strict):
+class Quota(StrictModel):
     """An amount of each resource; ``None`` means unlimited."""
 
     cpus: float | None = Field(None, ge=0)
@@ -71,7 +69,7 @@ class Quota(_Strict):
         )
 
 
-class PriorityClass(_Strict):
+class PriorityClass(StrictModel):
     name: str = Field(pattern=SLUG_PATTERN)
     value: int
     preemptible: bool = Field(True, description="Whether jobs of this class may be preempted.")
@@ -81,7 +79,7 @@ class PriorityClass(_Strict):
     )
 
 
-class Team(_Strict):
+class Team(StrictModel):
     name: str = Field(pattern=SLUG_PATTERN)
     cohort: str | None = Field(None, pattern=SLUG_PATTERN)
     weight: float = Field(1.0, gt=0)
@@ -90,7 +88,7 @@ class Team(_Strict):
     lending_limit: Quota | None = None
 
 
-class Queueing(_Strict):
+class Queueing(StrictModel):
     policy: QueueingPolicy = "priority"
     backfill: bool = Field(False, description="Let later jobs start if they delay no one.")
     preemption: bool = Field(True, description="Let higher priority and reclaims preempt.")
@@ -99,7 +97,7 @@ class Queueing(_Strict):
     )
 
 
-class NodeType(_Strict):
+class NodeType(StrictModel):
     """``count`` identical nodes (simulator only; the live scheduler asks Ray)."""
 
     type: str = Field(pattern=SLUG_PATTERN, description="A name for this kind of node.")
@@ -132,7 +130,7 @@ DEFAULT_PRIORITY_CLASSES = (
 )
 
 
-class ClusterConfig(_Strict):
+class ClusterConfig(StrictModel):
     queueing: Queueing = Field(default_factory=lambda: Queueing())
     placement: PlacementPolicy = "binpack"
     priority_classes: tuple[PriorityClass, ...] = DEFAULT_PRIORITY_CLASSES
@@ -144,10 +142,23 @@ class ClusterConfig(_Strict):
     nodes: tuple[NodeType, ...] = Field(
         (), description="Nodes as counts of node types, for the simulator; ignored live."
     )
+    data_roots: tuple[str, ...] = Field(
+        (),
+        max_length=64,
+        description="Absolute folders on storage every node mounts whose files a spec may "
+        "name by path (after symlinks are resolved); anything else must be uploaded.",
+    )
+    max_upload: MemoryBytes = Field(
+        DEFAULT_MAX_UPLOAD,
+        description="Largest upload (a data file, or a working_dir packed as a zip).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ClusterConfig:
         problems = []
+        for root in self.data_roots:
+            if not root.startswith("/"):
+                problems.append(f"data_roots: {root!r} must be an absolute path")
         names = [c.name for c in self.priority_classes]
         if len(set(names)) != len(names):
             problems.append("priority_classes: names must be unique")

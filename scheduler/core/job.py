@@ -1,23 +1,26 @@
-"""The job record: a spec plus where it is in its lifecycle.
+"""The job record: a scheduling request plus where it is in its lifecycle.
 
 A ``Job`` is an immutable value. The store creates new values on each transition; the
 core reads them to decide. Times are unix seconds (float), given by the caller's clock.
+The core reads ``request`` only; ``kind`` and ``payload`` (the kind's own sections of the
+spec, JSON-shaped) ride along for the adapters and are never interpreted here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from dcsched.core.lifecycle import JobState
 from dcsched.core.resources import Resources
-from dcsched.core.spec import JobSpec
+from dcsched.core.spec import SchedulingRequest
 
 
 @dataclass(frozen=True)
 class Job:
     id: str
-    spec: JobSpec
+    request: SchedulingRequest
     state: JobState
     submitted_at: float
     admitted_at: float | None = None
@@ -28,6 +31,9 @@ class Job:
     result: dict[str, Any] | None = field(default=None, compare=False)
     attempt: int = 0
     """How many times the job has been admitted (a preempted job runs again)."""
+    kind: str = "run"
+    payload: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    """The kind's sections of the spec (opaque to the core)."""
 
     @property
     def run_id(self) -> str:
@@ -37,27 +43,23 @@ class Job:
 
     @property
     def name(self) -> str:
-        return self.spec.name
+        return self.request.name
 
     @property
     def team(self) -> str:
-        return self.spec.team
-
-    @property
-    def kind(self) -> str:
-        return self.spec.kind
+        return self.request.team
 
     @property
     def priority(self) -> str:
-        return self.spec.priority
+        return self.request.priority
 
     @property
     def per_worker(self) -> Resources:
-        return self.spec.resources.per_worker()
+        return self.request.resources.per_worker()
 
     @property
     def workers(self) -> int:
-        return self.spec.resources.workers
+        return self.request.resources.workers
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ class QuotaFit:
 
 def job_gpu_type(job: Job) -> str | None:
     """The GPU type a job is pinned to by its node selector, if any."""
-    return job.spec.node_selector.get(GPU_TYPE_LABEL)
+    return job.request.node_selector.get(GPU_TYPE_LABEL)
 
 
 def dimensions(request: Resources, gpu_type: str | None) -> list[tuple[str, float]]:
@@ -156,7 +156,7 @@ class QuotaLedger:
                     self._pool[key] = self._pool.get(key, 0.0) + lendable
                     self._excess.setdefault(key, 0.0)
         for job in active:
-            self.take(job.team, job.spec.resources.total(), job_gpu_type(job))
+            self.take(job.team, job.request.resources.total(), job_gpu_type(job))
 
     def copy(self) -> QuotaLedger:
         clone = QuotaLedger.__new__(QuotaLedger)

@@ -1,17 +1,20 @@
-"""The job spec: one typed schema for what a user submits (YAML on the CLI, JSON on the API).
+"""The scheduling request: the part of a job spec that the core schedules, and the schema
+helpers every spec model shares (strict models, human units, error wording).
 
+A job spec (``dcsched.kinds.JobSpec``) is a ``SchedulingRequest`` plus ``kind`` plus the
+kind's own sections. The core sees only the request; the kind's payload is opaque here.
 Extra fields are refused everywhere, so a typo is an error rather than a silent default.
-Quantities take human units (``memory: 1GiB``). ``JobSpec.model_json_schema()`` is the
-documented schema; nothing else describes a job.
+Quantities take human units (``memory: 1GiB``).
 
 Words:
 - worker: one gang member; ``resources`` gives the CPUs, GPUs and memory of *each* worker.
-- kind: what the job does (``train`` fits a model and registers it).
+- kind: what the job does (``train``, ``run``, ...); see ``dcsched.kinds``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -21,16 +24,14 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    field_validator,
-    model_validator,
 )
 
 from dcsched.core.resources import Resources
 from dcsched.core.units import parse_duration, parse_memory
 
 SLUG_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-SUPPORTED_KINDS = ("train",)
-DATA_SCHEMES = ("sklearn", "csv")
+MAX_RUNTIME_S = 366 * 24 * 3600.0
+"""A year: longer limits are refused (a huge one overflows date arithmetic later)."""
 
 
 class SpecError(ValueError):
@@ -45,7 +46,7 @@ def _memory(value: Any) -> int:
     return parse_memory(value)
 
 
-MemoryBytes = Annotated[int, BeforeValidator(_memory), Field(gt=0)]
+MemoryBytes = Annotated[int, BeforeValidator(_memory), Field(gt=0, le=2**60)]
 
 
 def _duration(value: Any) -> Any:
@@ -55,16 +56,18 @@ def _duration(value: Any) -> Any:
 DurationSeconds = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class StrictModel(BaseModel):
+    """Base of every spec model: unknown fields refused, values frozen, no inf or NaN."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class ResourceRequest(_Strict):
+class ResourceRequest(StrictModel):
     """Resources of each worker, and how many workers form the gang."""
 
     workers: int = Field(1, ge=1, le=1024, description="Gang size: all start together or none.")
-    cpus: float = Field(1.0, gt=0, description="CPUs per worker (fractions allowed).")
-    gpus: float = Field(0.0, ge=0, description="GPUs per worker; 0 for a CPU-only job.")
+    cpus: float = Field(1.0, gt=0, le=100_000, description="CPUs per worker (fractions allowed).")
+    gpus: float = Field(0.0, ge=0, le=10_000, description="GPUs per worker; 0 for a CPU-only job.")
     memory: MemoryBytes = Field(
         1024**3, description="Memory per worker, e.g. 512MiB or 2GiB (bytes in JSON)."
     )
@@ -76,65 +79,21 @@ class ResourceRequest(_Strict):
         return self.per_worker().scaled(self.workers)
 
 
-class ModelSpec(_Strict):
-    type: str = Field(min_length=1, description="Model plugin name, see `dcsched plugins list`.")
-    params: dict[str, Any] = Field(default_factory=dict, description="Checked by the plugin.")
+class SchedulingRequest(StrictModel):
+    """What the core schedules: who asks, how much, where, how long, after what.
 
-
-class DataSpec(_Strict):
-    source: str = Field(
-        description="sklearn:NAME (a dataset shipped with scikit-learn) or csv:PATH."
-    )
-    target: str | None = Field(None, description="Target column; required for csv sources.")
-    test_size: float = Field(0.2, gt=0, lt=1, description="Fraction held out for evaluation.")
-    seed: int = Field(0, ge=0, description="Seed of the train/test split and of training.")
-
-    @field_validator("source")
-    @classmethod
-    def _known_scheme(cls, value: str) -> str:
-        scheme, sep, rest = value.partition(":")
-        if not sep or scheme not in DATA_SCHEMES or not rest:
-            raise ValueError(
-                f"data source {value!r} is not understood; use sklearn:NAME "
-                "(for example sklearn:breast_cancer) or csv:PATH"
-            )
-        return value
-
-    @model_validator(mode="after")
-    def _csv_needs_target(self) -> DataSpec:
-        if self.scheme == "csv" and not self.target:
-            raise ValueError("a csv source needs `target:` naming the column to predict")
-        return self
-
-    @property
-    def scheme(self) -> str:
-        return self.source.partition(":")[0]
-
-    @property
-    def location(self) -> str:
-        return self.source.partition(":")[2]
-
-
-class TrainSpec(_Strict):
-    epochs: int = Field(10, ge=1, le=100_000)
-    batch_size: int = Field(32, ge=1, le=1_000_000)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0, le=10)
-
-
-class JobSpec(_Strict):
-    """A job as submitted. ``resources`` are per worker."""
+    The fields of a job spec that every kind shares. The kind's own sections (``model``,
+    ``data``, ``train`` for ``train``; ``run`` for ``run``) are its payload, validated by
+    the kind (``dcsched.kinds``) and never seen here. ``resources`` are per worker.
+    """
 
     name: str = Field(pattern=SLUG_PATTERN, description="Lower-case letters, digits and '-'.")
-    kind: Literal["train"] = Field(description="What the job does; only `train` so far.")
     team: str = Field(pattern=SLUG_PATTERN)
     priority: str = Field("normal", pattern=SLUG_PATTERN, description="A priority class name.")
     resources: ResourceRequest = Field(default_factory=lambda: ResourceRequest())
-    model: ModelSpec
-    data: DataSpec
-    train: TrainSpec = Field(default_factory=lambda: TrainSpec())
     max_runtime: DurationSeconds | None = Field(
         None,
+        le=MAX_RUNTIME_S,
         description="Longest the job may run (e.g. 30m, 2h); it is stopped after that. "
         "Backfill and start estimates use it.",
     )
@@ -144,6 +103,7 @@ class JobSpec(_Strict):
     node_selector: dict[str, str] = Field(
         default_factory=dict,
         description="Node labels the job's nodes must carry, e.g. {dcsched.io/gpu-type: A100}.",
+        max_length=32,
     )
     preemptible: bool | None = Field(
         None,
@@ -156,21 +116,16 @@ class JobSpec(_Strict):
     )
 
 
-def parse_spec(document: Any) -> JobSpec:
-    """Validate a decoded document (a mapping) into a JobSpec, or raise SpecError."""
-    if document is None:
-        raise SpecError(["the spec is empty; it must be a mapping with name, kind, team, ..."])
-    if not isinstance(document, dict):
-        raise SpecError([f"the spec must be a mapping of fields, not a {type(document).__name__}"])
-    try:
-        return JobSpec.model_validate(document)
-    except ValidationError as exc:
-        raise SpecError(describe_validation_error(exc)) from None
+REQUEST_FIELDS = frozenset(SchedulingRequest.model_fields)
+"""The top-level spec fields that belong to the scheduling request (the rest but ``kind``
+is the kind's payload)."""
 
 
-def load_spec_yaml(text: str) -> JobSpec:
-    """Parse YAML text into a JobSpec, or raise SpecError."""
-    return parse_spec(load_yaml_mapping(text))
+def request_of(document: dict[str, Any]) -> SchedulingRequest:
+    """The scheduling request inside a (validated) job spec document."""
+    return SchedulingRequest.model_validate(
+        {k: v for k, v in document.items() if k in REQUEST_FIELDS}
+    )
 
 
 def load_yaml_mapping(text: str) -> Any:
@@ -185,17 +140,20 @@ def load_yaml_mapping(text: str) -> Any:
 
 def describe_validation_error(exc: ValidationError) -> list[str]:
     """Turn pydantic's errors into one line each: ``field.path: what is wrong``."""
+    return describe_errors(exc.errors())
+
+
+def describe_errors(errors: Iterable[Mapping[str, Any]]) -> list[str]:
+    """``describe_validation_error`` for a list of pydantic error dicts."""
     lines = []
-    for error in exc.errors():
+    for error in errors:
         path = ".".join(str(part) for part in error["loc"]) or "spec"
         if error["type"] == "extra_forbidden":
             message = "unknown field; remove it or check its spelling"
         elif error["type"] == "missing":
             message = "required field is missing"
         elif error["type"] == "literal_error" and path == "kind":
-            message = (
-                f"unknown kind {error.get('input')!r}; supported: {', '.join(SUPPORTED_KINDS)}"
-            )
+            message = f"unknown kind {error.get('input')!r}"
         elif error["type"] == "string_pattern_mismatch":
             message = (
                 f"{error.get('input')!r} must be lower-case letters, digits and '-' "

@@ -7,6 +7,7 @@ are accepted as short forms.
 
 from __future__ import annotations
 
+import math
 import re
 
 _MULTIPLIERS: dict[str, int] = {
@@ -41,6 +42,8 @@ def parse_memory(value: str | int | float) -> int:
     if isinstance(value, bool):
         raise ValueError("memory must be a size like 512MiB or 2GiB, not a boolean")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"memory must be a finite size, got {value}")
         if value < 0:
             raise ValueError(f"memory must not be negative, got {value}")
         return int(value)
@@ -51,7 +54,10 @@ def parse_memory(value: str | int | float) -> int:
             "for example 512MiB, 2GiB or 4GB"
         )
     number, unit = match.groups()
-    return int(float(number) * _MULTIPLIERS[unit.lower()])
+    size = float(number) * _MULTIPLIERS[unit.lower()]
+    if not math.isfinite(size):
+        raise ValueError(f"memory {value!r} is not a finite size")
+    return int(size)
 
 
 def format_bytes(n: int) -> str:
@@ -75,6 +81,8 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise ValueError("a duration must be like 30m or 2h, not a boolean")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"memory must be a finite size, got {value}")
         if value < 0:
             raise ValueError(f"a duration must not be negative, got {value}")
         return float(value)

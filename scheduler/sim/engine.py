@@ -48,6 +48,8 @@ from bisect import bisect_left, insort
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from pydantic import ValidationError
+
 from dcsched.core.activeset import ActiveSet
 from dcsched.core.admission import Admit, Cancel, Preempt, SchedulingInput, Wait, plan
 from dcsched.core.cluster import ClusterSnapshot, NodeState
@@ -55,7 +57,7 @@ from dcsched.core.config import ClusterConfig, PlacementPolicy, QueueingPolicy, 
 from dcsched.core.job import Job
 from dcsched.core.lifecycle import JobState
 from dcsched.core.resources import Resources
-from dcsched.core.spec import JobSpec, SpecError, parse_spec
+from dcsched.core.spec import SchedulingRequest, describe_validation_error
 from dcsched.sim.estimates import DecayedUsage, RuntimePredictor
 from dcsched.sim.trace import TraceJob, shape
 
@@ -229,7 +231,7 @@ class Simulation:
                 policy=self.config.queueing.policy,
             )
         self.predictor = RuntimePredictor(options.predictor_quantile)
-        self._specs: dict[tuple[object, ...], JobSpec | str] = {}
+        self._specs: dict[tuple[object, ...], SchedulingRequest | str] = {}
         self.records: list[JobRecord] = []
         self._by_id: dict[str, JobRecord] = {}
         first = min((j.submit for j in jobs), default=0.0)
@@ -322,7 +324,7 @@ class Simulation:
         if isinstance(spec, str):
             self._unschedulable(record, spec)
             return None
-        job = Job(tj.id, spec, JobState.PENDING, submitted_at=record.submit)
+        job = Job(tj.id, spec, JobState.PENDING, submitted_at=record.submit, kind="sim")
         never = self._never(domain, job)
         if never is not None:
             self._unschedulable(record, never)
@@ -331,7 +333,7 @@ class Simulation:
             estimate = self.predictor.estimate(tj.team, record.gpus)
             if estimate is not None:
                 job = dataclasses.replace(
-                    job, spec=spec.model_copy(update={"max_runtime": estimate})
+                    job, request=spec.model_copy(update={"max_runtime": estimate})
                 )
         self._enqueue(domain, job)
         return domain.name
@@ -340,7 +342,7 @@ class Simulation:
         record.state = "UNSCHEDULABLE"
         record.reason = reason
 
-    def _spec(self, tj: TraceJob) -> JobSpec | str:
+    def _spec(self, tj: TraceJob) -> SchedulingRequest | str:
         workers, gpus, cpus, memory = shape(tj, self.node_gpus)
         key = (tj.team, workers, gpus, cpus, memory, tj.gpu_type, tj.priority, tj.preemptible)
         found = self._specs.get(key)
@@ -350,10 +352,9 @@ class Simulation:
                 found = f"unknown priority class {tj.priority!r}; known: {known}"
             else:
                 try:
-                    found = parse_spec(
+                    found = SchedulingRequest.model_validate(
                         {
                             "name": "sim",
-                            "kind": "train",
                             "team": tj.team,
                             "priority": tj.priority,
                             "resources": {
@@ -362,8 +363,6 @@ class Simulation:
                                 "gpus": gpus,
                                 "memory": memory,
                             },
-                            "model": {"type": "sim"},
-                            "data": {"source": "sklearn:sim"},
                             "max_runtime": tj.max_runtime,
                             "node_selector": {"dcsched.io/gpu-type": tj.gpu_type}
                             if tj.gpu_type
@@ -371,15 +370,15 @@ class Simulation:
                             "preemptible": tj.preemptible,
                         }
                     )
-                except SpecError as exc:
-                    found = f"not a valid job: {exc}"
+                except ValidationError as exc:
+                    found = f"not a valid job: {'; '.join(describe_validation_error(exc))}"
             self._specs[key] = found
         return found
 
     def _never(self, domain: _Domain, job: Job) -> str | None:
         """Why the job could never start in its domain, by the core's own pass with the
         job alone on the empty domain; None if it could."""
-        spec = job.spec
+        spec = job.request
         key = (spec.team, spec.resources, tuple(sorted(spec.node_selector.items())), spec.priority)
         if key not in domain.can_run:
             (decision,) = plan(
@@ -423,13 +422,14 @@ class Simulation:
         self._dequeue(domain, job)
         running = Job(
             job.id,
-            job.spec,
+            job.request,
             JobState.RUNNING,
             job.submitted_at,
             admitted_at=now,
             started_at=now,
             nodes=nodes,
             attempt=job.attempt + 1,
+            kind=job.kind,
         )
         domain.active.add(running)
         spread = len(set(nodes))
@@ -448,7 +448,7 @@ class Simulation:
         end = now + (run_time if limit is None else min(run_time, limit))
         self._push(end, _END, job.id, record.run_token)
         if domain.policy == "fair":
-            domain.usage.start(job.team, job.spec.resources.total(), now)
+            domain.usage.start(job.team, job.request.resources.total(), now)
         self._allocate(now, record.gpus)
 
     def _stop(self, domain: _Domain, record: JobRecord, now: float) -> Job:
@@ -457,7 +457,7 @@ class Simulation:
         record.run_s += elapsed
         record.remaining = max(0.0, record.remaining - elapsed / record.run_factor)
         if domain.policy == "fair":
-            domain.usage.stop(job.team, job.spec.resources.total(), record.run_start, now)
+            domain.usage.stop(job.team, job.request.resources.total(), record.run_start, now)
         self._allocate(now, -record.gpus)
         return job
 

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from dcsched.core.spec import DataSpec, SpecError
+from dcsched.core.spec import SpecError
+from dcsched.kinds.train import DataSpec
 from dcsched.plugins.api import ClassLabel, DatasetInfo, TaskType
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ SKLEARN_DATASETS: dict[str, TaskType] = {
     "digits": "multiclass",
     "diabetes": "regression",
 }
+MAX_HEADER_BYTES = 1024 * 1024
 MAX_CLASSES = 20
 """An integer-valued CSV target with more distinct values than this is regression."""
 
@@ -80,8 +82,8 @@ def check_source(data: DataSpec) -> None:
     if data.target not in header:
         raise SpecError(
             [
-                f"data.target: column {data.target!r} is not in {path}; "
-                f"its columns are: {', '.join(header)}"
+                f"data.target: column {data.target!r} is not in the CSV file's header "
+                f"({len(header)} columns); check the name and its case"
             ]
         )
 
@@ -126,7 +128,7 @@ def _load_sklearn(
 
 
 def _csv_path(data: DataSpec) -> Path:
-    path = Path(data.location).expanduser()
+    path = Path(data.location)
     if not path.exists():
         raise SpecError([f"data.source: CSV file {str(path)!r} does not exist"])
     if not path.is_file():
@@ -135,11 +137,25 @@ def _csv_path(data: DataSpec) -> Path:
 
 
 def _read_header(path: Path) -> list[str]:
+    """The header row, read from at most the file's first ``MAX_HEADER_BYTES``; errors
+    never quote the file's contents."""
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            header = next(csv.reader(handle), None)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise SpecError([f"data.source: cannot read CSV file {str(path)!r}: {exc}"]) from None
+        with open(path, "rb") as handle:
+            head = handle.read(MAX_HEADER_BYTES)
+        first = head.split(b"\n", 1)
+        if len(first) == 1 and len(head) == MAX_HEADER_BYTES:
+            raise SpecError(
+                [f"data.source: the CSV file's first line is longer than {MAX_HEADER_BYTES} bytes"]
+            )
+        header = next(csv.reader([first[0].decode("utf-8-sig").rstrip("\r")]), None)
+    except OSError as exc:
+        raise SpecError(
+            [f"data.source: cannot read CSV file {str(path)!r}: {exc.strerror}"]
+        ) from None
+    except UnicodeDecodeError:
+        raise SpecError([f"data.source: CSV file {str(path)!r} is not UTF-8 text"]) from None
+    except csv.Error:
+        raise SpecError([f"data.source: CSV file {str(path)!r} has a malformed header"]) from None
     if not header or not any(cell.strip() for cell in header):
         raise SpecError([f"data.source: CSV file {str(path)!r} has no header row"])
     return [cell.strip() for cell in header]

@@ -2,7 +2,7 @@
 
 The run directory is the whole interface with the scheduler:
 
-- in: ``spec.json``, a ``JobSpec.model_dump(mode="json")``;
+- in: ``spec.json``, the train spec document (files: ``dcsched.rundir``);
 - ``checkpoint/``: the plugin's checkpoint after every epoch; a rerun resumes from it;
 - ``progress.jsonl``: one JSON line per epoch ``{"epoch", "loss", "samples_per_s",
   "seconds", "at"}`` (``at``: unix time), appended as training goes;
@@ -20,47 +20,21 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-from dcsched.core.spec import JobSpec, SpecError, parse_spec
+from dcsched.core.spec import SpecError
+from dcsched.kinds import TrainJobSpec, parse_job_spec
 from dcsched.plugins.api import CheckpointError, EpochReport, PluginParamsError
 from dcsched.plugins.registry import DuplicatePluginError, UnknownPluginError
+from dcsched.rundir import RunDir, write_text_atomically
 
 logger = logging.getLogger(__name__)
 
-SPEC_FILE = "spec.json"
-PROGRESS_FILE = "progress.jsonl"
-RESULT_FILE = "result.json"
-ERROR_FILE = "error.txt"
-CHECKPOINT_DIR = "checkpoint"
-MODEL_DIR = "model"
 PREPROCESSING_FILE = "preprocessing.json"
-
-
-def last_progress(run_dir: Path) -> dict[str, Any] | None:
-    """The last line of the run's progress.jsonl, read from the end of the file."""
-    path = run_dir / PROGRESS_FILE
-    try:
-        with path.open("rb") as handle:
-            handle.seek(0, 2)
-            size = handle.tell()
-            handle.seek(max(0, size - 4096))
-            lines = handle.read().splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        try:
-            value = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
 
 
 class RunDirError(Exception):
@@ -79,26 +53,29 @@ EXPECTED_ERRORS: tuple[type[Exception], ...] = (
 """Failures caused by the job's input: reported in one line, without a traceback."""
 
 
-def read_spec(run_dir: Path) -> JobSpec:
-    """The JobSpec in ``run_dir/spec.json``; RunDirError or SpecError if unusable."""
-    path = run_dir / SPEC_FILE
+def read_spec(run_dir: Path) -> TrainJobSpec:
+    """The train spec in ``run_dir/spec.json``; RunDirError or SpecError if unusable."""
+    path = RunDir(run_dir).spec
     try:
-        document = json.loads(path.read_text())
+        document = RunDir(run_dir).read_spec()
     except FileNotFoundError:
         raise RunDirError(f"{path} does not exist") from None
     except (OSError, ValueError) as exc:
         raise RunDirError(f"cannot read {path}: {exc}") from None
-    return parse_spec(document)
+    spec = parse_job_spec(document)
+    if not isinstance(spec, TrainJobSpec):
+        raise RunDirError(f"{path} holds a {spec.kind!r} job, not a train job")
+    return spec
 
 
-def choose_device(spec: JobSpec) -> str:
+def choose_device(spec: TrainJobSpec) -> str:
     """The torch device: cuda when the job asked for GPUs and one is visible, else cpu."""
     import torch
 
     return "cuda" if spec.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
 
 
-def run(spec: JobSpec, run_dir: Path) -> dict[str, Any]:
+def run(spec: TrainJobSpec, run_dir: Path) -> dict[str, Any]:
     """Train, evaluate and save the model of ``spec`` in ``run_dir``; return result.json's dict.
 
     Raises the errors of the steps (SpecError, PluginParamsError, UnknownPluginError, ...).
@@ -107,11 +84,10 @@ def run(spec: JobSpec, run_dir: Path) -> dict[str, Any]:
     from dcsched.training.data import check_source, load_dataset
     from dcsched.training.evaluation import evaluate
 
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (ERROR_FILE, RESULT_FILE):
-        (run_dir / stale).unlink(missing_ok=True)
-    checkpoint_dir = run_dir / CHECKPOINT_DIR
+    files = RunDir(Path(run_dir))
+    files.path.mkdir(parents=True, exist_ok=True)
+    files.clear_outcome()
+    checkpoint_dir = files.checkpoint
     # Without a checkpoint training starts over, and so does the progress log.
     resuming = checkpoint_dir.is_dir() and any(checkpoint_dir.iterdir())
 
@@ -154,7 +130,7 @@ def run(spec: JobSpec, run_dir: Path) -> dict[str, Any]:
     )
 
     epochs_run = 0
-    with open(run_dir / PROGRESS_FILE, "a" if resuming else "w") as progress:
+    with open(files.progress, "a" if resuming else "w") as progress:
 
         def on_epoch(report: EpochReport) -> None:
             nonlocal epochs_run
@@ -191,7 +167,7 @@ def run(spec: JobSpec, run_dir: Path) -> dict[str, Any]:
     logger.info(
         "test metrics: %s", ", ".join(f"{name} {value:.4f}" for name, value in metrics.items())
     )
-    model_dir = run_dir / MODEL_DIR
+    model_dir = files.model
     model.save(model_dir)
     preprocessing = {
         "feature_names": list(info.feature_names),
@@ -214,7 +190,7 @@ def run(spec: JobSpec, run_dir: Path) -> dict[str, Any]:
         "train_seconds": train_seconds,
         "device": device,
     }
-    _write_json_atomically(run_dir / RESULT_FILE, result)
+    files.write_result(result)
     logger.info("done in %.2fs of training; model saved in %s", train_seconds, model_dir)
     return result
 
@@ -257,11 +233,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _fail(run_dir: Path, reason: str) -> int:
     print(f"training failed: {reason}", file=sys.stderr)
+    files = RunDir(run_dir)
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_text_atomically(run_dir / ERROR_FILE, reason + "\n")
+        files.write_error(reason)
     except OSError as exc:
-        print(f"cannot write {run_dir / ERROR_FILE}: {exc}", file=sys.stderr)
+        print(f"cannot write {files.error}: {exc}", file=sys.stderr)
     return 1
 
 
@@ -270,13 +246,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _write_json_atomically(path: Path, document: Any) -> None:
-    _write_text_atomically(path, json.dumps(document, indent=2) + "\n")
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(document, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import pytest
 
 from dcsched.core.job import Job
 from dcsched.core.lifecycle import JobState
-from dcsched.core.spec import load_spec_yaml
+from dcsched.kinds import document_of, load_job_spec_yaml, split
 from dcsched.ports import RunPhase
 from tests.conftest import EXAMPLES, dashboard_url, start_cluster
 
@@ -47,13 +47,25 @@ def worker_nodes() -> list[str]:
 def make_job(job_id: str, nodes: tuple[str, ...], epochs: int = 3) -> Job:
     text = (EXAMPLES / "train-mlp.yaml").read_text().replace("epochs: 30", f"epochs: {epochs}")
     text = text.replace("memory: 1GiB", "memory: 64MiB")
-    spec = load_spec_yaml(text)
-    return Job(job_id, spec, JobState.ADMITTED, submitted_at=time.time(), nodes=nodes)
+    request, kind, payload = split(load_job_spec_yaml(text))
+    return Job(
+        job_id,
+        request,
+        JobState.ADMITTED,
+        submitted_at=time.time(),
+        nodes=nodes,
+        kind=kind,
+        payload=payload,
+    )
+
+
+def spec_json(job: Job) -> str:
+    return json.dumps(document_of(job.request, job.kind, dict(job.payload)))
 
 
 def run_to_end(executor: Any, job: Job, run_dir: Path, timeout: float = 180) -> RunPhase:
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "spec.json").write_text(job.spec.model_dump_json())
+    (run_dir / "spec.json").write_text(spec_json(job))
     executor.start(job, run_dir)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -125,7 +137,7 @@ def test_stop_ends_a_running_job(cluster: Any, tmp_path: Path) -> None:
     assert executor.reservation_ready(job.id, timeout_s=30)
     run_dir = tmp_path / job.id
     run_dir.mkdir()
-    (run_dir / "spec.json").write_text(job.spec.model_dump_json())
+    (run_dir / "spec.json").write_text(spec_json(job))
     executor.start(job, run_dir)
     executor.start(job, run_dir)  # idempotent: a second start is a no-op
     deadline = time.monotonic() + 60

@@ -22,7 +22,7 @@ from tests.unit.test_admission import job, node, running, snapshot, workloads
 
 def _past(cfg: ClusterConfig, history: list[UsageInterval], active: dict[str, Job], now: float):
     intervals = history + [
-        UsageInterval(j.team, j.spec.resources.total(), j.started_at or 0, None)
+        UsageInterval(j.team, j.request.resources.total(), j.started_at or 0, None)
         for j in active.values()
     ]
     return decayed_usage(intervals, now, cfg.queueing.fair_share_half_life)
@@ -63,7 +63,7 @@ def _run_both_ways(nodes: list[NodeState], cfg: ClusterConfig, jobs: list[Job]) 
                     v = active.pop(victim)
                     prepared.remove(victim)
                     history.append(
-                        UsageInterval(v.team, v.spec.resources.total(), v.started_at or 0, now)
+                        UsageInterval(v.team, v.request.resources.total(), v.started_at or 0, now)
                     )
                     pending[victim] = dataclasses.replace(
                         v, state=JobState.PENDING, nodes=(), admitted_at=None, started_at=None
@@ -74,19 +74,22 @@ def _run_both_ways(nodes: list[NodeState], cfg: ClusterConfig, jobs: list[Job]) 
         if any(isinstance(d, Preempt) for d in fresh):
             continue
         ends = [
-            (j.started_at or 0) + j.spec.max_runtime
+            (j.started_at or 0) + j.request.max_runtime
             for j in active.values()
-            if j.spec.max_runtime is not None
+            if j.request.max_runtime is not None
         ]
         if not ends:
             break
         now = min(ends)
         for j in list(active.values()):
-            if j.spec.max_runtime is not None and (j.started_at or 0) + j.spec.max_runtime <= now:
+            if (
+                j.request.max_runtime is not None
+                and (j.started_at or 0) + j.request.max_runtime <= now
+            ):
                 del active[j.id]
                 prepared.remove(j.id)
                 history.append(
-                    UsageInterval(j.team, j.spec.resources.total(), j.started_at or 0, now)
+                    UsageInterval(j.team, j.request.resources.total(), j.started_at or 0, now)
                 )
     assert sorted(prepared.runs) == sorted(active)
     return passes

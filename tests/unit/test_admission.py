@@ -32,7 +32,7 @@ from dcsched.core.lifecycle import JobState
 from dcsched.core.placement import CapacityIndex, Placement
 from dcsched.core.quota import QuotaLedger, job_gpu_type
 from dcsched.core.resources import Resources
-from dcsched.core.spec import parse_spec
+from dcsched.core.spec import SchedulingRequest
 
 GiB = 1024**3
 NOW = 1000.0
@@ -64,19 +64,18 @@ def job(
 ) -> Job:
     document: dict[str, Any] = {
         "name": "j",
-        "kind": "train",
         "team": team,
         "priority": priority,
         "resources": {"workers": workers, "cpus": cpus, "gpus": gpus, "memory": "1GiB"},
-        "model": {"type": "mlp"},
-        "data": {"source": "sklearn:iris"},
         "max_runtime": runtime,
         "node_selector": selector or {},
         "placement": placement,
         "preemptible": preemptible,
         "depends_on": list(depends_on),
     }
-    return Job(job_id, parse_spec(document), JobState.PENDING, submitted_at=at)
+    return Job(
+        job_id, SchedulingRequest.model_validate(document), JobState.PENDING, submitted_at=at
+    )
 
 
 def running(j: Job, nodes: Sequence[str], started: float) -> Job:
@@ -542,7 +541,7 @@ class Sim:
     def past(self) -> dict[str, Resources]:
         half_life = self.cfg.queueing.fair_share_half_life
         intervals = self.history + [
-            UsageInterval(j.team, j.spec.resources.total(), j.started_at or 0, None)
+            UsageInterval(j.team, j.request.resources.total(), j.started_at or 0, None)
             for j in self.active.values()
         ]
         return decayed_usage(intervals, self.now, half_life)
@@ -571,7 +570,9 @@ class Sim:
                 for victim in d.victims:
                     v = self.active.pop(victim)
                     self.history.append(
-                        UsageInterval(v.team, v.spec.resources.total(), v.started_at or 0, self.now)
+                        UsageInterval(
+                            v.team, v.request.resources.total(), v.started_at or 0, self.now
+                        )
                     )
                     self.pending[victim] = dataclasses.replace(
                         v, state=JobState.PENDING, nodes=(), admitted_at=None, started_at=None
@@ -583,21 +584,21 @@ class Sim:
 
     def advance(self) -> bool:
         ends = [
-            (j.started_at or 0) + j.spec.max_runtime
+            (j.started_at or 0) + j.request.max_runtime
             for j in self.active.values()
-            if j.spec.max_runtime is not None
+            if j.request.max_runtime is not None
         ]
         if not ends:
             return False
         self.now = min(ends)
         for j in list(self.active.values()):
-            if j.spec.max_runtime is not None and (j.started_at or 0) + j.spec.max_runtime <= (
-                self.now
-            ):
+            if j.request.max_runtime is not None and (
+                j.started_at or 0
+            ) + j.request.max_runtime <= (self.now):
                 del self.active[j.id]
                 self.finished[j.id] = j
                 self.history.append(
-                    UsageInterval(j.team, j.spec.resources.total(), j.started_at or 0, self.now)
+                    UsageInterval(j.team, j.request.resources.total(), j.started_at or 0, self.now)
                 )
         return True
 
@@ -630,9 +631,9 @@ def test_weights_two_to_one_get_allocations_two_to_one() -> None:
             break
         for j in sim.finished.values():
             start = j.started_at or 0
-            end = start + (j.spec.max_runtime or 0)
+            end = start + (j.request.max_runtime or 0)
             if before < end <= sim.now:
-                gpu_seconds[j.team] += j.spec.resources.total().gpus * (end - start)
+                gpu_seconds[j.team] += j.request.resources.total().gpus * (end - start)
     ratio = gpu_seconds["a"] / gpu_seconds["b"]
     assert 1.8 <= ratio <= 2.2, gpu_seconds
 
@@ -747,7 +748,7 @@ def workloads(
 def quota_invariant(cfg: ClusterConfig, active: Sequence[Job]) -> None:
     used: dict[str, Resources] = {}
     for j in active:
-        used[j.team] = used.get(j.team, Resources()) + j.spec.resources.total()
+        used[j.team] = used.get(j.team, Resources()) + j.request.resources.total()
     for dim in ("gpus", "cpus"):
         cohorts: dict[str, list[tuple[float, float, float]]] = {}
         for team in cfg.teams:
@@ -804,7 +805,7 @@ def test_fair_never_starves_a_job_that_fits(
         if isinstance(
             CapacityIndex(empty.nodes).place(j.per_worker, j.workers, "binpack"), Placement
         )
-        and QuotaLedger(cfg).check(j.team, j.spec.resources.total(), None).kind == "fits-nominal"
+        and QuotaLedger(cfg).check(j.team, j.request.resources.total(), None).kind == "fits-nominal"
     ]
     sim = Sim(nodes, cfg, fits)
     sim.run(max_passes=600)
@@ -929,8 +930,12 @@ def test_preemption_picks_only_preemptible_victims_and_makes_room(
         # With the victims gone (and those of the Preempts before it, whose beneficiaries
         # hold their quota), the job passes quota; with its own victims gone it fits.
         for v in victims:
-            future.give(v.team, v.spec.resources.total(), job_gpu_type(v))
-        request = (beneficiary.team, beneficiary.spec.resources.total(), job_gpu_type(beneficiary))
+            future.give(v.team, v.request.resources.total(), job_gpu_type(v))
+        request = (
+            beneficiary.team,
+            beneficiary.request.resources.total(),
+            job_gpu_type(beneficiary),
+        )
         fit = future.check(*request)
         assert fit.ok, fit.reason
         future.take(*request)

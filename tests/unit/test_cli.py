@@ -8,6 +8,8 @@ the import-weight checks run ``dcsched`` in a subprocess.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import socket
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import threading
 import types
+import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -120,6 +123,8 @@ class FakeApi:
         self.logs_done_after = 4  # a non-terminal job's logs are done after this many calls
         self.next_id = 1
         self.fail_with: int | None = None  # answer every request with this status
+        self.uploads: dict[str, bytes] = {}
+        self.max_upload = 1024 * 1024
 
     def count(self, prefix: str = "/v1/") -> int:
         return sum(1 for _, path, _ in self.requests if path.startswith(prefix))
@@ -132,6 +137,12 @@ class FakeApi:
             return self.fail_with, {"error": "the store is locked"}
         if method == "POST" and path == "/v1/jobs":
             return self.submit(body)
+        if method == "GET" and path == "/v1/info":
+            return 200, {"data_roots": ["/abs"], "max_upload": self.max_upload}
+        if method == "POST" and path == "/v1/uploads":
+            digest = hashlib.sha256(body).hexdigest()
+            self.uploads[digest] = body
+            return 201, {"ref": f"upload:sha256:{digest}", "size": len(body)}
         if method == "GET" and path == "/v1/jobs":
             jobs = list(self.jobs.values())
             state, team = query.get("state", [None])[0], query.get("team", [None])[0]
@@ -248,7 +259,8 @@ def make_handler(fake: FakeApi) -> type[BaseHTTPRequestHandler]:
             if self.headers.get("Authorization") != f"Bearer {fake.token}":
                 status, payload = 401, {"error": "missing or wrong bearer token"}
             else:
-                body = json.loads(raw) if raw else None
+                binary = self.headers.get("Content-Type") == "application/octet-stream"
+                body = raw if binary else (json.loads(raw) if raw else None)
                 status, payload = fake.handle(method, parts.path, query, body)
             data = json.dumps(payload).encode()
             self.send_response(status)
@@ -317,13 +329,21 @@ data: {source: "csv:data/iris.csv", target: species}
 """
 
 
+@pytest.fixture(autouse=True)
+def _iris_csv(home: Path) -> None:
+    """The file SPEC names, beside wherever a test writes SPEC (the CLI uploads it)."""
+    write(home / "data" / "iris.csv", "a,species\n1,x\n")
+
+
 # -- submit ----------------------------------------------------------------------------------
 
 
-def test_submit_prints_only_the_id_and_rewrites_relative_csv(
+def test_submit_prints_only_the_id_and_uploads_a_relative_csv(
     api: FakeApi, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write(home / "specs" / "job.yaml", SPEC)
+    write(home / "specs" / "data" / "iris.csv", "a,species\n1,x\n")
+    (home / "data" / "iris.csv").unlink()  # the csv path follows the spec file
     monkeypatch.chdir(home)  # a relative FILE: the csv path follows the file, not the cwd
 
     result = run("submit", "specs/job.yaml")
@@ -331,16 +351,60 @@ def test_submit_prints_only_the_id_and_rewrites_relative_csv(
     assert result.exit_code == 0, result.output
     assert result.stdout == "j-new-1\n"
     sent = api.submitted[0]
-    assert sent["data"]["source"] == f"csv:{(home / 'specs' / 'data' / 'iris.csv').resolve()}"
+    digest = hashlib.sha256(b"a,species\n1,x\n").hexdigest()
+    assert sent["data"]["source"] == f"csv:upload:sha256:{digest}"
+    assert api.uploads[digest] == b"a,species\n1,x\n"
     assert sent["data"]["target"] == "species"
     assert sent["name"] == "iris-mlp"
+
+
+def test_submit_refuses_a_file_over_the_upload_limit_before_sending_it(
+    api: FakeApi, home: Path
+) -> None:
+    api.max_upload = 10
+    spec = write(home / "job.yaml", SPEC)
+    write(home / "data" / "iris.csv", "a,species\n" + "1,x\n" * 10)
+
+    result = run("submit", str(spec))
+
+    assert result.exit_code == 2
+    assert "over the server's upload limit of 10 bytes" in result.output
+    assert not api.uploads and not api.submitted
+
+
+def test_submit_shorthand_and_yaml_give_the_same_run_job(
+    api: FakeApi, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(home / "work" / "train.py", "print('hi')\n")
+    write(
+        home / "work" / "job.yaml",
+        "name: train\nkind: run\nteam: research\npriority: normal\n"
+        "resources: {workers: 2, cpus: 1, gpus: 0, memory: 1GiB}\n"
+        "run:\n  command: [python, train.py, --lr, '0.01']\n  working_dir: .\n"
+        "  env: {OMP_NUM_THREADS: '1'}\n",
+    )
+    monkeypatch.chdir(home / "work")
+
+    by_yaml = run("submit", "job.yaml")
+    by_flags = run(
+        "submit", "--team", "research", "--workers", "2", "--cpus", "1",
+        "--env", "OMP_NUM_THREADS=1", "--", "python", "train.py", "--lr", "0.01",
+    )  # fmt: skip
+
+    assert by_yaml.exit_code == 0 and by_flags.exit_code == 0, (by_yaml.output, by_flags.output)
+    from_yaml, from_flags = api.submitted
+    assert from_yaml == from_flags
+    assert from_flags["run"]["working_dir"].startswith("upload:sha256:")
+    (archive,) = api.uploads.values()
+    with zipfile.ZipFile(io.BytesIO(archive)) as packed:
+        assert sorted(packed.namelist()) == ["job.yaml", "train.py"]
 
 
 @pytest.mark.parametrize(
     "source",
     ["csv:/abs/iris.csv", "sklearn:breast_cancer"],
 )
-def test_submit_keeps_absolute_and_non_csv_sources(api: FakeApi, home: Path, source: str) -> None:
+def test_submit_keeps_data_root_and_non_csv_sources(api: FakeApi, home: Path, source: str) -> None:
     spec = write(home / "job.yaml", SPEC.replace("csv:data/iris.csv", source))
 
     assert run("submit", str(spec)).exit_code == 0

@@ -11,7 +11,8 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 
 import dcsched.training.data as data_module
-from dcsched.core.spec import DataSpec, SpecError
+from dcsched.core.spec import SpecError
+from dcsched.kinds.train import DataSpec
 from dcsched.training.data import SKLEARN_DATASETS, check_source, load_dataset
 
 
@@ -145,7 +146,7 @@ def test_unreadable_csv_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 def test_undecodable_csv_file(tmp_path: Path) -> None:
     path = tmp_path / "data.csv"
     path.write_bytes(b"\xff\xfe\x00\x81x,y\n")
-    with pytest.raises(SpecError, match="cannot read"):
+    with pytest.raises(SpecError, match="not UTF-8 text"):
         check_source(_spec(path))
 
 
@@ -154,13 +155,22 @@ def test_empty_csv_file(tmp_path: Path) -> None:
         check_source(_spec(_csv(tmp_path, "")))
 
 
-def test_missing_target_column_names_the_columns(tmp_path: Path) -> None:
-    path = _csv(tmp_path, "height,weight,label\n1,2,a\n")
+def test_missing_target_column_is_named_but_the_file_is_never_quoted(tmp_path: Path) -> None:
+    path = _csv(tmp_path, "height,secret-token-abc,label\n1,2,a\n")
     with pytest.raises(SpecError) as excinfo:
         check_source(_spec(path, target="class"))
     text = _error_text(excinfo)
-    assert "'class'" in text and "height, weight, label" in text
+    assert "'class'" in text and "3 columns" in text
+    assert "secret-token-abc" not in text and "height" not in text
     assert excinfo.value.problems[0].startswith("data.target:")
+
+
+def test_a_header_without_a_line_end_is_read_only_up_to_a_limit(tmp_path: Path) -> None:
+    path = tmp_path / "huge.csv"
+    with path.open("wb") as handle:  # sparse: 8 GiB of "first line" read as 1 MiB
+        handle.truncate(8 * 1024**3)
+    with pytest.raises(SpecError, match="first line is longer than"):
+        check_source(_spec(path, target="y"))
 
 
 def test_non_numeric_feature_is_named(tmp_path: Path) -> None:
@@ -196,7 +206,7 @@ def test_check_source_imports_neither_torch_nor_sklearn(tmp_path: Path) -> None:
     path = _csv(tmp_path, "a,y\n1,0\n")
     code = (
         "import sys\n"
-        "from dcsched.core.spec import DataSpec\n"
+        "from dcsched.kinds.train import DataSpec\n"
         "from dcsched.training.data import check_source\n"
         f"check_source(DataSpec(source='csv:{path}', target='y'))\n"
         "check_source(DataSpec(source='sklearn:iris'))\n"

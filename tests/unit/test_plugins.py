@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from dcsched.core.spec import TrainSpec
+from dcsched.kinds.train import TrainSpec
 from dcsched.plugins.api import (
     CheckpointError,
     DatasetInfo,

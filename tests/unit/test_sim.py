@@ -325,7 +325,7 @@ def test_the_simulation_uses_no_oracle_run_times() -> None:
     original = simulation._enqueue
 
     def spy(domain, job):  # type: ignore[no-untyped-def]
-        seen.append(job.spec.max_runtime)
+        seen.append(job.request.max_runtime)
         original(domain, job)
 
     simulation._enqueue = spy  # type: ignore[method-assign]

@@ -10,10 +10,11 @@ import pytest
 from dcsched.adapters.sqlite_store import SQLiteStore, directory_checksum
 from dcsched.core.job import Job
 from dcsched.core.lifecycle import InvalidTransition, JobState
-from dcsched.core.spec import load_spec_yaml
+from dcsched.kinds import load_job_spec_yaml, split
 from tests.conftest import EXAMPLES
 
-SPEC = load_spec_yaml((EXAMPLES / "train-mlp.yaml").read_text())
+SPEC = load_job_spec_yaml((EXAMPLES / "train-mlp.yaml").read_text())
+REQUEST, KIND, PAYLOAD = split(SPEC)
 
 
 def make_store(tmp_path: Path) -> SQLiteStore:
@@ -21,7 +22,7 @@ def make_store(tmp_path: Path) -> SQLiteStore:
 
 
 def pending(job_id: str, at: float = 1.0) -> Job:
-    return Job(job_id, SPEC, JobState.PENDING, submitted_at=at)
+    return Job(job_id, REQUEST, JobState.PENDING, submitted_at=at, kind=KIND, payload=PAYLOAD)
 
 
 def test_migrations_run_once_and_wal_is_on(tmp_path: Path) -> None:
@@ -41,7 +42,8 @@ def test_jobs_survive_reopening(tmp_path: Path) -> None:
     store.close()
     job = make_store(tmp_path).get_job("a")
     assert job is not None and job.state is JobState.ADMITTED and job.nodes == ("n1",)
-    assert job.spec == SPEC and job.admitted_at == 2.0
+    assert job.request == REQUEST and job.admitted_at == 2.0
+    assert job.kind == KIND and job.payload == PAYLOAD
 
 
 def test_transitions_are_enforced_and_recorded(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dcsched.core.spec import JobSpec, parse_spec
+from dcsched.kinds import parse_job_spec as parse_spec
 from dcsched.training.runner import main, run
 
 SPEC: dict[str, Any] = {
@@ -34,7 +34,7 @@ SPEC: dict[str, Any] = {
 RUNNER = [sys.executable, "-m", "dcsched.training.runner"]
 
 
-def _spec(epochs: int = 3, **changes: Any) -> JobSpec:
+def _spec(epochs: int = 3, **changes: Any) -> Any:
     document = json.loads(json.dumps(SPEC))
     document["train"]["epochs"] = epochs
     document.update(changes)
