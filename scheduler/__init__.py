@@ -9,3 +9,7 @@ Layers (see docs/architecture.md):
 """
 
 __version__ = "0.1.0"
+
+from dcsched.report import report  # noqa: E402 -- the one name user code needs
+
+__all__ = ["__version__", "report"]
