@@ -175,6 +175,9 @@ class ModelPlugin(ABC):
     """One line for ``dcsched plugins list``."""
     params_model: ClassVar[type[BaseModel]]
     """Schema of ``model.params``; must forbid extra fields."""
+    multi_worker: ClassVar[bool] = False
+    """Whether ``fit`` trains data-parallel on a gang (``resources.workers > 1``) through
+    ``dcsched.training.distributed``; a plugin that does not is refused more workers."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -41,6 +41,7 @@ from dcsched.plugins.api import (
     TargetArray,
     TrainedModel,
 )
+from dcsched.training import distributed
 
 if TYPE_CHECKING:
     import torch
@@ -75,6 +76,7 @@ class MLPPlugin(ModelPlugin):
     name = "mlp"
     description = "Multi-layer perceptron (PyTorch) for classification and regression."
     params_model = MLPParams
+    multi_worker = True
 
     def create(self, params: BaseModel, info: DatasetInfo, device: str) -> MLPModel:
         return MLPModel(MLPParams.model_validate(params.model_dump()), info, device)
@@ -166,6 +168,7 @@ class MLPModel(TrainedModel):
             x = torch.as_tensor(np.ascontiguousarray(x_train, dtype=np.float32), device=device)
             y = self._target_tensor(y_train, device)
             loss_fn = _loss_function(self._info)
+            net = distributed.wrap(self._net)  # DDP on a gang of workers, else the net
             scale = self._y_std**2 if self._info.task == "regression" else 1.0
 
             for epoch in range(start + 1, train.epochs + 1):
@@ -174,20 +177,20 @@ class MLPModel(TrainedModel):
                 order = torch.randperm(n, generator=generator).to(device)
                 total = torch.zeros((), device=device)
                 for first in range(0, n, train.batch_size):
-                    batch = order[first : first + train.batch_size]
+                    batch = distributed.shard(order[first : first + train.batch_size])
                     optimizer.zero_grad(set_to_none=True)
-                    loss = loss_fn(self._forward(x[batch]), y[batch])
+                    loss = loss_fn(self._forward(x[batch], net), y[batch])
                     loss.backward()  # type: ignore[no-untyped-call]  # torch stub is untyped
                     optimizer.step()
                     total += loss.detach() * len(batch)
-                mean_loss = float(total.item()) / n * scale
+                mean_loss = float(distributed.sum_all(total).item()) / n * scale
                 seconds = time.perf_counter() - began
                 if not math.isfinite(mean_loss):
                     raise FloatingPointError(
                         f"training diverged at epoch {epoch} (loss {mean_loss}); "
                         "try a smaller train.lr"
                     )
-                if checkpoint_path is not None:
+                if checkpoint_path is not None and distributed.is_main():
                     self._write_checkpoint(
                         checkpoint_path, stamp, epoch, optimizer, generator, on_cuda
                     )
@@ -256,8 +259,8 @@ class MLPModel(TrainedModel):
                 f"expected features of shape (n, {self._info.n_features}), got {x.shape}"
             )
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self._net(x)
+    def _forward(self, x: torch.Tensor, net: Any = None) -> torch.Tensor:
+        out: torch.Tensor = (net or self._net)(x)
         return out if self._info.task == "multiclass" else out[:, 0]
 
     def _target_tensor(self, y_train: TargetArray, device: torch.device) -> torch.Tensor:

@@ -10,6 +10,6 @@ Layers (see docs/architecture.md):
 
 __version__ = "0.1.0"
 
-from dcsched.report import report  # noqa: E402 -- the one name user code needs
+from dcsched.report import report
 
 __all__ = ["__version__", "report"]

@@ -37,16 +37,16 @@ def check_runnable(spec: AnyJobSpec, inputs: InputStore) -> list[str]:
 
 def _check_train(spec: TrainJobSpec) -> list[str]:
     problems: list[str] = []
-    if spec.resources.workers > 1:
-        problems.append(
-            "resources.workers: training runs on one worker for now (multi-worker "
-            "data-parallel training is not built yet); set workers: 1"
-        )
     try:
         plugin = load_plugin(spec.model.type)
     except (UnknownPluginError, PluginLoadError) as exc:
         problems.append(f"model.type: {exc}")
     else:
+        if spec.resources.workers > 1 and not plugin.multi_worker:
+            problems.append(
+                f"resources.workers: model type {plugin.name!r} trains on one worker; "
+                "set workers: 1"
+            )
         try:
             plugin.validate_params(spec.model.params)
         except ValueError as exc:

@@ -42,7 +42,11 @@ def main() -> None:
     use_cuda = torch.cuda.is_available()
     dist.init_process_group("nccl" if use_cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
+    # torchrun shows every GPU of the node (pick by LOCAL_RANK); dcsched shows each rank
+    # only its own (CUDA_VISIBLE_DEVICES), so the rank's GPU is then device 0.
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda and torch.cuda.device_count() <= local_rank:
+        local_rank = 0
     device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     print(f"rank {rank} of world size {world} on {device}", flush=True)

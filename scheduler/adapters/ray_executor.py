@@ -184,6 +184,8 @@ class RayExecutor:
             if job.workers > 1 or self.run_in_group(job):
                 return ["-m", "dcsched.runs.gang", str(run_dir), group]
             return ["-m", "dcsched.runs.launch", str(run_dir)]
+        if job.workers > 1:
+            return ["-m", "dcsched.runs.gang", str(run_dir), group]
         if self.run_in_group(job):
             return ["-m", "dcsched.training.group_runner", str(run_dir), group]
         return ["-m", "dcsched.training.runner", str(run_dir)]

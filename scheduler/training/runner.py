@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -31,6 +32,7 @@ from dcsched.kinds import TrainJobSpec, parse_job_spec
 from dcsched.plugins.api import CheckpointError, EpochReport, PluginParamsError
 from dcsched.plugins.registry import DuplicatePluginError, UnknownPluginError
 from dcsched.rundir import RunDir, write_text_atomically
+from dcsched.training import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +88,9 @@ def run(spec: TrainJobSpec, run_dir: Path) -> dict[str, Any]:
 
     files = RunDir(Path(run_dir))
     files.path.mkdir(parents=True, exist_ok=True)
-    files.clear_outcome()
+    main_rank = distributed.is_main()  # on a gang, rank 0 alone writes the run's files
+    if main_rank:
+        files.clear_outcome()
     checkpoint_dir = files.checkpoint
     # Without a checkpoint training starts over, and so does the progress log.
     resuming = checkpoint_dir.is_dir() and any(checkpoint_dir.iterdir())
@@ -109,14 +113,18 @@ def run(spec: TrainJobSpec, run_dir: Path) -> dict[str, Any]:
         data.n_test,
     )
 
-    if spec.resources.workers > 1:
-        logger.warning(
-            "the job asked for %s workers; this runner trains in one process",
-            spec.resources.workers,
-        )
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
     _preload_torch_compiler()
     device = choose_device(spec)
+    if distributed.world_size() > 1:
+        # Each rank sees only the GPUs of its own bundle (CUDA_VISIBLE_DEVICES): cuda:0.
+        distributed.init(device)
+        logger.info(
+            "rank %s of %s (data-parallel, global batch %s)",
+            distributed.rank(),
+            distributed.world_size(),
+            spec.train.batch_size,
+        )
     model = plugin.create(params, info, device)
     logger.info(
         "model %s %s on %s; %s epochs, batch %s, %s lr=%s",
@@ -130,11 +138,14 @@ def run(spec: TrainJobSpec, run_dir: Path) -> dict[str, Any]:
     )
 
     epochs_run = 0
-    with open(files.progress, "a" if resuming else "w") as progress:
+    progress_path = files.progress if main_rank else Path(os.devnull)
+    with open(progress_path, "a" if resuming else "w") as progress:
 
         def on_epoch(report: EpochReport) -> None:
             nonlocal epochs_run
             epochs_run += 1
+            if not main_rank:
+                return
             line = {
                 "epoch": report.epoch,
                 "loss": report.loss,
@@ -162,6 +173,9 @@ def run(spec: TrainJobSpec, run_dir: Path) -> dict[str, Any]:
             checkpoint_dir,
         )
         train_seconds = time.perf_counter() - began
+    distributed.finish()
+    if not main_rank:
+        return {"rank": distributed.rank(), "train_seconds": train_seconds}
 
     metrics = evaluate(info, data.y_test, model.predict(data.x_test))
     logger.info(
@@ -189,6 +203,7 @@ def run(spec: TrainJobSpec, run_dir: Path) -> dict[str, Any]:
         "epochs_run": epochs_run,
         "train_seconds": train_seconds,
         "device": device,
+        "workers": distributed.world_size(),
     }
     files.write_result(result)
     logger.info("done in %.2fs of training; model saved in %s", train_seconds, model_dir)

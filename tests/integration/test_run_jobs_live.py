@@ -363,3 +363,34 @@ def test_single_worker_run_reports_progress_and_its_failure(server: Server, tmp_
     job = server.wait_for_job(submit(server, bad), ended, timeout=120)
     assert job["state"] == "FAILED"
     assert "rank 0 exited with code 7" in job["reason"] and "about to fail" in job["reason"]
+
+
+def test_a_two_worker_train_job_trains_data_parallel_and_resumes_after_preemption(
+    server: Server, tmp_path: Path
+) -> None:
+    text = (EXAMPLES / "train-mlp.yaml").read_text().replace("memory: 1GiB", "memory: 64MiB")
+    spec = tmp_path / "ddp-train.yaml"
+    spec.write_text(
+        text.replace("workers: 1", "workers: 2")
+        .replace("priority: normal", "priority: low")
+        .replace("epochs: 30", "epochs: 60")
+    )
+    job_id = submit(server, spec)
+    server.wait_for_job(
+        job_id, lambda j: (j.get("progress") or {}).get("epoch", 0) >= 3, timeout=240
+    )
+    blocker = write_job(
+        tmp_path / "blocker",
+        "blocker",
+        "print('all four CPUs')\n",
+        priority="high",
+        resources={"workers": 4, "cpus": 1, "memory": "64MiB"},
+    )
+    assert server.wait_for_job(submit(server, blocker), ended, timeout=180)["state"] == "SUCCEEDED"
+    job = server.wait_for_job(job_id, ended, timeout=300)
+    assert job["state"] == "SUCCEEDED", job
+    assert job["attempt"] == 2
+    result = job["result"]
+    assert result["workers"] == 2 and result["metrics"]["f1"] >= 0.93
+    assert result["epochs_run"] < 60  # the second run resumed from the checkpoint
+    assert result["model"]["version"] >= 1

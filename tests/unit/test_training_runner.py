@@ -7,6 +7,7 @@ run goes in-process meanwhile (two cores), and both must end with identical metr
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -209,3 +210,51 @@ def test_a_missing_spec_fails_and_bad_arguments_are_usage_errors(
     assert "spec.json does not exist" in (tmp_path / "error.txt").read_text()
     assert main([]) == 2
     assert "usage:" in capsys.readouterr().err
+
+
+def test_two_data_parallel_workers_match_one_worker_at_the_same_global_batch(
+    tmp_path: Path,
+) -> None:
+    """The gang launcher's environment (as torchrun's) makes the runner train with DDP:
+    each rank takes its share of every global batch, rank 0 alone writes the run's files,
+    and the model ends within a stated tolerance of the single-worker one."""
+    import socket
+
+    document = _spec(epochs=8).model_dump(mode="json")
+    single_dir, gang_dir = tmp_path / "single", tmp_path / "gang"
+    _write_spec(single_dir, document)
+    _write_spec(gang_dir, document)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    ranks = [
+        subprocess.Popen(
+            [*RUNNER, str(gang_dir)],
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    single = subprocess.run([*RUNNER, str(single_dir)], capture_output=True, text=True, timeout=180)
+    outputs = [rank.communicate(timeout=180)[0] for rank in ranks]
+    assert single.returncode == 0, single.stderr
+    assert [rank.returncode for rank in ranks] == [0, 0], outputs
+    assert "rank 1 of 2" in outputs[1]
+    one = json.loads((single_dir / "result.json").read_text())
+    two = json.loads((gang_dir / "result.json").read_text())
+    assert two["workers"] == 2 and one["workers"] == 1
+    # Tolerance: same global batch and order, gradients averaged over two halves.
+    print("f1 one worker", one["metrics"]["f1"], "two workers", two["metrics"]["f1"])
+    assert abs(two["metrics"]["f1"] - one["metrics"]["f1"]) <= 0.03, (one, two)
+    assert two["metrics"]["f1"] >= 0.93
+    progress = (gang_dir / "progress.jsonl").read_text().splitlines()
+    assert len(progress) == 8  # rank 0 alone reports
+    losses = [json.loads(line)["loss"] for line in progress]
+    single_losses = [
+        json.loads(line)["loss"]
+        for line in (single_dir / "progress.jsonl").read_text().splitlines()
+    ]
+    assert losses[-1] == pytest.approx(single_losses[-1], rel=0.15)
