@@ -212,6 +212,8 @@ def upload_inputs(spec: dict[str, Any], base: Path, client: Client) -> dict[str,
         if path.is_dir():
             data = _zip_folder(path, field, limit)
         elif path.is_file():
+            if field == "data.source":
+                _check_csv_target(path, spec.get("data", {}).get("target"))
             size = path.stat().st_size
             if limit and size > limit:
                 raise BadInput(
@@ -225,6 +227,24 @@ def upload_inputs(spec: dict[str, Any], base: Path, client: Client) -> dict[str,
         return str(client.upload(data)["ref"])
 
     return {**spec, **replace_inputs(kind, spec, upload)}
+
+
+def _check_csv_target(path: Path, target: object) -> None:
+    """Name the columns of the user's own CSV file when the target is not among them (the
+    server checks again, but never quotes a file)."""
+    import csv
+
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            header = next(csv.reader([handle.readline(1024 * 1024)]), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return  # the server says what is wrong with the file
+    columns = [cell.strip() for cell in header]
+    if isinstance(target, str) and columns and target not in columns:
+        raise BadInput(
+            f"data.target: column {target!r} is not in {path}; its columns are: "
+            + ", ".join(columns)
+        )
 
 
 SKIPPED_IN_WORKING_DIR = {".git", "__pycache__", ".venv", "venv", "node_modules", ".mypy_cache"}

@@ -1,0 +1,1 @@
+"""Running a ``kind: run`` job's command on each worker of its gang (see ``gang``)."""
