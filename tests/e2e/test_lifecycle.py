@@ -71,12 +71,15 @@ def test_cancel_running_and_pending_jobs_frees_resources(server: Server, tmp_pat
 
 def test_run_that_fails_is_failed_with_its_reason(server: Server, tmp_path: Path) -> None:
     data = tmp_path / "data.csv"
-    data.write_bytes((EXAMPLES / "data.csv").read_bytes())
+    # The header passes the check at submit; the rows fail when the job reads them.
+    rows = "".join(f"{i},{'red' if i % 2 else 'blue'},{i % 2}\n" for i in range(20))
+    data.write_text("size,colour,target\n" + rows)
     spec = tmp_path / "csv.yaml"
     spec.write_text((EXAMPLES / "train-csv.yaml").read_text())
     job_id = server.cli("submit", str(spec)).stdout.strip()
-    data.write_text("broken\n")  # the data vanishes between submit and run
+    data.write_text("broken\n")  # the upload was taken at submit: later edits change nothing
     done = server.cli("wait", job_id, "--timeout", "120")
     assert done.returncode == 1
     job = server.cli_json("status", job_id)
-    assert job["state"] == "FAILED" and job["reason"]
+    assert job["state"] == "FAILED"
+    assert "not numeric: colour" in job["reason"]

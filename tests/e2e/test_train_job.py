@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import urllib.request
@@ -99,7 +100,8 @@ def test_csv_job_with_relative_path(server: Server, tmp_path) -> None:  # type: 
     assert done.returncode == 0, done.stderr
     job = server.cli_json("status", done.stdout.strip())
     assert job["state"] == "SUCCEEDED"
-    assert job["spec"]["data"]["source"] == f"csv:{tmp_path / 'data.csv'}"
+    digest = hashlib.sha256((tmp_path / "data.csv").read_bytes()).hexdigest()
+    assert job["spec"]["data"]["source"] == f"csv:upload:sha256:{digest}"  # sent with the job
     assert job["result"]["metrics"]["accuracy"] > 0.8
 
 
