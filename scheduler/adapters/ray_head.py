@@ -50,8 +50,17 @@ class RayHead:
 
 
 def ray_env(token_path: Path | str) -> dict[str, str]:
-    """Environment that makes Ray clients use our head's token."""
-    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
+    """Environment that makes Ray clients use our head's token and reach it on loopback.
+
+    Ray turns a loopback address (``--node-ip-address``, or the GCS address a client is
+    given) into this host's outward address unless it believes it runs as a single
+    machine (its macOS/Windows mode); in that mode every part of the head that binds the
+    node's address binds 127.0.0.1, and clients look for it there."""
+    return {
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token_path),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    }
 
 
 TOKEN_LENGTH = 64
@@ -146,10 +155,7 @@ def start(
         cmd.append(f"--num-gpus={num_gpus:g}")
     paths.ray.mkdir(parents=True, exist_ok=True)
     log = (paths.ray / "head.log").open("ab")
-    # Ray turns a loopback --node-ip-address into this host's outward address unless it
-    # believes it runs as a single machine (its macOS/Windows mode); then every part of
-    # the head that binds the node's address binds 127.0.0.1.
-    env = {**os.environ, **ray_env(token), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env = {**os.environ, **ray_env(token)}  # loopback: see ray_env
     process = subprocess.Popen(
         cmd,
         stdout=log,
