@@ -227,6 +227,9 @@ def create_app(
         except ApiError as exc:
             audit(request, principal.name, action, target, f"refused {exc.status}: {exc.message}")
             raise
+        except RequestValidationError:
+            audit(request, principal.name, action, target, "refused 400: malformed request")
+            raise
         except Exception as exc:
             audit(request, principal.name, action, target, f"error: {type(exc).__name__}")
             raise

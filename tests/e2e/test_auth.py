@@ -181,3 +181,15 @@ def test_unlisted_teams_are_refused_once_teams_are_listed(server: Server, tmp_pa
     assert isinstance(entries, list)
     assert [e["action"] for e in entries[:3]] == ["config.apply", "submit", "config.apply"]
     assert entries[1]["outcome"].startswith("refused 400")
+
+
+def test_a_malformed_submission_is_audited_as_refused(server: Server) -> None:
+    status, _ = server.api("POST", "/v1/jobs", {"not_spec": 1})
+    assert status == 400
+    entries = server.cli_json("audit", "--limit", "1")
+    assert isinstance(entries, list)
+    assert (entries[0]["principal"], entries[0]["action"], entries[0]["outcome"]) == (
+        "admin",
+        "submit",
+        "refused 400: malformed request",
+    )
