@@ -2,7 +2,8 @@
 
 A *principal* is a named token holder with a role:
 
-- ``member`` of a team: submits jobs for its team, cancels its team's jobs, reads the
+- ``member`` of a team: uploads inputs and submits jobs for its team, cancels its team's
+  jobs, reads the
   cluster (jobs of every team, their status, teams, usage, nodes, models, plugins,
   config, ``/metrics``) but the logs of its own team's jobs only;
 - ``viewer``: reads everything (the audit log included), changes nothing;
@@ -98,6 +99,8 @@ def action_of(method: str, path: str) -> str | None:
     match = _JOB_ACTION.match(path)
     if method == "POST" and match and match.group(2) == "cancel":
         return "cancel"
+    if method == "POST" and path == "/v1/uploads":
+        return "upload"
     if method == "PUT" and path == "/v1/config":
         return "config.apply"
     if method == "POST" and path == "/v1/tokens":
@@ -149,6 +152,8 @@ def authorize(principal: Principal, call: Call) -> None:
                 f"team only, not for {call.spec_team!r}; set `team: {principal.team}` in the spec"
             )
         return
+    if action == "upload":
+        return  # an input for a job of its own; the submit that names it is checked
     if action == "cancel":
         if call.job_team is not None and call.job_team != principal.team:
             raise Denied(

@@ -159,6 +159,9 @@ def allowed(who: Principal, call: Call) -> bool:
         (ALICE, Call("GET", "/v1/jobs/j1/logs", job_team="research"), True),
         (ALICE, Call("GET", "/v1/jobs/j1/logs", job_team="vision"), False),
         (ALICE, Call("GET", "/metrics"), True),
+        (ALICE, Call("POST", "/v1/uploads"), True),
+        (VIEWER, Call("POST", "/v1/uploads"), False),
+        (PROM, Call("POST", "/v1/uploads"), False),
         (ALICE, Call("PUT", "/v1/config"), False),
         (ALICE, Call("GET", "/v1/audit"), False),
         (ALICE, Call("GET", "/v1/tokens"), False),
@@ -191,6 +194,7 @@ def test_actions_of_state_changing_calls() -> None:
     assert action_of("POST", "/v1/jobs") == "submit"
     assert action_of("POST", "/v1/jobs/a/cancel") == "cancel"
     assert action_of("PUT", "/v1/config") == "config.apply"
+    assert action_of("POST", "/v1/uploads") == "upload"
     assert action_of("POST", "/v1/tokens") == "token.create"
     assert action_of("DELETE", "/v1/tokens/x") == "token.revoke"
     assert action_of("GET", "/v1/jobs") is None
