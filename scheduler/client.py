@@ -5,7 +5,9 @@ free of ray, torch, pydantic, httpx and yaml, so nothing heavy is imported here.
 
 Finding the server: ``DCSCHED_URL`` if set, else the ``url`` field of
 ``$DCSCHED_HOME/server.json`` (written by ``dcsched server`` / ``dcsched up``).
-The bearer token: ``DCSCHED_TOKEN`` if set, else the file ``$DCSCHED_HOME/token``.
+The bearer token: ``DCSCHED_TOKEN`` if set (a token from ``dcsched tokens create``), else
+the file ``$DCSCHED_HOME/token`` (the admin's bootstrap token, readable on the server's
+account only).
 
 Errors, in words the CLI can print as they are:
 - ``ServerUnreachable``: no server is known, or it does not answer (names the URL and how
@@ -135,6 +137,22 @@ class Client:
 
     def info(self) -> dict[str, Any]:
         return _mapping(self.request("GET", "/v1/info"))
+
+    # -- tokens and audit (admin; the audit log also for viewers) --------------------------
+
+    def create_token(self, name: str, role: str, team: str | None) -> dict[str, Any]:
+        body = {"name": name, "role": role, "team": team}
+        return _mapping(self.request("POST", "/v1/tokens", body=body))
+
+    def tokens(self, include_revoked: bool = False) -> list[dict[str, Any]]:
+        query = {"include_revoked": "true" if include_revoked else None}
+        return _items(self.request("GET", "/v1/tokens", query=query), "tokens")
+
+    def revoke_token(self, name: str) -> dict[str, Any]:
+        return _mapping(self.request("DELETE", f"/v1/tokens/{_seg(name)}"))
+
+    def audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        return _items(self.request("GET", "/v1/audit", query={"limit": limit}), "entries")
 
     # -- transport -------------------------------------------------------------------------
 

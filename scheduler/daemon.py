@@ -80,21 +80,40 @@ class ServerOptions:
         return env
 
 
+API_TOKEN_LENGTH = 43
+"""Characters of a bootstrap token (``secrets.token_urlsafe(32)``: 256 bits)."""
+
+
+def private_umask() -> None:
+    """Files the server creates (database, logs, runs, models, tokens) are private to its
+    account whatever the umask it was started with; its children (the local Ray head and
+    the jobs it runs) inherit this."""
+    os.umask(0o077)
+
+
 def ensure_home(paths: Paths) -> None:
+    """Create the home (mode 0700); an existing one that others may enter is made private."""
     paths.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mode = paths.home.stat().st_mode & 0o777
+    if mode & 0o077:
+        logger.warning("%s was mode %o; making it private (0700)", paths.home, mode)
+        os.chmod(paths.home, 0o700)
 
 
 def ensure_api_token(paths: Paths) -> str:
-    """Create the API token on first start (mode 0600) and return it."""
+    """Create the bootstrap API token on first start (atomically, mode 0600) and return it;
+    refuse a token file that is empty or shorter than a full token."""
+    from dcsched.secretfile import SecretFileError, ensure_secret
+
     ensure_home(paths)
+    fix = (
+        f"delete {paths.token} and start the server again to create a new one (it is the admin "
+        "token; give people tokens of their own with `dcsched tokens create`)"
+    )
     try:
-        fd = os.open(paths.token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return paths.token.read_text().strip()
-    token = secrets.token_urlsafe(32)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(token + "\n")
-    return token
+        return ensure_secret(paths.token, secrets.token_urlsafe(32), API_TOKEN_LENGTH, fix)
+    except SecretFileError as exc:
+        raise ServerError(str(exc)) from None
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -130,6 +149,7 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     host, port, ray_address = options.host, options.port, options.ray_address
+    private_umask()
     _check_port_free(host, port)
     config_text = _read_config(options.config_path or (paths.home / "dcsched.yaml"))
     token = ensure_api_token(paths)
@@ -146,6 +166,10 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
                 "the Ray head was already running; --grafana-url/--prometheus-url apply when "
                 "dcsched starts it (`dcsched down` then `dcsched up` with them)"
             )
+        try:
+            ray_head.check_token(Path(head.token_path))
+        except RuntimeError as exc:
+            raise ServerError(str(exc)) from None
         os.environ.update(ray_head.ray_env(head.token_path))
         gcs_address, dashboard_url = head.gcs_address, head.dashboard_url
     else:
@@ -218,6 +242,7 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
         describe_plugins,
         fleet.usage if fleet else dict,
         inputs=inputs,
+        access=store,
     )
     stop = threading.Event()
     loop = threading.Thread(target=service.run_forever, args=(stop,), name="scheduler", daemon=True)
@@ -295,6 +320,7 @@ def start_background(
     paths: Paths, options: ServerOptions, timeout: float = 180.0
 ) -> dict[str, Any]:
     """Start the server detached (its own session), wait until it answers, return server.json."""
+    private_umask()  # server.log and server.pid are created here
     ensure_home(paths)
     pid = _read_pid(paths.server_pid)
     if pid is not None and pid_alive(pid) and paths.server_json.exists():

@@ -155,3 +155,54 @@ class Executor(Protocol):
 
 class ClusterView(Protocol):
     def snapshot(self) -> ClusterSnapshot: ...
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """A principal's token as stored: never the token itself, only its hash."""
+
+    name: str
+    role: str
+    team: str | None
+    created_at: float
+    revoked_at: float | None = None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    at: float
+    principal: str
+    action: str
+    object: str
+    remote: str
+    outcome: str
+
+
+class PrincipalExists(Exception):
+    """An active token of that name already exists."""
+
+
+class AccessStore(Protocol):
+    """Principals (their hashed tokens) and the audit log of state-changing calls."""
+
+    def add_principal(
+        self, name: str, role: str, team: str | None, token_hash: str, at: float
+    ) -> TokenRecord:
+        """Raise PrincipalExists if an active token has that name."""
+        ...
+
+    def principal_by_hash(self, token_hash: str) -> TokenRecord | None:
+        """The active (not revoked) principal holding that token, if any."""
+        ...
+
+    def principals(self, include_revoked: bool = False) -> list[TokenRecord]: ...
+
+    def revoke_principal(self, name: str, at: float) -> TokenRecord | None:
+        """Revoke the active token of that name; None if there is none."""
+        ...
+
+    def add_audit(self, entry: AuditEntry) -> None: ...
+
+    def audit(self, limit: int = 100) -> list[AuditEntry]:
+        """The newest entries first."""
+        ...

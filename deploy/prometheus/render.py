@@ -201,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--token-file",
-        help="the API token as Prometheus reads it (default: $DCSCHED_HOME/token; a copy "
-        "readable by the prometheus user where that one is not)",
+        help="a metrics-only API token as Prometheus reads it (`dcsched tokens create "
+        "prometheus --role metrics`); default $DCSCHED_HOME/token, the admin token, for a "
+        "quick local try only",
     )
     parser.add_argument("--exporters-file", help="file_sd file of the node exporters")
     parser.add_argument(

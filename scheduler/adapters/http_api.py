@@ -1,7 +1,10 @@
 """The REST API of the dcsched server (FastAPI), bound to loopback by default.
 
-Every route, ``/metrics`` and ``/openapi.json`` included, requires the bearer token from
-``$DCSCHED_HOME/token``; a missing or wrong token gets 401 and changes nothing. Errors
+Every route, ``/metrics`` and ``/openapi.json`` included, requires a bearer token: the
+bootstrap token from ``$DCSCHED_HOME/token`` (principal ``admin``) or one issued with
+``dcsched tokens create``. A missing, wrong or revoked token gets 401, a role that may not
+make the call 403 (``dcsched.core.auth``), and neither changes anything. Every
+state-changing call is written to the audit log with its principal and outcome. Errors
 are JSON ``{"error": str, "problems": [str, ...]}`` with 400 for bad input, 404 for an
 unknown job or model, 409 for a job that already ended. The routes are thin: the
 service decides, the store remembers.
@@ -11,7 +14,8 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,12 +27,25 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, Field
 
 from dcsched import __version__
+from dcsched.core.auth import (
+    BOOTSTRAP_PRINCIPAL,
+    Call,
+    Denied,
+    Principal,
+    Role,
+    action_of,
+    authorize,
+    check_new_principal,
+    job_of,
+    new_token,
+    token_hash,
+)
 from dcsched.core.job import Job
 from dcsched.core.lifecycle import JobState
 from dcsched.core.spec import SpecError
 from dcsched.inputs import InputError, InputStore, UploadTooLarge
 from dcsched.kinds import document_of, job_spec_schema
-from dcsched.ports import ModelVersion
+from dcsched.ports import AccessStore, AuditEntry, ModelVersion, PrincipalExists, TokenRecord
 from dcsched.rundir import read_range
 from dcsched.service import JobAlreadyEnded, JobNotFound, SchedulerService
 
@@ -45,6 +62,12 @@ class SubmitRequest(BaseModel):
 
 class ConfigRequest(BaseModel):
     text: str = Field(description="The cluster configuration, as dcsched.yaml text.")
+
+
+class TokenRequest(BaseModel):
+    name: str = Field(description="Who holds the token (lower-case letters, digits, . _ -).")
+    role: str = Field("member", description="member | viewer | admin | metrics")
+    team: str | None = Field(None, description="The member's team.")
 
 
 class ApiError(Exception):
@@ -116,19 +139,101 @@ def create_app(
     plugins: Any,
     node_usage: Callable[[], dict[str, dict[str, Any]]] = dict,
     inputs: InputStore | None = None,
+    access: AccessStore | None = None,
 ) -> FastAPI:
     """Build the app. ``plugins`` is a callable returning the plugin descriptions;
     ``node_usage`` returns each node's latest measured usage (node id -> the node
-    exporter's NodeUsage dict)."""
+    exporter's NodeUsage dict). ``access`` holds the issued tokens and the audit log;
+    without it only the bootstrap ``token`` is accepted and nothing is audited."""
+    bootstrap = token.encode()
 
-    def require_token(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+    def principal_of(header: str) -> Principal | None:
+        # Starlette decodes headers as latin-1: encoding back gives the bytes sent, so a
+        # non-ASCII header is compared (and refused), never an error.
+        scheme, _, given = header.encode("latin-1").partition(b" ")
+        given = given.strip()
+        if scheme.lower() != b"bearer" or not given:
+            return None
+        if hmac.compare_digest(given, bootstrap):
+            return Principal(BOOTSTRAP_PRINCIPAL, Role.ADMIN)
+        record = access.principal_by_hash(token_hash(given)) if access is not None else None
+        if record is None:
+            return None
+        return Principal(record.name, Role(record.role), record.team)
+
+    async def call_of(request: Request, action: str | None, known: bool) -> tuple[Call, str]:
+        """The call as authorization sees it, and the object the audit names (the body is
+        read only for a ``known`` principal)."""
+        method, path = request.method.upper(), request.url.path
+        job_id = job_of(path)
+        job_team = None
+        if job_id is not None and known:
+            job = store.get_job(job_id)
+            job_team = job.team if job is not None else None
+        spec_team, target = None, job_id or ""
+        if action in {"submit", "token.create"} and known:
+            try:
+                body = orjson.loads(await request.body())
+            except ValueError:
+                body = None
+            if isinstance(body, dict) and action == "token.create":
+                target = str(body.get("name", ""))[:100]
+            spec = body.get("spec") if isinstance(body, dict) else None
+            if isinstance(spec, dict):
+                team = spec.get("team")
+                spec_team = team if isinstance(team, str) else None
+                target = f"{str(spec_team)[:64]}/{str(spec.get('name', ''))[:64]}"
+        elif action == "config.apply":
+            target = "config"
+        elif action == "token.revoke":
+            target = path.rsplit("/", 1)[-1]
+        elif action is not None and not target:
+            target = path
+        return Call(method, path, job_team=job_team, spec_team=spec_team), target
+
+    def audit(request: Request, who: str, action: str, target: str, outcome: str) -> None:
+        if access is None:
+            return
+        remote = request.client.host if request.client else ""
+        entry = AuditEntry(time.time(), who, action, target, remote, outcome[:500])
+        try:
+            access.add_audit(entry)
+        except Exception:  # the call's outcome stands; the failure is logged
+            logger.exception("could not write the audit entry for %s %s", action, target)
+
+    async def authenticate(request: Request) -> AsyncIterator[Principal]:
+        action = action_of(request.method.upper(), request.url.path)
+        principal = principal_of(request.headers.get("authorization", ""))
+        call, target = await call_of(request, action, known=principal is not None)
+        if principal is None:
+            if action is not None:
+                audit(request, "-", action, target, "denied 401: no valid token")
             raise ApiError(
                 401,
-                "missing or wrong bearer token; use the token in $DCSCHED_HOME/token",
+                "missing, wrong or revoked bearer token; use the token in $DCSCHED_HOME/token "
+                "or one from `dcsched tokens create` (DCSCHED_TOKEN)",
             )
+        try:
+            authorize(principal, call)
+        except Denied as exc:
+            if action is not None:
+                audit(request, principal.name, action, target, f"denied 403: {exc}")
+            raise ApiError(403, str(exc)) from None
+        if action is None:
+            yield principal
+            return
+        try:
+            yield principal
+        except ApiError as exc:
+            audit(request, principal.name, action, target, f"refused {exc.status}: {exc.message}")
+            raise
+        except RequestValidationError:
+            audit(request, principal.name, action, target, "refused 400: malformed request")
+            raise
+        except Exception as exc:
+            audit(request, principal.name, action, target, f"error: {type(exc).__name__}")
+            raise
+        audit(request, principal.name, action, target, "ok")
 
     app = FastAPI(
         title="dcsched",
@@ -136,7 +241,8 @@ def create_app(
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
-        dependencies=[Depends(require_token)],
+        # scope="function": the audit entry is written before the response is sent.
+        dependencies=[Depends(authenticate, scope="function")],
     )
     store = service.store
 
@@ -382,5 +488,88 @@ def create_app(
     @app.get("/metrics")
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    # -- principals and audit (admin; the audit log also for viewers) ----------------------
+
+    def access_or_501() -> AccessStore:
+        if access is None:
+            raise ApiError(501, "this server keeps no tokens or audit log")
+        return access
+
+    def token_view(record: TokenRecord) -> dict[str, Any]:
+        return {
+            "name": record.name,
+            "role": record.role,
+            "team": record.team,
+            "created_at": iso(record.created_at),
+            "revoked_at": iso(record.revoked_at),
+        }
+
+    @app.post("/v1/tokens", status_code=201)
+    def create_token(request: TokenRequest) -> dict[str, Any]:
+        tokens = access_or_501()
+        team = request.team or None
+        problems = check_new_principal(request.name, request.role, team)
+        if problems:
+            raise ApiError(400, "invalid token request", problems)
+        token_value = new_token()
+        try:
+            record = tokens.add_principal(
+                request.name, request.role, team, token_hash(token_value.encode()), time.time()
+            )
+        except PrincipalExists:
+            raise ApiError(
+                409,
+                f"a token named {request.name!r} exists; revoke it first "
+                f"(`dcsched tokens revoke {request.name}`) or choose another name",
+            ) from None
+        logger.info("issued a %s token to %s", request.role, request.name)
+        return {**token_view(record), "token": token_value}
+
+    @app.get("/v1/tokens")
+    def list_tokens(include_revoked: bool = False) -> dict[str, Any]:
+        tokens = access_or_501().principals(include_revoked)
+        bootstrap_view = {
+            "name": BOOTSTRAP_PRINCIPAL,
+            "role": Role.ADMIN.value,
+            "team": None,
+            "created_at": None,
+            "revoked_at": None,
+            "bootstrap": True,
+        }
+        return {"tokens": [bootstrap_view, *(token_view(t) for t in tokens)]}
+
+    @app.delete("/v1/tokens/{name}")
+    def revoke_token(name: str) -> dict[str, Any]:
+        if name == BOOTSTRAP_PRINCIPAL:
+            raise ApiError(
+                400,
+                "the bootstrap token is not revoked through the API; to rotate it, delete "
+                "$DCSCHED_HOME/token and restart the server",
+            )
+        record = access_or_501().revoke_principal(name, time.time())
+        if record is None:
+            raise ApiError(404, f"no active token named {name!r}; `dcsched tokens list` shows them")
+        logger.info("revoked the token of %s", name)
+        return token_view(record)
+
+    @app.get("/v1/audit")
+    def get_audit(limit: int = 100) -> dict[str, Any]:
+        if not 1 <= limit <= 100_000:
+            raise ApiError(400, "limit must be between 1 and 100000")
+        entries = access_or_501().audit(limit)
+        return {
+            "entries": [
+                {
+                    "at": iso(e.at),
+                    "principal": e.principal,
+                    "action": e.action,
+                    "object": e.object,
+                    "remote": e.remote,
+                    "outcome": e.outcome,
+                }
+                for e in entries
+            ]
+        }
 
     return app

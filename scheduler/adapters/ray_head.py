@@ -6,8 +6,10 @@ restarted server finds the head again through ``$DCSCHED_HOME/ray/head.json``.
 Stopping it sends SIGTERM to that process, which drains and ends every Ray process
 it started; nothing is ever killed by name and ``ray stop`` is never used.
 
-Token authentication is on, with a token of our own (``ray/auth_token``, mode 0600)
-so that ~/.ray is left alone. Ports are explicit and recorded in head.json.
+Token authentication is on, with a token of our own (``ray/auth_token``, mode 0600,
+created atomically; an empty or short one is refused) so that ~/.ray is left alone. The
+head binds loopback (``--node-ip-address 127.0.0.1``, dashboard on 127.0.0.1). Ports are
+explicit and recorded in head.json.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 
 from dcsched.paths import Paths
 from dcsched.processes import free_port, pid_alive
+from dcsched.secretfile import SecretFileError, create_secret, read_secret
 
 logger = logging.getLogger(__name__)
 
@@ -47,17 +50,41 @@ class RayHead:
 
 
 def ray_env(token_path: Path | str) -> dict[str, str]:
-    """Environment that makes Ray clients use our head's token."""
-    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
+    """Environment that makes Ray clients use our head's token and reach it on loopback.
+
+    Ray turns a loopback address (``--node-ip-address``, or the GCS address a client is
+    given) into this host's outward address unless it believes it runs as a single
+    machine (its macOS/Windows mode); in that mode every part of the head that binds the
+    node's address binds 127.0.0.1, and clients look for it there."""
+    return {
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token_path),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    }
+
+
+TOKEN_LENGTH = 64
+"""Characters of the Ray token we create (``secrets.token_hex(32)``)."""
+
+
+def check_token(token: Path) -> None:
+    """Refuse a Ray token file that is empty or shorter than a full token (RuntimeError)."""
+    fix = (
+        "stop the Ray head (`dcsched down`), delete the file and run `dcsched up` again "
+        "to create a new one"
+    )
+    try:
+        read_secret(token, TOKEN_LENGTH, fix)
+    except SecretFileError as exc:
+        raise RuntimeError(f"the Ray token: {exc}") from None
 
 
 def ensure_token(paths: Paths) -> Path:
+    """Create the Ray token (atomically, mode 0600) if missing, and check it."""
     token = paths.ray / "auth_token"
-    if not token.exists():
-        paths.ray.mkdir(parents=True, exist_ok=True)
-        fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_hex(32))
+    paths.ray.mkdir(parents=True, exist_ok=True, mode=0o700)
+    create_secret(token, secrets.token_hex(32))
+    check_token(token)
     return token
 
 
@@ -106,6 +133,9 @@ def start(
         "--block",
         "--disable-usage-stats",
         f"--port={gcs_port}",
+        # Loopback only: the head, its dashboard and agents are reachable from this
+        # machine alone (a multi-node cluster is joined with --ray-address instead).
+        "--node-ip-address=127.0.0.1",
         "--include-dashboard=true",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard_port}",
@@ -125,7 +155,7 @@ def start(
         cmd.append(f"--num-gpus={num_gpus:g}")
     paths.ray.mkdir(parents=True, exist_ok=True)
     log = (paths.ray / "head.log").open("ab")
-    env = {**os.environ, **ray_env(token)}
+    env = {**os.environ, **ray_env(token)}  # loopback: see ray_env
     process = subprocess.Popen(
         cmd,
         stdout=log,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
 import threading
@@ -25,7 +26,13 @@ from typing import Any
 from dcsched.core.job import Job, JobEvent
 from dcsched.core.lifecycle import JobState, check_transition
 from dcsched.core.spec import REQUEST_FIELDS, SchedulingRequest, request_of
-from dcsched.ports import AllocationInterval, ModelVersion
+from dcsched.ports import (
+    AllocationInterval,
+    AuditEntry,
+    ModelVersion,
+    PrincipalExists,
+    TokenRecord,
+)
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: jobs, events, models
@@ -88,6 +95,29 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_state_team_kind ON jobs(state, team, kind);
     CREATE INDEX jobs_finished ON jobs(finished_at);
     """,
+    # 5: principals (tokens stored as sha256; a revoked token keeps its row) and the
+    # audit log of every state-changing call
+    """
+    CREATE TABLE principals (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        team TEXT,
+        token_sha256 TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        revoked_at REAL
+    );
+    CREATE UNIQUE INDEX principals_active_name ON principals(name) WHERE revoked_at IS NULL;
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        principal TEXT NOT NULL,
+        action TEXT NOT NULL,
+        object TEXT NOT NULL,
+        remote TEXT NOT NULL,
+        outcome TEXT NOT NULL
+    );
+    """,
 )
 
 _JOB_COLUMNS = (
@@ -101,6 +131,8 @@ class SQLiteStore:
         self.path = Path(path)
         self.models_dir = Path(models_dir)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():  # private whatever the umask; -wal and -shm follow its mode
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         self._local = threading.local()
         self._migrate()
 
@@ -342,6 +374,82 @@ class SQLiteStore:
             .fetchone()
         )
         return (str(row[0]), float(row[1])) if row else None
+
+    # -- principals and audit ------------------------------------------------------------
+
+    _PRINCIPAL_COLUMNS = "name, role, team, created_at, revoked_at"
+
+    def add_principal(
+        self, name: str, role: str, team: str | None, token_hash: str, at: float
+    ) -> TokenRecord:
+        with self._write() as conn:
+            active = conn.execute(
+                "SELECT 1 FROM principals WHERE name = ? AND revoked_at IS NULL", (name,)
+            ).fetchone()
+            if active is not None:
+                raise PrincipalExists(name)
+            conn.execute(
+                "INSERT INTO principals (name, role, team, token_sha256, created_at)"
+                " VALUES (?,?,?,?,?)",
+                (name, role, team, token_hash, at),
+            )
+        return TokenRecord(name, role, team, at)
+
+    def principal_by_hash(self, token_hash: str) -> TokenRecord | None:
+        row = (
+            self._conn()
+            .execute(
+                f"SELECT {self._PRINCIPAL_COLUMNS} FROM principals"
+                " WHERE token_sha256 = ? AND revoked_at IS NULL",
+                (token_hash,),
+            )
+            .fetchone()
+        )
+        return TokenRecord(*row) if row else None
+
+    def principals(self, include_revoked: bool = False) -> list[TokenRecord]:
+        sql = f"SELECT {self._PRINCIPAL_COLUMNS} FROM principals"
+        if not include_revoked:
+            sql += " WHERE revoked_at IS NULL"
+        return [TokenRecord(*row) for row in self._conn().execute(sql + " ORDER BY name, id")]
+
+    def revoke_principal(self, name: str, at: float) -> TokenRecord | None:
+        with self._write() as conn:
+            row = conn.execute(
+                f"SELECT {self._PRINCIPAL_COLUMNS} FROM principals"
+                " WHERE name = ? AND revoked_at IS NULL",
+                (name,),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE principals SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                (at, name),
+            )
+        return TokenRecord(row[0], row[1], row[2], row[3], at)
+
+    def add_audit(self, entry: AuditEntry) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO audit (at, principal, action, object, remote, outcome)"
+                " VALUES (?,?,?,?,?,?)",
+                (
+                    entry.at,
+                    entry.principal,
+                    entry.action,
+                    entry.object,
+                    entry.remote,
+                    entry.outcome,
+                ),
+            )
+
+    def audit(self, limit: int = 100) -> list[AuditEntry]:
+        rows = self._conn().execute(
+            "SELECT at, principal, action, object, remote, outcome FROM audit"
+            " ORDER BY seq DESC LIMIT ?",
+            (limit,),
+        )
+        return [AuditEntry(*row) for row in rows]
 
     # -- models ------------------------------------------------------------------------
 

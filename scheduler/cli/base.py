@@ -136,6 +136,8 @@ def _api_failure(exc: ApiError, client: Client | None) -> Failure:
             f"{why}: {exc.message}; use the token of the running server "
             "(check DCSCHED_HOME, or restart it with `dcsched up`)",
         )
+    if exc.status == 403:
+        return Failure(f"not allowed: {exc.message}", exc.problems)
     kind = BadInput if exc.status in BAD_INPUT_STATUSES else Failure
     return kind(exc.message, exc.problems)
 

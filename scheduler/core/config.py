@@ -135,9 +135,10 @@ class ClusterConfig(StrictModel):
     placement: PlacementPolicy = "binpack"
     priority_classes: tuple[PriorityClass, ...] = DEFAULT_PRIORITY_CLASSES
     teams: tuple[Team, ...] = ()
-    unlisted_teams: Literal["allow", "reject"] = Field(
-        "allow",
-        description="allow: a team not listed runs without quota (weight 1, no cohort).",
+    unlisted_teams: Literal["allow", "reject"] | None = Field(
+        None,
+        description="allow: a team not listed runs without quota (weight 1, no cohort); "
+        "reject: it is refused. Default: reject once a team is listed, else allow.",
     )
     nodes: tuple[NodeType, ...] = Field(
         (), description="Nodes as counts of node types, for the simulator; ignored live."
@@ -201,10 +202,15 @@ class ClusterConfig(StrictModel):
     def priority_class(self, name: str) -> PriorityClass | None:
         return next((c for c in self.priority_classes if c.name == name), None)
 
+    def unlisted_policy(self) -> Literal["allow", "reject"]:
+        """What happens to a team not listed. A configuration *document* (``parse_config``)
+        that lists teams and does not say gets ``reject``; one built in code, ``allow``."""
+        return self.unlisted_teams or "allow"
+
     def team(self, name: str) -> Team | None:
         """The team's settings; an unlisted team gets defaults if unlisted teams are allowed."""
         found = next((t for t in self.teams if t.name == name), None)
-        if found is None and self.unlisted_teams == "allow":
+        if found is None and self.unlisted_policy() == "allow":
             return Team(name=name)
         return found
 
@@ -218,9 +224,14 @@ def parse_config(document: Any) -> ClusterConfig:
     if not isinstance(document, dict):
         raise SpecError([f"the configuration must be a mapping, not a {type(document).__name__}"])
     try:
-        return ClusterConfig.model_validate(document)
+        config = ClusterConfig.model_validate(document)
     except ValidationError as exc:
         raise SpecError(describe_validation_error(exc)) from None
+    if config.unlisted_teams is None and config.teams:
+        # Once teams are listed, a team nobody listed is refused unless the file says
+        # `unlisted_teams: allow`: no one invents a team to escape every quota.
+        config = config.model_copy(update={"unlisted_teams": "reject"})
+    return config
 
 
 def load_config_yaml(text: str) -> ClusterConfig:
