@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dcsched.paths import DEFAULT_PORT, Paths
-from dcsched.processes import pid_alive
+from dcsched.processes import HomeLocked, lock_home, pid_alive, process_matches
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +150,14 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
     )
     host, port, ray_address = options.host, options.port, options.ray_address
     private_umask()
+    ensure_home(paths)
+    try:
+        lock_home(paths.home / "server.lock", f"pid {os.getpid()}, http://{host}:{port}")
+    except HomeLocked as exc:
+        raise ServerError(
+            f"a dcsched server is already running on {paths.home} ({exc}); use it, or stop "
+            "it with `dcsched down` first"
+        ) from None
     _check_port_free(host, port)
     config_text = _read_config(options.config_path or (paths.home / "dcsched.yaml"))
     token = ensure_api_token(paths)
@@ -364,6 +372,9 @@ def stop_background(paths: Paths, stop_ray: bool = True, timeout: float = 30.0) 
 
     messages = []
     pid = _read_pid(paths.server_pid)
+    if pid is not None and pid_alive(pid) and not is_server_process(pid):
+        messages.append(f"{paths.server_pid} names pid {pid}, which is not a dcsched server")
+        pid = None
     if pid is not None and pid_alive(pid):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -382,6 +393,11 @@ def stop_background(paths: Paths, stop_ray: bool = True, timeout: float = 30.0) 
     elif ray_head.find_running(paths) is not None:
         messages.append("the local Ray head keeps running")
     return messages
+
+
+def is_server_process(pid: int) -> bool:
+    """Whether ``pid`` is a dcsched server (started as ``python -m dcsched.cli server``)."""
+    return process_matches(pid, "dcsched", "server")
 
 
 def _tail(path: Path, lines: int = 20) -> str:

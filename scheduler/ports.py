@@ -66,6 +66,10 @@ class AllocationInterval:
     end: float | None
 
 
+class StoreFull(RuntimeError):
+    """The store could not write (disk or database full); nothing of the change was kept."""
+
+
 class JobStore(Protocol):
     def add_job(self, job: Job) -> None: ...
 
@@ -148,6 +152,10 @@ class Executor(Protocol):
 
     def release(self, run_id: str) -> None:
         """Free the run's reservation; a no-op if there is none."""
+        ...
+
+    def reservations(self) -> list[str]:
+        """The run ids of every reservation dcsched holds on the cluster."""
         ...
 
     def logs(self, run_id: str) -> str: ...

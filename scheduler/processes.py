@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 
 def pid_alive(pid: int) -> bool:
@@ -20,6 +21,49 @@ def pid_alive(pid: int) -> bool:
     except ChildProcessError:  # not our child: it exists, so it runs
         return True
     return waited != pid
+
+
+def process_matches(pid: int, *words: str) -> bool:
+    """Whether ``pid`` runs and its command line holds every one of ``words``: a pid read
+    from a stale file may belong to another program by now, which we must never signal."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        try:
+            import psutil
+
+            argv = psutil.Process(pid).cmdline()
+        except Exception:  # gone, or not ours to read
+            return False
+    else:
+        argv = [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+    line = " ".join(argv)
+    return bool(argv) and all(word in line for word in words)
+
+
+class HomeLocked(RuntimeError):
+    """Another process holds the home's server lock."""
+
+
+_held_locks: list[int] = []
+
+
+def lock_home(lock_file: Path, record: str) -> None:
+    """Hold an exclusive lock on ``lock_file`` for the rest of this process (released by
+    the kernel when it exits, however it exits) and write ``record`` into it; HomeLocked
+    with the holder's record if another process has it."""
+    import fcntl
+
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 4096).decode(errors="replace").strip()
+        os.close(fd)
+        raise HomeLocked(holder) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, record.encode())
+    _held_locks.append(fd)
 
 
 def free_port(preferred: int | None = None) -> int:

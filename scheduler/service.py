@@ -15,7 +15,9 @@ all); an accepted job is never dropped.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -97,6 +99,11 @@ class ServiceSettings:
     # while jobs are admitted or running (to notice starts and ends), slowly when idle.
     active_pass_interval_s: float = 0.1
     idle_pass_interval_s: float = 1.0
+    # Every so often (and at start) free reservations that no active job owns: what a
+    # crash between two steps, or a transient Ray error, could have left behind.
+    sweep_interval_s: float = 5.0
+    # After a failed pass the loop waits longer each time, up to this.
+    max_error_backoff_s: float = 5.0
 
 
 class SchedulerService:
@@ -112,6 +119,7 @@ class SchedulerService:
         settings: ServiceSettings | None = None,
         config: ClusterConfig | None = None,
         run_document: Callable[[Job], dict[str, Any]] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ):
         """``run_document`` gives the spec document a run reads (spec.json), with its
         inputs resolved to paths; by default the stored document as it is."""
@@ -128,6 +136,11 @@ class SchedulerService:
         self._wake = threading.Event()
         self._waiting: dict[str, Wait] = {}
         self.config = config or self._stored_config() or ClusterConfig()
+        self.monotonic = monotonic
+        self._running_since: dict[str, float] = {}
+        """run id -> monotonic time it started running (run-time limits ignore wall-clock
+        jumps); a run seen for the first time after a restart is dated from started_at."""
+        self._next_sweep = 0.0
 
     # -- configuration -----------------------------------------------------------------
 
@@ -299,15 +312,34 @@ class SchedulerService:
     # -- the loop ----------------------------------------------------------------------
 
     def run_forever(self, stop: threading.Event) -> None:
+        """Pass after pass until ``stop``. A failing pass is logged once per distinct
+        error (with its traceback), then retried with a growing pause."""
+        failures = 0
+        last_error = ""
         while not stop.is_set():
             busy = True
             try:
                 busy = self.tick()
-            except Exception:
-                logger.exception("scheduling pass failed; retrying next pass")
+            except Exception as exc:
+                failures += 1
+                error = f"{type(exc).__name__}: {exc}"
+                if error != last_error:
+                    logger.exception("scheduling pass failed; retrying with back-off")
+                    last_error = error
+                else:
+                    logger.debug("scheduling pass failed again: %s", error)
+            else:
+                if failures:
+                    logger.info("scheduling passes work again after %s failures", failures)
+                failures, last_error = 0, ""
             interval = self.settings.active_pass_interval_s
             if not busy:
                 interval = self.settings.idle_pass_interval_s
+            if failures:
+                interval = min(
+                    self.settings.max_error_backoff_s,
+                    self.settings.active_pass_interval_s * 2**failures,
+                )
             self._wake.wait(interval)
             self._wake.clear()
 
@@ -315,13 +347,49 @@ class SchedulerService:
         """One pass; returns whether any job is admitted, running or pending."""
         with self._lock:
             active = self.store.list_jobs(states=ACTIVE_STATES)
+            self._sweep(active)
+            lost = self._lost_nodes(active)
             for job in active:
                 try:
-                    self._reconcile(job)
+                    if lost and lost.intersection(job.nodes):
+                        self._requeue_after_node_loss(job, lost)
+                    else:
+                        self._reconcile(job)
                 except Exception:
                     logger.exception("could not reconcile job %s; retrying next pass", job.id)
             pending = self._admit_pending()
             return bool(active) or pending
+
+    def _sweep(self, active: list[Job]) -> None:
+        """Free every reservation (and stop its run) that belongs to a job of this store
+        that is not active, or to an old run of an active job. Runs at the first pass
+        and every ``sweep_interval_s``: it closes the windows a crash can leave (a run
+        ended but not released, a preemption victim requeued but not yet stopped)."""
+        now = self.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self.settings.sweep_interval_s
+        current = {job.run_id for job in active}
+        for run_id in self.executor.reservations():
+            if run_id in current or self.store.get_job(job_id_of(run_id)) is None:
+                continue  # active, or another scheduler's run on a shared cluster
+            logger.warning("freeing run %s: no active job owns it (after a crash?)", run_id)
+            self.executor.stop(run_id)
+            self.executor.release(run_id)
+
+    def _lost_nodes(self, active: list[Job]) -> set[str]:
+        """The nodes active jobs hold that the cluster no longer has alive."""
+        held = {node for job in active for node in job.nodes}
+        if not held:
+            return set()
+        alive = {node.id for node in self.cluster.snapshot().nodes if node.alive}
+        return held - alive
+
+    def _requeue_after_node_loss(self, job: Job, lost: set[str]) -> None:
+        names = ", ".join(sorted(node[:12] for node in lost.intersection(job.nodes)))
+        logger.warning("job %s lost node(s) %s; requeuing it", job.id, names)
+        self.executor.stop(job.run_id)
+        self._requeue(job, f"node {names} was lost; requeued to resume from its last checkpoint")
 
     def _admit_pending(self) -> bool:
         pending = self.store.list_jobs(states=[JobState.PENDING])
@@ -410,9 +478,13 @@ class SchedulerService:
         """Stop a running job and put it back in the queue; its run directory keeps its
         checkpoints, so the next run resumes from the last epoch."""
         logger.info("preempting job %s: %s", victim.id, reason)
+        # The store first: a crash after this leaves a run that no active job owns, which
+        # the sweep stops and frees; never a victim that looks "stopped outside dcsched".
+        self.store.transition(victim.id, JobState.PENDING, self.clock.now(), f"preempted: {reason}")
+        fault_point("preempt:after-requeue")
         self.executor.stop(victim.run_id)
         self.executor.release(victim.run_id)
-        self.store.transition(victim.id, JobState.PENDING, self.clock.now(), f"preempted: {reason}")
+        self._running_since.pop(victim.run_id, None)
         self.events.preempted(victim)
 
     def _admit(self, job: Job, nodes: tuple[str, ...]) -> None:
@@ -440,6 +512,7 @@ class SchedulerService:
 
     def _requeue(self, job: Job, reason: str) -> None:
         self.executor.release(job.run_id)
+        self._running_since.pop(job.run_id, None)
         self.store.transition(job.id, JobState.PENDING, self.clock.now(), reason)
 
     def _reconcile(self, job: Job) -> None:
@@ -465,11 +538,12 @@ class SchedulerService:
             return
         if status.phase is RunPhase.RUNNING and job.state is JobState.ADMITTED:
             now = self.clock.now()
+            self._running_since[job.run_id] = self.monotonic()
             job = self.store.transition(job.id, JobState.RUNNING, now)
             self.events.started(job, now - job.submitted_at)
         elif status.phase.is_terminal():
             self._finish(job, status)
-        elif job.state is JobState.RUNNING and _over_time(job, self.clock.now()):
+        elif job.state is JobState.RUNNING and self._over_time(job):
             limit = format_duration(job.request.max_runtime or 0)
             self.executor.stop(job.run_id)
             self.executor.release(job.run_id)
@@ -477,6 +551,19 @@ class SchedulerService:
                 job.id, JobState.FAILED, self.clock.now(), f"exceeded its max_runtime of {limit}"
             )
             self.events.finished(job, _run_seconds(job))
+
+    def _over_time(self, job: Job) -> bool:
+        """Past its max_runtime, by the monotonic clock (a wall-clock jump changes
+        nothing); a run first seen after a restart is dated from its started_at."""
+        limit = job.request.max_runtime
+        if limit is None or job.started_at is None:
+            return False
+        now = self.monotonic()
+        since = self._running_since.get(job.run_id)
+        if since is None:
+            since = now - max(0.0, self.clock.now() - job.started_at)
+            self._running_since[job.run_id] = since
+        return now - since > limit
 
     def _finish(self, job: Job, status: RunStatus) -> None:
         now = self.clock.now()
@@ -486,6 +573,8 @@ class SchedulerService:
         # Free the reservation first: a crash after this leaves an ended run still
         # marked active, which the next pass finishes again (release is idempotent).
         self.executor.release(job.run_id)
+        self._running_since.pop(job.run_id, None)
+        fault_point("finish:after-release")
         if status.phase is RunPhase.SUCCEEDED and job.kind == "train":
             job = self._register_model(job, files, now)
         elif status.phase is RunPhase.SUCCEEDED:
@@ -551,9 +640,21 @@ def _sum_total(jobs: Any) -> Resources:
     return total
 
 
-def _over_time(job: Job, now: float) -> bool:
-    limit = job.request.max_runtime
-    return limit is not None and job.started_at is not None and now - job.started_at > limit
+def job_id_of(run_id: str) -> str:
+    """The job of a run id (``Job.run_id``: the job id, ``-runN`` after the first run)."""
+    head, sep, tail = run_id.rpartition("-run")
+    return head if sep and tail.isdigit() else run_id
+
+
+FAULT_POINT_ENV = "DCSCHED_FAULT_POINT"
+
+
+def fault_point(name: str) -> None:
+    """Tests only: die here, as ``kill -9`` would, when $DCSCHED_FAULT_POINT names this
+    point (``finish:after-release``, ``preempt:after-requeue``)."""
+    if os.environ.get(FAULT_POINT_ENV) == name:
+        logger.error("fault injection: dying at %s", name)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _run_seconds(job: Job) -> float | None:

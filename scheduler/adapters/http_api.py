@@ -45,7 +45,14 @@ from dcsched.core.lifecycle import JobState
 from dcsched.core.spec import SpecError
 from dcsched.inputs import InputError, InputStore, UploadTooLarge
 from dcsched.kinds import document_of, job_spec_schema
-from dcsched.ports import AccessStore, AuditEntry, ModelVersion, PrincipalExists, TokenRecord
+from dcsched.ports import (
+    AccessStore,
+    AuditEntry,
+    ModelVersion,
+    PrincipalExists,
+    StoreFull,
+    TokenRecord,
+)
 from dcsched.rundir import read_range
 from dcsched.service import JobAlreadyEnded, JobNotFound, SchedulerService
 
@@ -251,6 +258,11 @@ def create_app(
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         body = {"error": exc.message, "problems": exc.problems}
         return JSONResponse(body, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(StoreFull)
+    async def _store_full(_: Request, exc: StoreFull) -> JSONResponse:
+        logger.error("refused a request: %s", exc)
+        return JSONResponse({"error": str(exc), "problems": []}, status_code=507)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:

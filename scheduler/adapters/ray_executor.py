@@ -124,6 +124,17 @@ class RayExecutor:
         group = self._group(run_id)
         return bool(group is not None and group.wait(timeout_s))
 
+    def reservations(self) -> list[str]:
+        from ray.util import placement_group_table
+
+        prefix = placement_group_name("")
+        runs = []
+        for entry in placement_group_table().values():
+            name = str(entry.get("name") or "")
+            if name.startswith(prefix) and entry.get("state") != "REMOVED":
+                runs.append(name[len(prefix) :])
+        return runs
+
     def release(self, run_id: str) -> None:
         from ray.util import remove_placement_group
 

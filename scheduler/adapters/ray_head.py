@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dcsched.paths import Paths
-from dcsched.processes import free_port, pid_alive
+from dcsched.processes import free_port, pid_alive, process_matches
 from dcsched.secretfile import SecretFileError, create_secret, read_secret
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,10 @@ def find_running(paths: Paths) -> RayHead | None:
     if not record.exists():
         return None
     head = RayHead(**json.loads(record.read_text()))
-    return head if pid_alive(head.pid) else None
+    # A stale head.json may name a pid that another program has by now: ours was started
+    # with this home's temp dir on its command line.
+    ours = pid_alive(head.pid) and process_matches(head.pid, f"--temp-dir={head.temp_dir}")
+    return head if ours else None
 
 
 def start(

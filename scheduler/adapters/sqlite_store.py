@@ -31,6 +31,7 @@ from dcsched.ports import (
     AuditEntry,
     ModelVersion,
     PrincipalExists,
+    StoreFull,
     TokenRecord,
 )
 
@@ -151,14 +152,22 @@ class SQLiteStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        """One atomic write transaction; a full disk (or database) rolls it back whole
+        and raises StoreFull."""
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+                raise StoreFull(
+                    "the scheduler's disk is full: nothing was recorded; free space under "
+                    "$DCSCHED_HOME and try again"
+                ) from exc
             raise
-        conn.execute("COMMIT")
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -76,6 +76,9 @@ class RecordingExecutor:
     def stop(self, run_id: str, wait_s: float = 15.0) -> None:
         self.calls.append(("stop", run_id))
 
+    def reservations(self) -> list[str]:
+        return sorted(self.live)
+
 
 class Clock:
     def __init__(self, now: float) -> None:
