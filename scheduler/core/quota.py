@@ -331,6 +331,27 @@ class QuotaLedger:
                 need += negative_free
         return tuple(names)
 
+    def reclaim_dims(self, team: str, request: Resources, gpu_type: str | None) -> list[str]:
+        """The request's dimensions in which the cohort's pool is short of it even with the
+        team at most at its nominal quota: other members borrow what the team is owed, so
+        only a reclaim (preempting what they borrowed there) can make room."""
+        quota = self._team(team)
+        if quota is None or quota.cohort is None:
+            return []
+        used = self._used.get(team, {})
+        short = []
+        for dim, amount in dimensions(request, gpu_type):
+            nominal = quota.nominal.get(dim)
+            if nominal is None:
+                continue
+            before = used.get(dim, 0.0)
+            key = (quota.cohort, dim)
+            others = self._excess[key] - quota.excess(dim, before)
+            within = min(before + amount, nominal)
+            if others + quota.excess(dim, within) > self._pool[key] + _EPS:
+                short.append(dim)
+        return short
+
     def borrowers(self, team: str, dim: str) -> list[str]:
         """Other members of the team's cohort that use more than their quota in ``dim``."""
         names = []

@@ -132,6 +132,29 @@ def test_reclaim_when_others_borrowed_the_teams_quota() -> None:
     assert ledger.borrowers("a", "gpus") == ["b"]
 
 
+def test_reclaim_dims_are_where_the_pool_is_short_with_the_team_within_nominal() -> None:
+    ledger = QuotaLedger(
+        cfg(
+            {"name": "a", "cohort": "x", "quota": {"gpus": 4, "cpus": 8}},
+            {"name": "b", "cohort": "x", "quota": {"gpus": 4, "cpus": 8}},
+            {"name": "c", "cohort": "x", "quota": {"gpus": 4, "cpus": 2}},
+        )
+    )
+    ledger.take("b", Resources(cpus=1, gpus=6), None)  # b borrows 2 GPUs
+    ledger.take("c", Resources(cpus=4, gpus=4), None)  # c borrows 2 CPUs
+    want = Resources(cpus=1, gpus=4)
+    assert ledger.check("a", want, None).reclaimable
+    assert ledger.reclaim_dims("a", want, None) == ["gpus"]  # not cpus: c's loan is spare
+    assert ledger.borrowing("b") == {"gpus": 2} and ledger.borrowing("c") == {"cpus": 2}
+    # Over its own nominal quota, the team counts as at it: b's loan still stands in the way.
+    assert ledger.reclaim_dims("a", gpus(7), None) == ["gpus"]
+    assert ledger.reclaim_dims("a", gpus(2), None) == []  # the pool has 2 for it
+    assert (
+        QuotaLedger(cfg({"name": "solo", "quota": {"gpus": 1}})).reclaim_dims("solo", gpus(4), None)
+        == []
+    )
+
+
 def test_gpu_type_quotas() -> None:
     ledger = QuotaLedger(
         cfg(
