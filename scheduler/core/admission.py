@@ -48,18 +48,33 @@ The pass, in order:
    backfilled; if T cannot be computed (some needed job has no ``max_runtime``) nothing
    is backfilled past the head.
 4. Preemption (``queueing.preemption``), tried by a job that blocks on quota or
-   capacity while no head blocks the queue: (a) lower-priority jobs of the same team;
-   (b) jobs of other teams of its cohort that borrow, when the job's team stays within
-   its nominal quota (reclaim). Never a job whose class is not preemptible or whose spec
-   says ``preemptible: false``; never a job another ``Preempt`` of this pass claimed;
-   never a same-team job that, requeued, would queue ahead of the job it makes way for
-   (under ``fifo``: one submitted earlier), so victims cannot take the room back.
-   Victims are chosen to lose the least work (fewest resource-seconds of progress: the
-   most recently started first; GPU-seconds, then CPU-seconds): the cheapest are added
-   until the job fits, any not needed are dropped, and one victim that alone makes room
-   for less replaces the set; and only if with them gone the job passes quota and
-   placement on a copy of the index. The room the job will use is then held for it in
-   this pass (quota and capacity), so no later job takes it.
+   capacity while no head blocks the queue. Candidates: (a) lower-priority jobs of its
+   own team; (b) jobs of other teams of its cohort that give back what they borrowed of
+   a contested resource (reclaim, any priority). Contested: the quota dimensions in
+   which its cohort's pool is short of the job even with its team at most at its
+   nominal quota (``QuotaLedger.reclaim_dims``; a GPU type counts as its own
+   dimension), and, when it does not fit the nodes now, the resources it is short of
+   there (GPUs also as its pinned type). A team is reclaimed from only if it borrowed
+   a contested dimension before this pass and still does, and only its jobs charged in
+   that dimension. A victim set may mix (a) and (b). Never a job whose class is not
+   preemptible or whose spec says ``preemptible: false``; never a job another
+   ``Preempt`` of this pass claimed; never a same-team job that, requeued, would queue
+   ahead of the job it makes way for (under ``fifo``: one submitted earlier).
+   The rule against livelock (Kueue's): a job may preempt only if, with its victims
+   gone, it fits the nodes *and stays within its team's nominal quota* in every
+   dimension. A job that would still have to borrow waits instead. So in the next
+   pass the beneficiary is not deferred with the borrowers (step 3): it is decided in
+   queue order ahead of its same-team victims, while a reclaimed victim, requeued, would
+   borrow again and is decided after it (a victim set in which a team's victims could
+   come back within its nominal quota is refused); the room freed for it is not taken
+   back, and no job is preempted twice by the same job for the same room.
+   Victim order: lowest priority first, then the least work lost (the most recently
+   started), then jobs of teams that borrow before jobs of teams within their quota,
+   then id. Victims are added in that order until the job fits; then any not needed
+   are dropped, the last added first. The room the job will use is then held for it in
+   this pass (quota and capacity), so no later job takes it; and no later job of its
+   team borrows in this pass (in the next one that job, running, would count first and
+   leave the beneficiary borrowing, unable to start).
 5. Estimated starts: the waiting jobs that wait for capacity are replayed in queue order
    on a timeline where active and just-admitted jobs end by their ``max_runtime``; a job
    gets the time it would start in strict order, or None once the timeline runs out of
@@ -91,7 +106,6 @@ from dcsched.core.resources import Resources
 from dcsched.core.units import format_duration
 
 _LN2 = math.log(2.0)
-_SINGLE_VICTIM_TRIES = 32
 
 
 @dataclass(frozen=True)
@@ -224,6 +238,7 @@ class _Pass:
             self._never = {}
         self._matching: dict[_SelectorKey, set[str]] = {}
         self._lowest: dict[str, int | None] = {}
+        self._borrows: dict[str, bool] = {}
 
     def _prio(self, job: Job) -> int:
         cls = self.classes.get(job.priority)
@@ -398,6 +413,7 @@ class _Pass:
         self.reserved: frozenset[str] = frozenset()
         self.shadow: CapacityIndex | None = None
         self.shadow_nofit: dict[_Shape, str] = {}
+        self.holding: dict[str, str] = {}  # team -> the first of its jobs that preempted
         self.preempt_failed: dict[tuple[str, _SelectorKey], list[tuple[int, Resources]]] = {}
         # Per job: a Decision, or (reason, waits for capacity) to become a Wait. Jobs
         # that would borrow are decided after all others (nominal quota goes first).
@@ -434,6 +450,15 @@ class _Pass:
 
     def _decide(self, item: _Item, fit: QuotaFit) -> Decision | tuple[str, bool]:
         """Quota, then capacity (head of line, backfill), then preemption, for one job."""
+        if fit.kind == "borrows" and item.team in self.holding:
+            # Borrowing now would count before the beneficiary in the next pass (it is
+            # not running yet) and push it over its nominal quota: it could not start.
+            holder = self.holding[item.team]
+            return (
+                f"team {item.team} holds quota for {holder}, which preempted jobs to start; "
+                f"its jobs do not borrow until {holder} has started",
+                False,
+            )
         if not fit.ok:
             preempt = None if self.head is not None else self._preempt(item, fit, None)
             return preempt if preempt is not None else (fit.reason, False)
@@ -577,7 +602,7 @@ class _Pass:
                 placed = found
             else:
                 now_fits = found
-        candidates = self._candidates(item, fit)
+        candidates = self._candidates(item, fit, placed)
         chosen = self._choose_victims(item, candidates, now_fits) if candidates else None
         if chosen is None:
             failed.append((item.prio, item.total))
@@ -585,16 +610,20 @@ class _Pass:
         victims, placement = chosen
         return self._claim(item, victims, placement, now_fits)
 
-    def _candidates(self, item: _Item, fit: QuotaFit) -> list[RunningJob]:
-        reclaim = fit.reclaimable or fit.kind == "fits-nominal"
-        cohort = set(self.ledger.cohort_members(item.team)) if reclaim else set()
-        # Teams that borrowed before this pass and still do (not ones that borrow only by
-        # this pass's admissions: those jobs are not running yet).
-        borrowing = {
-            t
-            for t in cohort
-            if t != item.team and self.ledger.borrowing(t) and self.ledger_at_start.borrowing(t)
-        }
+    def _candidates(self, item: _Item, fit: QuotaFit, placed: NoFit | None) -> list[RunningJob]:
+        """Every run that may be a victim for ``item``, in victim order."""
+        contested = self._contested(item, placed)
+        # Teams that borrow a contested dimension, before this pass and still (not ones
+        # that borrow only by this pass's admissions: those jobs are not running yet).
+        lenders: dict[str, frozenset[str]] = {}
+        if contested:
+            for team in self.ledger.cohort_members(item.team):
+                if team == item.team:
+                    continue
+                now = self.ledger.borrowing(team).keys() & contested
+                borrowed = frozenset(now & self.ledger_at_start.borrowing(team).keys())
+                if borrowed:
+                    lenders[team] = borrowed
         matching: set[str] | None = None
         if item.selector:
             key = item.shape[3]
@@ -605,12 +634,42 @@ class _Pass:
                     for n in self.inp.cluster.alive_nodes()
                     if all(n.labels.get(k) == v for k, v in key)
                 }
-        out: list[RunningJob] = []
-        for team in (item.team, *sorted(borrowing)):
-            out.extend(self._victim_candidates(item, fit, team, matching))
-
-        out.sort(key=lambda run: (self._lost(run), -run.start, run.job.id))
+        out: list[RunningJob] = list(self._own_candidates(item, fit, matching))
+        for team in sorted(lenders):
+            out.extend(self._reclaim_candidates(item, fit, team, lenders[team], matching))
+        out.sort(key=self._victim_rank)
         return out
+
+    def _contested(self, item: _Item, placed: NoFit | None) -> frozenset[str]:
+        """The quota dimensions the job is short of that others' borrowing can explain:
+        where its cohort's pool is short even with its team within nominal quota, and
+        (when it does not fit the nodes now) the resources it does not fit by."""
+        dims = set(self.ledger.reclaim_dims(item.team, item.total, item.gpu_type))
+        if placed is not None and self.ledger.cohort_of(item.team) is not None:
+            short = []
+            for kind, probe in (
+                ("gpus", Resources(gpus=item.per_worker.gpus)),
+                ("cpus", Resources(cpus=item.per_worker.cpus)),
+                ("memory", Resources(memory=item.per_worker.memory)),
+            ):
+                if probe.cpus > 0 or probe.gpus > 0 or probe.memory > 0:
+                    found = self.index.place(probe, item.workers, "binpack", item.selector)
+                    short.append((kind, isinstance(found, NoFit)))
+            kinds = [k for k, no in short if no] or [k for k, _ in short]  # else: together
+            for kind in kinds:
+                dims.add(kind)
+                if kind == "gpus" and item.gpu_type:
+                    dims.add(f"gpus:{item.gpu_type}")
+        return frozenset(dims)
+
+    def _victim_rank(self, run: RunningJob) -> tuple[int, float, int, str]:
+        """Victim order: lowest priority first, then the least work lost (the most
+        recently started), then runs of borrowing teams before runs of teams within
+        their quota, then id."""
+        borrows = self._borrows.get(run.team)
+        if borrows is None:
+            borrows = self._borrows[run.team] = bool(self.ledger_at_start.borrowing(run.team))
+        return (run.prio, -run.start, 0 if borrows else 1, run.job.id)
 
     def _lowest_preemptible_prio(self, team: str) -> int | None:
         if self.prepared is not None:
@@ -620,20 +679,39 @@ class _Pass:
             self._lowest[team] = min(prios) if prios else None
         return self._lowest[team]
 
-    def _victim_candidates(
-        self, item: _Item, fit: QuotaFit, team: str, matching: set[str] | None
+    def _own_candidates(
+        self, item: _Item, fit: QuotaFit, matching: set[str] | None
     ) -> Iterable[RunningJob]:
-        if team == item.team:
-            lowest = self._lowest_preemptible_prio(team)
-            if lowest is None or lowest >= item.prio:
-                return  # no run of its own team ranks below it
-        for run in self.running_by_team.get(team, ()):
+        """Lower-priority runs of the job's team that, requeued, queue after it."""
+        lowest = self._lowest_preemptible_prio(item.team)
+        if lowest is None or lowest >= item.prio:
+            return  # no run of its own team ranks below it
+        for run in self.running_by_team.get(item.team, ()):
             if not run.preemptible or run.job.id in self.claimed:
                 continue
-            if run.team == item.team and not self._queued_after(run, item):
+            if not self._queued_after(run, item):
                 continue
             if matching is not None and fit.ok and not any(n in matching for n in run.nodes):
                 continue  # frees nothing the job can use
+            yield run
+
+    def _reclaim_candidates(
+        self,
+        item: _Item,
+        fit: QuotaFit,
+        team: str,
+        borrowed: frozenset[str],
+        matching: set[str] | None,
+    ) -> Iterable[RunningJob]:
+        """Runs of ``team``, which borrows the contested dimensions ``borrowed``, that hold
+        some of what it borrowed there (any priority: a reclaim takes back a loan)."""
+        for run in self.running_by_team.get(team, ()):
+            if not run.preemptible or run.job.id in self.claimed:
+                continue
+            if not any(_holds(run, dim) for dim in borrowed):
+                continue  # gives back nothing of what the job is short of
+            if matching is not None and fit.ok and not any(n in matching for n in run.nodes):
+                continue
             yield run
 
     def _queued_after(self, run: RunningJob, item: _Item) -> bool:
@@ -647,27 +725,55 @@ class _Pass:
         return True
 
     def _fits_without(
-        self, item: _Item, victims: Iterable[RunningJob], now_fits: Placement | None
+        self,
+        item: _Item,
+        victims: Sequence[RunningJob],
+        now_fits: Placement | None,
+        as_victims: bool = True,
     ) -> Placement | None:
+        """Where the job goes with ``victims`` gone, if it then fits the nodes and stays
+        within its team's nominal quota (the rule against livelock: a job that would
+        borrow never preempts); ``as_victims``: and they are a valid victim set (see
+        ``_victims_would_borrow``)."""
         index = self.index.copy() if now_fits is None else None
         ledger = self.ledger.copy()
         for run in victims:
             ledger.give(run.team, run.total, run.gpu_type)
             if index is not None:
                 index.give(run.nodes, run.per_worker)
-        if not ledger.check(item.team, item.total, item.gpu_type).ok:
+        if ledger.check(item.team, item.total, item.gpu_type).kind != "fits-nominal":
+            return None
+        if as_victims and not self._victims_would_borrow(ledger, item, victims):
             return None
         if index is None:
             return now_fits
         placed = index.place(item.per_worker, item.workers, item.policy, item.selector)
         return placed if isinstance(placed, Placement) else None
 
+    @staticmethod
+    def _victims_would_borrow(
+        ledger: QuotaLedger, item: _Item, victims: Iterable[RunningJob]
+    ) -> bool:
+        """Whether each reclaimed victim, requeued alone, would have to borrow again (so
+        the next pass decides it after the beneficiary). Only in doubt when two or more
+        come from one team: one alone gives back no more than its team borrowed."""
+        by_team: dict[str, list[RunningJob]] = {}
+        for run in victims:
+            if run.team != item.team:
+                by_team.setdefault(run.team, []).append(run)
+        for team, runs in by_team.items():
+            if len(runs) > 1 and any(
+                ledger.check(team, r.total, r.gpu_type).kind == "fits-nominal" for r in runs
+            ):
+                return False
+        return True
+
     def _choose_victims(
         self, item: _Item, candidates: list[RunningJob], now_fits: Placement | None
     ) -> tuple[list[RunningJob], Placement] | None:
-        if self._fits_without(item, candidates, now_fits) is None:
+        if self._fits_without(item, candidates, now_fits, as_victims=False) is None:
             return None  # not even all of them make room
-        # Fewest resource-seconds lost: add the cheapest until the job fits ...
+        # Add candidates in victim order until the job fits ...
         index = self.index.copy() if now_fits is None else None
         ledger = self.ledger.copy()
         chosen: list[RunningJob] = []
@@ -676,7 +782,7 @@ class _Pass:
             ledger.give(run.team, run.total, run.gpu_type)
             if index is not None:
                 index.give(run.nodes, run.per_worker)
-            if not ledger.check(item.team, item.total, item.gpu_type).ok:
+            if ledger.check(item.team, item.total, item.gpu_type).kind != "fits-nominal":
                 continue
             if index is None:
                 break
@@ -684,33 +790,16 @@ class _Pass:
                 index.place(item.per_worker, item.workers, item.policy, item.selector), Placement
             ):
                 break
-        # ... then drop any that turned out not to be needed, the costliest first.
+        # ... then drop any that turned out not to be needed, the last added first.
         for run in reversed(list(chosen)):
             if len(chosen) > 1:
                 rest = [r for r in chosen if r is not run]
                 if self._fits_without(item, rest, now_fits) is not None:
                     chosen = rest
-        # One victim that loses less than the whole set beats it (a big job started a
-        # moment ago against several small ones that ran for a while).
-        if len(chosen) > 1:
-            cost = sum(self._lost(r) for r in chosen)
-            for run in candidates[:_SINGLE_VICTIM_TRIES]:
-                if self._lost(run) >= cost:
-                    break
-                if self._fits_without(item, [run], now_fits) is not None:
-                    chosen = [run]
-                    break
         placement = self._fits_without(item, chosen, now_fits)
-        if placement is None:  # pragma: no cover - the loops above ended on a fit
+        if placement is None:  # pragma: no cover - the loop above ended on a fit
             return None
         return chosen, placement
-
-    def _lost(self, run: RunningJob) -> float:
-        """Progress a preemption loses, in weighted resource-seconds (a GPU-second
-        outweighs any CPU-seconds; memory breaks ties)."""
-        elapsed = max(0.0, self.now - run.start)
-        t = run.total
-        return elapsed * (t.gpus * 1e6 + t.cpus + t.memory / 2**40)
 
     def _claim(
         self,
@@ -720,6 +809,7 @@ class _Pass:
         now_fits: Placement | None,
     ) -> Preempt:
         ends = None if item.runtime is None else self.now + item.runtime
+        self.holding.setdefault(item.team, item.job.id)
         for run in victims:
             self.claimed.add(run.job.id)
             self.held_until[run.job.id] = ends
@@ -764,6 +854,17 @@ class _Pass:
                 f"{', '.join(others)} borrowed (for job {item.job.id})"
             )
         return "; ".join(parts)
+
+
+def _holds(run: RunningJob, dim: str) -> bool:
+    """Whether a run is charged in a quota dimension (so preempting it gives some back)."""
+    if dim == "gpus":
+        return run.total.gpus > 0
+    if dim.startswith("gpus:"):
+        return run.total.gpus > 0 and run.gpu_type == dim[5:]
+    if dim == "cpus":
+        return run.total.cpus > 0
+    return run.total.memory > 0
 
 
 class _Timeline:

@@ -420,18 +420,22 @@ def test_preemption_can_be_turned_off() -> None:
     assert isinstance(d[0], Wait)
 
 
-def test_one_victim_that_loses_less_beats_several() -> None:
+def test_victims_are_the_most_recently_started_and_only_those_needed() -> None:
     nodes = [node("a", cpus=8, gpus=4), node("b", cpus=8, gpus=4)]
     active = [
-        running(job("big", gpus=4, priority="low"), ["a"], NOW - 10),  # 40 GPU-s
-        running(job("s1", gpus=2, priority="low"), ["b"], NOW - 15),  # 30 GPU-s
-        running(job("s2", gpus=2, priority="low"), ["b"], NOW - 16),  # 32 GPU-s
+        running(job("big", gpus=4, priority="low"), ["a"], NOW - 10),
+        running(job("s1", gpus=2, priority="low"), ["b"], NOW - 15),
+        running(job("s2", gpus=2, priority="low"), ["b"], NOW - 16),
     ]
     d = decide([job("want", gpus=4)], nodes, active)
     assert isinstance(d[0], Preempt) and d[0].victims == ("big",)
-    # Needing 2, the cheapest one that makes room is enough.
+    # The least work lost is the most recently started, whatever its size.
     d = decide([job("want", gpus=2)], nodes, active)
-    assert isinstance(d[0], Preempt) and d[0].victims == ("s1",)
+    assert isinstance(d[0], Preempt) and d[0].victims == ("big",)
+    # Not on the selected nodes: the next ones in victim order, both needed.
+    b_only = [dataclasses.replace(n, labels={"rack": n.id}) for n in nodes]
+    d = decide([job("want", gpus=4, selector={"rack": "b"})], b_only, active)
+    assert isinstance(d[0], Preempt) and d[0].victims == ("s1", "s2")
 
 
 def test_victims_are_claimed_once_and_the_beneficiary_is_not_admitted_now() -> None:
