@@ -128,9 +128,14 @@ def run_cli(
     )
 
 
-def start_server(home: Path, ray_address: str, config: str | None = None) -> Server:
+def start_server(
+    home: Path,
+    ray_address: str,
+    config: str | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> Server:
     port = free_port()
-    env = cli_env(home)
+    env = {**cli_env(home), **(extra_env or {})}
     if config is not None:
         (home / "dcsched.yaml").write_text(config)
     log = (home / "server.log").open("ab")
