@@ -154,8 +154,9 @@ class Executor(Protocol):
         """Free the run's reservation; a no-op if there is none."""
         ...
 
-    def reservations(self) -> list[str]:
-        """The run ids of every reservation dcsched holds on the cluster."""
+    def reservations(self) -> dict[str, tuple[str, ...]]:
+        """Every reservation dcsched holds on the cluster: run id -> the node of each of
+        its bundles (empty while a bundle is not placed)."""
         ...
 
     def logs(self, run_id: str) -> str: ...

@@ -104,6 +104,8 @@ class ServiceSettings:
     sweep_interval_s: float = 5.0
     # After a failed pass the loop waits longer each time, up to this.
     max_error_backoff_s: float = 5.0
+    # How long freed resources count as free before the cluster's own report shows them.
+    release_credit_s: float = 5.0
 
 
 class SchedulerService:
@@ -141,6 +143,8 @@ class SchedulerService:
         """run id -> monotonic time it started running (run-time limits ignore wall-clock
         jumps); a run seen for the first time after a restart is dated from started_at."""
         self._next_sweep = 0.0
+        self._released: list[tuple[float, str, Resources]] = []
+        """(until, node, resources) freed moments ago; see ClusterSnapshot.with_reservations."""
 
     # -- configuration -----------------------------------------------------------------
 
@@ -223,7 +227,7 @@ class SchedulerService:
                 raise JobAlreadyEnded(f"job {job_id} already ended as {job.state}")
             if job.state.holds_resources():
                 self.executor.stop(job.run_id)
-                self.executor.release(job.run_id)
+                self._release(job.run_id, job.nodes, job.per_worker)
             job = self.store.transition(
                 job_id, JobState.CANCELLED, self.clock.now(), "cancelled by user"
             )
@@ -256,7 +260,19 @@ class SchedulerService:
         (those of ``active``, the ADMITTED and RUNNING jobs, read here when not given)."""
         if active is None:
             active = self.store.list_jobs(states=ACTIVE_STATES)
-        return self.cluster.snapshot().with_reservations(_reserved_by_node(active))
+        now = self.monotonic()
+        self._released = [entry for entry in self._released if entry[0] > now]
+        credit: dict[str, Resources] = {}
+        for _, node, resources in self._released:
+            credit[node] = credit.get(node, Resources()) + resources
+        return self.cluster.snapshot().with_reservations(_reserved_by_node(active), credit)
+
+    def _release(self, run_id: str, nodes: Sequence[str], per_worker: Resources) -> None:
+        """Free a run's reservation, and count it free until the cluster's report does."""
+        self.executor.release(run_id)
+        self._running_since.pop(run_id, None)
+        until = self.monotonic() + self.settings.release_credit_s
+        self._released.extend((until, node, per_worker) for node in nodes)
 
     def run_files(self, job_id: str) -> RunDir:
         return RunDir(self.paths.run_dir(job_id))
@@ -370,12 +386,13 @@ class SchedulerService:
             return
         self._next_sweep = now + self.settings.sweep_interval_s
         current = {job.run_id for job in active}
-        for run_id in self.executor.reservations():
-            if run_id in current or self.store.get_job(job_id_of(run_id)) is None:
+        for run_id, nodes in self.executor.reservations().items():
+            owner = None if run_id in current else self.store.get_job(job_id_of(run_id))
+            if owner is None:
                 continue  # active, or another scheduler's run on a shared cluster
             logger.warning("freeing run %s: no active job owns it (after a crash?)", run_id)
             self.executor.stop(run_id)
-            self.executor.release(run_id)
+            self._release(run_id, nodes, owner.per_worker)
 
     def _lost_nodes(self, active: list[Job]) -> set[str]:
         """The nodes active jobs hold that the cluster no longer has alive."""
@@ -483,8 +500,7 @@ class SchedulerService:
         self.store.transition(victim.id, JobState.PENDING, self.clock.now(), f"preempted: {reason}")
         fault_point("preempt:after-requeue")
         self.executor.stop(victim.run_id)
-        self.executor.release(victim.run_id)
-        self._running_since.pop(victim.run_id, None)
+        self._release(victim.run_id, victim.nodes, victim.per_worker)
         self.events.preempted(victim)
 
     def _admit(self, job: Job, nodes: tuple[str, ...]) -> None:
@@ -511,8 +527,7 @@ class SchedulerService:
         self.executor.start(job, files.path)
 
     def _requeue(self, job: Job, reason: str) -> None:
-        self.executor.release(job.run_id)
-        self._running_since.pop(job.run_id, None)
+        self._release(job.run_id, job.nodes, job.per_worker)
         self.store.transition(job.id, JobState.PENDING, self.clock.now(), reason)
 
     def _reconcile(self, job: Job) -> None:
@@ -546,7 +561,7 @@ class SchedulerService:
         elif job.state is JobState.RUNNING and self._over_time(job):
             limit = format_duration(job.request.max_runtime or 0)
             self.executor.stop(job.run_id)
-            self.executor.release(job.run_id)
+            self._release(job.run_id, job.nodes, job.per_worker)
             job = self.store.transition(
                 job.id, JobState.FAILED, self.clock.now(), f"exceeded its max_runtime of {limit}"
             )
@@ -572,8 +587,7 @@ class SchedulerService:
             self.events.started(job, now - job.submitted_at)
         # Free the reservation first: a crash after this leaves an ended run still
         # marked active, which the next pass finishes again (release is idempotent).
-        self.executor.release(job.run_id)
-        self._running_since.pop(job.run_id, None)
+        self._release(job.run_id, job.nodes, job.per_worker)
         fault_point("finish:after-release")
         if status.phase is RunPhase.SUCCEEDED and job.kind == "train":
             job = self._register_model(job, files, now)

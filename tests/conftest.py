@@ -164,8 +164,8 @@ def start_server(
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError((home / "server.log").read_text())
-        if record.exists():
-            info = json.loads(record.read_text())
+        info = json.loads(record.read_text()) if record.exists() else {}
+        if info.get("pid") == process.pid:  # not a record a killed server left behind
             token = (home / "token").read_text().strip()
             return Server(home, info["url"], token, process, env)
         time.sleep(0.2)

@@ -124,15 +124,17 @@ class RayExecutor:
         group = self._group(run_id)
         return bool(group is not None and group.wait(timeout_s))
 
-    def reservations(self) -> list[str]:
+    def reservations(self) -> dict[str, tuple[str, ...]]:
         from ray.util import placement_group_table
 
         prefix = placement_group_name("")
-        runs = []
+        runs: dict[str, tuple[str, ...]] = {}
         for entry in placement_group_table().values():
             name = str(entry.get("name") or "")
             if name.startswith(prefix) and entry.get("state") != "REMOVED":
-                runs.append(name[len(prefix) :])
+                placed = entry.get("bundles_to_node_id") or {}
+                nodes = tuple(str(placed[i]) for i in sorted(placed) if placed[i])
+                runs[name[len(prefix) :]] = nodes
         return runs
 
     def release(self, run_id: str) -> None:

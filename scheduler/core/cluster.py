@@ -38,16 +38,26 @@ class ClusterSnapshot:
             total = total + node.total
         return total
 
-    def with_reservations(self, reserved: Mapping[str, Resources]) -> ClusterSnapshot:
-        """Cap each node's availability by its total less dcsched's own reservations."""
+    def with_reservations(
+        self,
+        reserved: Mapping[str, Resources],
+        released: Mapping[str, Resources] | None = None,
+    ) -> ClusterSnapshot:
+        """Cap each node's availability by its total less dcsched's own reservations.
+
+        ``released``: what dcsched freed on a node moments ago, which the cluster's own
+        report may not show yet; it counts as available (still within the cap), so a
+        pass right after a release does not see the room as taken (and, say, preempt a
+        second victim for it)."""
         nodes = []
         for node in self.nodes:
             held = reserved.get(node.id, Resources())
             cap = node.total - held
+            seen = node.available + (released or {}).get(node.id, Resources())
             available = Resources(
-                cpus=max(0.0, min(node.available.cpus, cap.cpus)),
-                gpus=max(0.0, min(node.available.gpus, cap.gpus)),
-                memory=max(0, min(node.available.memory, cap.memory)),
+                cpus=max(0.0, min(seen.cpus, cap.cpus)),
+                gpus=max(0.0, min(seen.gpus, cap.gpus)),
+                memory=max(0, min(seen.memory, cap.memory)),
             )
             nodes.append(
                 NodeState(

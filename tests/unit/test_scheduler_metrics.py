@@ -76,8 +76,8 @@ class RecordingExecutor:
     def stop(self, run_id: str, wait_s: float = 15.0) -> None:
         self.calls.append(("stop", run_id))
 
-    def reservations(self) -> list[str]:
-        return sorted(self.live)
+    def reservations(self) -> dict[str, tuple[str, ...]]:
+        return {run_id: () for run_id in sorted(self.live)}
 
 
 class Clock:

@@ -27,12 +27,14 @@ GiB = 1024**3
 class Cluster:
     def __init__(self) -> None:
         self.alive = {"node-a": True, "node-b": True}
+        self.lagging = False  # report every node full, as Ray does moments after a release
 
     def snapshot(self) -> ClusterSnapshot:
         total = Resources(4, 0, 16 * GiB)
+        available = Resources() if self.lagging else total
         return ClusterSnapshot(
             tuple(
-                NodeState(name, "127.0.0.1", alive, total, total)
+                NodeState(name, "127.0.0.1", alive, total, available)
                 for name, alive in sorted(self.alive.items())
             )
         )
@@ -73,8 +75,8 @@ class Executor:
         self.calls.append(("release", run_id))
         self.groups.discard(run_id)
 
-    def reservations(self) -> list[str]:
-        return sorted(self.groups)
+    def reservations(self) -> dict[str, tuple[str, ...]]:
+        return {run_id: ("node-a",) for run_id in sorted(self.groups)}
 
     def logs(self, run_id: str) -> str:
         return ""
@@ -258,3 +260,22 @@ def test_a_full_disk_refuses_the_submission_and_keeps_the_store_consistent(
     assert kept.id in {j.id for j in jobs}
     for job in jobs:  # every stored job has its submission event, nothing half-written
         assert service.store.events(job.id)[0].reason == "submitted"
+
+
+def test_room_just_freed_counts_as_free_so_one_preemption_is_enough(world: Any) -> None:
+    """Right after a victim is released Ray still reports its node full; the next pass
+    must start the preemptor there, not preempt a second victim."""
+    service, _, cluster, _ = world
+    lows = [service.submit(spec(f"low-{i}", "low", cpus=4)) for i in range(2)]
+    service.tick()
+    service.tick()
+    high = service.submit(spec("urgent", "high", cpus=4))
+    service.tick()  # preempts one low job
+    cluster.lagging = True
+    service.tick()
+    service.tick()
+    preempted = [
+        j for j in lows if any("preempted" in (e.reason or "") for e in service.store.events(j.id))
+    ]
+    assert len(preempted) == 1
+    assert service.store.get_job(high.id).state in (JobState.ADMITTED, JobState.RUNNING)
