@@ -25,8 +25,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dcsched import __version__
+from dcsched.adapters.http_limits import JSON_BODY_LIMIT, BodyLimit
 from dcsched.core.auth import (
     BOOTSTRAP_PRINCIPAL,
     Call,
@@ -54,6 +56,11 @@ logger = logging.getLogger(__name__)
 
 LOG_CHUNK_BYTES = 1024 * 1024
 """Most log bytes one call returns; ``dcsched logs`` pages with ``offset``."""
+MAX_LIST_LIMIT = 100_000
+"""Most jobs (or audit entries) one list call returns."""
+MAX_TIMESTAMP = 2**33
+"""Largest time (seconds since 1970, about the year 2242) a query may name."""
+MAX_OFFSET = 2**62
 
 
 class SubmitRequest(BaseModel):
@@ -77,9 +84,14 @@ class ApiError(Exception):
 
 
 def iso(ts: float | None) -> str | None:
+    """An ISO 8601 time in UTC; None for None and for a time no date can show."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        when = datetime.fromtimestamp(ts, UTC)
+    except (OverflowError, ValueError, OSError):
+        return None
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def job_view(
@@ -245,6 +257,14 @@ def create_app(
         dependencies=[Depends(authenticate, scope="function")],
     )
     store = service.store
+    # Bodies are limited before anything reads them (authentication reads a submission's).
+    streamed = {"/v1/uploads": inputs.max_upload} if inputs is not None else {}
+    app.add_middleware(BodyLimit, json_limit=JSON_BODY_LIMIT, streamed=streamed)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        body = {"error": str(exc.detail), "problems": []}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -310,7 +330,9 @@ def create_app(
 
     @app.get("/v1/jobs")
     def list_jobs(
-        state: str | None = None, team: str | None = None, limit: int | None = None
+        state: str | None = Query(None, max_length=1000),
+        team: str | None = Query(None, max_length=100),
+        limit: int | None = Query(None, ge=1, le=MAX_LIST_LIMIT),
     ) -> Response:
         states = None
         if state:
@@ -319,8 +341,6 @@ def create_app(
             except ValueError:
                 known = ", ".join(s.value for s in JobState)
                 raise ApiError(400, f"unknown state {state!r}; states: {known}") from None
-        if limit is not None and limit < 1:
-            raise ApiError(400, "limit must be at least 1")
         jobs = store.list_jobs(states=states, team=team, limit=limit)
         # orjson directly: FastAPI's generic encoder costs ~0.1 s for 1,000 jobs.
         body = orjson.dumps({"jobs": [view(j) for j in jobs]})
@@ -345,7 +365,7 @@ def create_app(
     @app.get("/v1/jobs/{job_id}/logs")
     def get_logs(
         job_id: str,
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=MAX_OFFSET),
         rank: int | None = Query(None, ge=0, le=1023),
         limit: int = Query(LOG_CHUNK_BYTES, ge=1, le=LOG_CHUNK_BYTES),
     ) -> dict[str, Any]:
@@ -429,7 +449,12 @@ def create_app(
         return {"teams": service.teams_view()}
 
     @app.get("/v1/usage")
-    def usage(team: str | None = None, since: float | None = None) -> dict[str, Any]:
+    def usage(
+        team: str | None = Query(None, max_length=100),
+        since: float | None = Query(
+            None, ge=0, le=MAX_TIMESTAMP, description="Window start, seconds since 1970."
+        ),
+    ) -> dict[str, Any]:
         report = service.usage(team, since)
         report["since"], report["until"] = iso(report["since"]), iso(report["until"])
         return report
@@ -554,9 +579,7 @@ def create_app(
         return token_view(record)
 
     @app.get("/v1/audit")
-    def get_audit(limit: int = 100) -> dict[str, Any]:
-        if not 1 <= limit <= 100_000:
-            raise ApiError(400, "limit must be between 1 and 100000")
+    def get_audit(limit: int = Query(100, ge=1, le=MAX_LIST_LIMIT)) -> dict[str, Any]:
         entries = access_or_501().audit(limit)
         return {
             "entries": [
