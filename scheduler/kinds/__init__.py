@@ -17,6 +17,7 @@ from dcsched.core.spec import (
     REQUEST_FIELDS,
     SchedulingRequest,
     SpecError,
+    check_document_size,
     describe_errors,
     load_yaml_mapping,
     request_of,
@@ -36,6 +37,7 @@ def parse_job_spec(document: Any) -> AnyJobSpec:
         raise SpecError(["the spec is empty; it must be a mapping with name, kind, team, ..."])
     if not isinstance(document, dict):
         raise SpecError([f"the spec must be a mapping of fields, not a {type(document).__name__}"])
+    check_document_size(document)
     kind = document.get("kind")
     if "kind" not in document:
         raise SpecError([f"kind: required field is missing; one of: {', '.join(KINDS)}"])
