@@ -22,12 +22,13 @@ from typing import Any
 import orjson
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dcsched import __version__
+from dcsched.adapters import api_models as m
 from dcsched.adapters.http_limits import JSON_BODY_LIMIT, BodyLimit
 from dcsched.core.auth import (
     BOOTSTRAP_PRINCIPAL,
@@ -302,11 +303,13 @@ def create_app(
             raise ApiError(404, str(JobNotFound(job_id)))
         return job
 
+    app.openapi = lambda: m.openapi_schema(app)  # type: ignore[method-assign]
+
     @app.get("/openapi.json", include_in_schema=False)
     def openapi() -> dict[str, Any]:
         return app.openapi()
 
-    @app.get("/v1/info")
+    @app.get("/v1/info", response_model=None, responses=m.ok(m.Info))
     def get_info() -> dict[str, Any]:
         config = service.config
         return {
@@ -320,7 +323,7 @@ def create_app(
     def get_job_spec_schema() -> dict[str, Any]:
         return job_spec_schema()
 
-    @app.post("/v1/jobs", status_code=201)
+    @app.post("/v1/jobs", status_code=201, response_model=None, responses=m.ok(m.JobView, 201))
     def submit(request: SubmitRequest) -> dict[str, Any]:
         try:
             job = service.submit(request.spec)
@@ -328,7 +331,7 @@ def create_app(
             raise ApiError(400, "invalid job spec", exc.problems) from None
         return view(job)
 
-    @app.get("/v1/jobs")
+    @app.get("/v1/jobs", response_model=None, responses=m.ok(m.JobList))
     def list_jobs(
         state: str | None = Query(None, max_length=1000),
         team: str | None = Query(None, max_length=100),
@@ -346,7 +349,7 @@ def create_app(
         body = orjson.dumps({"jobs": [view(j) for j in jobs]})
         return Response(body, media_type="application/json")
 
-    @app.get("/v1/jobs/{job_id}")
+    @app.get("/v1/jobs/{job_id}", response_model=None, responses=m.ok(m.JobDetail))
     def get_job(job_id: str) -> dict[str, Any]:
         job = get_job_or_404(job_id)
         body = view(job)
@@ -362,7 +365,7 @@ def create_app(
         ]
         return body
 
-    @app.get("/v1/jobs/{job_id}/logs")
+    @app.get("/v1/jobs/{job_id}/logs", response_model=None, responses=m.ok(m.Logs))
     def get_logs(
         job_id: str,
         offset: int = Query(0, ge=0, le=MAX_OFFSET),
@@ -388,7 +391,7 @@ def create_app(
             "done": done,
         }
 
-    @app.post("/v1/uploads", status_code=201)
+    @app.post("/v1/uploads", status_code=201, response_model=None, responses=m.ok(m.Upload, 201))
     async def upload(request: Request) -> dict[str, Any]:
         """Store the request body (a data file, or a zip of a working_dir) content-
         addressed; the answer's ``ref`` goes into the spec. Raw bytes, size-limited."""
@@ -418,7 +421,7 @@ def create_app(
             raise ApiError(400, str(exc)) from None
         return {"ref": ref, "size": size}
 
-    @app.post("/v1/jobs/{job_id}/cancel")
+    @app.post("/v1/jobs/{job_id}/cancel", response_model=None, responses=m.ok(m.JobView))
     def cancel(job_id: str) -> dict[str, Any]:
         try:
             return view(service.cancel(job_id))
@@ -448,7 +451,7 @@ def create_app(
     def teams() -> dict[str, Any]:
         return {"teams": service.teams_view()}
 
-    @app.get("/v1/usage")
+    @app.get("/v1/usage", response_model=None, responses=m.ok(m.Usage))
     def usage(
         team: str | None = Query(None, max_length=100),
         since: float | None = Query(
@@ -483,7 +486,7 @@ def create_app(
             ]
         }
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=None, responses=m.ok(m.ModelList))
     def models() -> dict[str, Any]:
         return {
             "models": [
@@ -492,14 +495,18 @@ def create_app(
             ]
         }
 
-    @app.get("/v1/models/{name}")
+    @app.get("/v1/models/{name}", response_model=None, responses=m.ok(m.ModelDetail))
     def model(name: str) -> dict[str, Any]:
         versions = store.model_versions(name)
         if not versions:
             raise ApiError(404, f"no model named {name!r}; `dcsched models list` shows them")
         return {"name": name, "versions": [model_view(v) for v in versions]}
 
-    @app.get("/v1/models/{name}/versions/{version}")
+    @app.get(
+        "/v1/models/{name}/versions/{version}",
+        response_model=None,
+        responses=m.ok(m.ModelVersionView),
+    )
     def model_version(name: str, version: int) -> dict[str, Any]:
         for v in store.model_versions(name):
             if v.version == version:
@@ -510,7 +517,7 @@ def create_app(
     def list_plugins() -> dict[str, Any]:
         return {"plugins": plugins()}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -530,7 +537,7 @@ def create_app(
             "revoked_at": iso(record.revoked_at),
         }
 
-    @app.post("/v1/tokens", status_code=201)
+    @app.post("/v1/tokens", status_code=201, response_model=None, responses=m.ok(m.NewToken, 201))
     def create_token(request: TokenRequest) -> dict[str, Any]:
         tokens = access_or_501()
         team = request.team or None
@@ -551,7 +558,7 @@ def create_app(
         logger.info("issued a %s token to %s", request.role, request.name)
         return {**token_view(record), "token": token_value}
 
-    @app.get("/v1/tokens")
+    @app.get("/v1/tokens", response_model=None, responses=m.ok(m.TokenList))
     def list_tokens(include_revoked: bool = False) -> dict[str, Any]:
         tokens = access_or_501().principals(include_revoked)
         bootstrap_view = {
@@ -564,7 +571,7 @@ def create_app(
         }
         return {"tokens": [bootstrap_view, *(token_view(t) for t in tokens)]}
 
-    @app.delete("/v1/tokens/{name}")
+    @app.delete("/v1/tokens/{name}", response_model=None, responses=m.ok(m.TokenView))
     def revoke_token(name: str) -> dict[str, Any]:
         if name == BOOTSTRAP_PRINCIPAL:
             raise ApiError(
@@ -578,7 +585,7 @@ def create_app(
         logger.info("revoked the token of %s", name)
         return token_view(record)
 
-    @app.get("/v1/audit")
+    @app.get("/v1/audit", response_model=None, responses=m.ok(m.AuditLog))
     def get_audit(limit: int = Query(100, ge=1, le=MAX_LIST_LIMIT)) -> dict[str, Any]:
         entries = access_or_501().audit(limit)
         return {

@@ -24,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    WithJsonSchema,
 )
 
 from dcsched.core.resources import Resources
@@ -54,14 +55,32 @@ def _memory(value: Any) -> int:
     return parse_memory(value)
 
 
-MemoryBytes = Annotated[int, BeforeValidator(_memory), Field(gt=0, le=2**60)]
+MEMORY_SCHEMA = {
+    "anyOf": [
+        {"type": "integer", "minimum": 1, "maximum": 2**60},
+        {"type": "string", "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*[A-Za-z]{0,3}\s*$"},
+    ]
+}
+"""What the JSON schema says of a memory size: bytes, or a number with a unit (1GiB)."""
+MemoryBytes = Annotated[
+    int, BeforeValidator(_memory), Field(gt=0, le=2**60), WithJsonSchema(MEMORY_SCHEMA)
+]
 
 
 def _duration(value: Any) -> Any:
     return None if value is None else parse_duration(value)
 
 
-DurationSeconds = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
+DURATION_SCHEMA = {
+    "anyOf": [
+        {"type": "number", "exclusiveMinimum": 0},
+        {"type": "string", "pattern": r"^\s*([0-9]+(\.[0-9]+)?\s*(d|h|m|s|ms)?\s*)+$"},
+    ]
+}
+"""What the JSON schema says of a duration: seconds, or e.g. 90s, 30m, 2h, 1h30m."""
+DurationSeconds = Annotated[
+    float, BeforeValidator(_duration), Field(gt=0), WithJsonSchema(DURATION_SCHEMA)
+]
 
 
 class StrictModel(BaseModel):

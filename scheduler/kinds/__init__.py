@@ -72,9 +72,10 @@ def document_of(request: SchedulingRequest, kind: str, payload: dict[str, Any]) 
     return {**request.model_dump(mode="json"), "kind": kind, **payload}
 
 
-def job_spec_schema() -> dict[str, Any]:
-    """The JSON schema of a job spec (one variant per kind)."""
-    return _ADAPTER.json_schema()
+def job_spec_schema(ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
+    """The JSON schema of a job spec (one variant per kind); ``ref_template`` places its
+    definitions (the OpenAPI schema keeps them under ``#/components/schemas/``)."""
+    return _ADAPTER.json_schema(ref_template=ref_template)
 
 
 __all__ = [
