@@ -135,6 +135,7 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
 
     from dcsched.adapters import node_exporters, ray_executor, ray_head
     from dcsched.adapters.http_api import create_app
+    from dcsched.adapters.http_limits import server_config
     from dcsched.adapters.sqlite_store import SQLiteStore
     from dcsched.core import accounting
     from dcsched.exporters.scheduler import SchedulerMetrics, SchedulerStateCollector
@@ -259,9 +260,7 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
         threading.Thread(
             target=fleet.run_forever, args=(stop,), name="exporters", daemon=True
         ).start()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
-    )
+    server = uvicorn.Server(server_config(app, host, port))
 
     def announce() -> None:
         while not server.started and loop.is_alive():

@@ -70,6 +70,14 @@ class StoreFull(RuntimeError):
     """The store could not write (disk or database full); nothing of the change was kept."""
 
 
+class ModelNameTaken(Exception):
+    """A model name belongs to another team (the team that registered its first version)."""
+
+    def __init__(self, name: str, owner: str):
+        self.name, self.owner = name, owner
+        super().__init__(f"model {name} belongs to team {owner}; choose another name")
+
+
 class JobStore(Protocol):
     def add_job(self, job: Job) -> None: ...
 
@@ -112,10 +120,16 @@ class JobStore(Protocol):
         result: dict[str, Any],
     ) -> ModelVersion:
         """Register the artifact as the next version of the job's model and mark the job
-        SUCCEEDED, atomically."""
+        SUCCEEDED, atomically. Raise ModelNameTaken, changing nothing, if another team
+        owns the model's name."""
         ...
 
     def model_versions(self, name: str) -> list[ModelVersion]: ...
+
+    def model_owner(self, name: str) -> str | None:
+        """The team that owns a model name: the team of the job that registered its first
+        version; None if no model has that name."""
+        ...
 
     def model_names(self) -> list[tuple[str, int, int, float]]:
         """(name, latest version, number of versions, updated_at) per model."""

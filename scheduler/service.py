@@ -37,7 +37,7 @@ from dcsched.core.spec import SpecError
 from dcsched.core.units import format_duration
 from dcsched.kinds import AnyJobSpec, document_of, parse_job_spec, split
 from dcsched.paths import Paths
-from dcsched.ports import ClusterView, Executor, JobStore, RunPhase, RunStatus
+from dcsched.ports import ClusterView, Executor, JobStore, ModelNameTaken, RunPhase, RunStatus
 from dcsched.rundir import RunDir
 
 logger = logging.getLogger(__name__)
@@ -194,6 +194,7 @@ class SchedulerService:
         for dependency in spec.depends_on:
             if self.store.get_job(dependency) is None:
                 problems.append(f"depends_on: no job named {dependency!r}")
+        problems.extend(self._model_name_problems(spec))
         problems.extend(self.check_runnable(spec))
         selector = spec.node_selector or None
         too_big = fits_cluster_at_all(
@@ -217,6 +218,16 @@ class SchedulerService:
         self.events.submitted(job)
         self._wake.set()
         return job
+
+    def _model_name_problems(self, spec: AnyJobSpec) -> list[str]:
+        """A ``train`` job's name is its model's: another team's model name is refused
+        (registering would otherwise hand them a new "latest" version of it)."""
+        if spec.kind != "train":
+            return []
+        owner = self.store.model_owner(spec.name)
+        if owner is None or owner == spec.team:
+            return []
+        return [f"name: {ModelNameTaken(spec.name, owner)}"]
 
     def cancel(self, job_id: str) -> Job:
         with self._lock:
@@ -614,15 +625,18 @@ class SchedulerService:
                 job.id, JobState.FAILED, now, "the run ended without writing its result"
             )
         model = job.payload.get("model", {})
-        version = self.store.finish_with_model(
-            job.id,
-            now,
-            files.model,
-            metrics=result.get("metrics", {}),
-            plugin=str(result.get("plugin", model.get("type", ""))),
-            params=result.get("params", model.get("params", {})),
-            result=result,
-        )
+        try:
+            version = self.store.finish_with_model(
+                job.id,
+                now,
+                files.model,
+                metrics=result.get("metrics", {}),
+                plugin=str(result.get("plugin", model.get("type", ""))),
+                params=result.get("params", model.get("params", {})),
+                result=result,
+            )
+        except ModelNameTaken as exc:  # taken since submit; the submit check is the rule
+            return self.store.transition(job.id, JobState.FAILED, now, str(exc))
         logger.info("job %s succeeded; model %s:%s", job.id, version.name, version.version)
         return self.store.get_job(job.id) or job
 

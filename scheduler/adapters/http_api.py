@@ -22,11 +22,14 @@ from typing import Any
 import orjson
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dcsched import __version__
+from dcsched.adapters import api_models as m
+from dcsched.adapters.http_limits import JSON_BODY_LIMIT, BodyLimit
 from dcsched.core.auth import (
     BOOTSTRAP_PRINCIPAL,
     Call,
@@ -61,6 +64,11 @@ logger = logging.getLogger(__name__)
 
 LOG_CHUNK_BYTES = 1024 * 1024
 """Most log bytes one call returns; ``dcsched logs`` pages with ``offset``."""
+MAX_LIST_LIMIT = 100_000
+"""Most jobs (or audit entries) one list call returns."""
+MAX_TIMESTAMP = 2**33
+"""Largest time (seconds since 1970, about the year 2242) a query may name."""
+MAX_OFFSET = 2**62
 
 
 class SubmitRequest(BaseModel):
@@ -84,9 +92,14 @@ class ApiError(Exception):
 
 
 def iso(ts: float | None) -> str | None:
+    """An ISO 8601 time in UTC; None for None and for a time no date can show."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        when = datetime.fromtimestamp(ts, UTC)
+    except (OverflowError, ValueError, OSError):
+        return None
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def job_view(
@@ -252,6 +265,14 @@ def create_app(
         dependencies=[Depends(authenticate, scope="function")],
     )
     store = service.store
+    # Bodies are limited before anything reads them (authentication reads a submission's).
+    streamed = {"/v1/uploads": inputs.max_upload} if inputs is not None else {}
+    app.add_middleware(BodyLimit, json_limit=JSON_BODY_LIMIT, streamed=streamed)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        body = {"error": str(exc.detail), "problems": []}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -294,11 +315,13 @@ def create_app(
             raise ApiError(404, str(JobNotFound(job_id)))
         return job
 
+    app.openapi = lambda: m.openapi_schema(app)  # type: ignore[method-assign]
+
     @app.get("/openapi.json", include_in_schema=False)
     def openapi() -> dict[str, Any]:
         return app.openapi()
 
-    @app.get("/v1/info")
+    @app.get("/v1/info", response_model=None, responses=m.ok(m.Info))
     def get_info() -> dict[str, Any]:
         config = service.config
         return {
@@ -312,7 +335,7 @@ def create_app(
     def get_job_spec_schema() -> dict[str, Any]:
         return job_spec_schema()
 
-    @app.post("/v1/jobs", status_code=201)
+    @app.post("/v1/jobs", status_code=201, response_model=None, responses=m.ok(m.JobView, 201))
     def submit(request: SubmitRequest) -> dict[str, Any]:
         try:
             job = service.submit(request.spec)
@@ -320,9 +343,11 @@ def create_app(
             raise ApiError(400, "invalid job spec", exc.problems) from None
         return view(job)
 
-    @app.get("/v1/jobs")
+    @app.get("/v1/jobs", response_model=None, responses=m.ok(m.JobList))
     def list_jobs(
-        state: str | None = None, team: str | None = None, limit: int | None = None
+        state: str | None = Query(None, max_length=1000),
+        team: str | None = Query(None, max_length=100),
+        limit: int | None = Query(None, ge=1, le=MAX_LIST_LIMIT),
     ) -> Response:
         states = None
         if state:
@@ -331,14 +356,12 @@ def create_app(
             except ValueError:
                 known = ", ".join(s.value for s in JobState)
                 raise ApiError(400, f"unknown state {state!r}; states: {known}") from None
-        if limit is not None and limit < 1:
-            raise ApiError(400, "limit must be at least 1")
         jobs = store.list_jobs(states=states, team=team, limit=limit)
         # orjson directly: FastAPI's generic encoder costs ~0.1 s for 1,000 jobs.
         body = orjson.dumps({"jobs": [view(j) for j in jobs]})
         return Response(body, media_type="application/json")
 
-    @app.get("/v1/jobs/{job_id}")
+    @app.get("/v1/jobs/{job_id}", response_model=None, responses=m.ok(m.JobDetail))
     def get_job(job_id: str) -> dict[str, Any]:
         job = get_job_or_404(job_id)
         body = view(job)
@@ -354,10 +377,10 @@ def create_app(
         ]
         return body
 
-    @app.get("/v1/jobs/{job_id}/logs")
+    @app.get("/v1/jobs/{job_id}/logs", response_model=None, responses=m.ok(m.Logs))
     def get_logs(
         job_id: str,
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=MAX_OFFSET),
         rank: int | None = Query(None, ge=0, le=1023),
         limit: int = Query(LOG_CHUNK_BYTES, ge=1, le=LOG_CHUNK_BYTES),
     ) -> dict[str, Any]:
@@ -380,7 +403,7 @@ def create_app(
             "done": done,
         }
 
-    @app.post("/v1/uploads", status_code=201)
+    @app.post("/v1/uploads", status_code=201, response_model=None, responses=m.ok(m.Upload, 201))
     async def upload(request: Request) -> dict[str, Any]:
         """Store the request body (a data file, or a zip of a working_dir) content-
         addressed; the answer's ``ref`` goes into the spec. Raw bytes, size-limited."""
@@ -410,7 +433,7 @@ def create_app(
             raise ApiError(400, str(exc)) from None
         return {"ref": ref, "size": size}
 
-    @app.post("/v1/jobs/{job_id}/cancel")
+    @app.post("/v1/jobs/{job_id}/cancel", response_model=None, responses=m.ok(m.JobView))
     def cancel(job_id: str) -> dict[str, Any]:
         try:
             return view(service.cancel(job_id))
@@ -440,8 +463,13 @@ def create_app(
     def teams() -> dict[str, Any]:
         return {"teams": service.teams_view()}
 
-    @app.get("/v1/usage")
-    def usage(team: str | None = None, since: float | None = None) -> dict[str, Any]:
+    @app.get("/v1/usage", response_model=None, responses=m.ok(m.Usage))
+    def usage(
+        team: str | None = Query(None, max_length=100),
+        since: float | None = Query(
+            None, ge=0, le=MAX_TIMESTAMP, description="Window start, seconds since 1970."
+        ),
+    ) -> dict[str, Any]:
         report = service.usage(team, since)
         report["since"], report["until"] = iso(report["since"]), iso(report["until"])
         return report
@@ -470,7 +498,7 @@ def create_app(
             ]
         }
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=None, responses=m.ok(m.ModelList))
     def models() -> dict[str, Any]:
         return {
             "models": [
@@ -479,14 +507,18 @@ def create_app(
             ]
         }
 
-    @app.get("/v1/models/{name}")
+    @app.get("/v1/models/{name}", response_model=None, responses=m.ok(m.ModelDetail))
     def model(name: str) -> dict[str, Any]:
         versions = store.model_versions(name)
         if not versions:
             raise ApiError(404, f"no model named {name!r}; `dcsched models list` shows them")
         return {"name": name, "versions": [model_view(v) for v in versions]}
 
-    @app.get("/v1/models/{name}/versions/{version}")
+    @app.get(
+        "/v1/models/{name}/versions/{version}",
+        response_model=None,
+        responses=m.ok(m.ModelVersionView),
+    )
     def model_version(name: str, version: int) -> dict[str, Any]:
         for v in store.model_versions(name):
             if v.version == version:
@@ -497,7 +529,7 @@ def create_app(
     def list_plugins() -> dict[str, Any]:
         return {"plugins": plugins()}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -517,7 +549,7 @@ def create_app(
             "revoked_at": iso(record.revoked_at),
         }
 
-    @app.post("/v1/tokens", status_code=201)
+    @app.post("/v1/tokens", status_code=201, response_model=None, responses=m.ok(m.NewToken, 201))
     def create_token(request: TokenRequest) -> dict[str, Any]:
         tokens = access_or_501()
         team = request.team or None
@@ -538,7 +570,7 @@ def create_app(
         logger.info("issued a %s token to %s", request.role, request.name)
         return {**token_view(record), "token": token_value}
 
-    @app.get("/v1/tokens")
+    @app.get("/v1/tokens", response_model=None, responses=m.ok(m.TokenList))
     def list_tokens(include_revoked: bool = False) -> dict[str, Any]:
         tokens = access_or_501().principals(include_revoked)
         bootstrap_view = {
@@ -551,7 +583,7 @@ def create_app(
         }
         return {"tokens": [bootstrap_view, *(token_view(t) for t in tokens)]}
 
-    @app.delete("/v1/tokens/{name}")
+    @app.delete("/v1/tokens/{name}", response_model=None, responses=m.ok(m.TokenView))
     def revoke_token(name: str) -> dict[str, Any]:
         if name == BOOTSTRAP_PRINCIPAL:
             raise ApiError(
@@ -565,10 +597,8 @@ def create_app(
         logger.info("revoked the token of %s", name)
         return token_view(record)
 
-    @app.get("/v1/audit")
-    def get_audit(limit: int = 100) -> dict[str, Any]:
-        if not 1 <= limit <= 100_000:
-            raise ApiError(400, "limit must be between 1 and 100000")
+    @app.get("/v1/audit", response_model=None, responses=m.ok(m.AuditLog))
+    def get_audit(limit: int = Query(100, ge=1, le=MAX_LIST_LIMIT)) -> dict[str, Any]:
         entries = access_or_501().audit(limit)
         return {
             "entries": [

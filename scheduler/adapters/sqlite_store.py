@@ -29,6 +29,7 @@ from dcsched.core.spec import REQUEST_FIELDS, SchedulingRequest, request_of
 from dcsched.ports import (
     AllocationInterval,
     AuditEntry,
+    ModelNameTaken,
     ModelVersion,
     PrincipalExists,
     StoreFull,
@@ -482,7 +483,12 @@ class SQLiteStore:
                 assert version is not None
                 self._finish(conn, job_id, at, result, version)
                 return version
-            name = conn.execute("SELECT name FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+            name, team = conn.execute(
+                "SELECT name, team FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+            owner = _model_owner(conn, name)
+            if owner is not None and owner != team:
+                raise ModelNameTaken(name, owner)
             row = conn.execute("SELECT MAX(version) FROM models WHERE name = ?", (name,)).fetchone()
             number = int(row[0] or 0) + 1
             target = self.models_dir / name / str(number)
@@ -542,12 +548,24 @@ class SQLiteStore:
         )
         return _model_from_row(row) if row else None
 
+    def model_owner(self, name: str) -> str | None:
+        return _model_owner(self._conn(), name)
+
     def model_names(self) -> list[tuple[str, int, int, float]]:
         rows = self._conn().execute(
             "SELECT name, MAX(version), COUNT(*), MAX(created_at) FROM models"
             " GROUP BY name ORDER BY name"
         )
         return [(r[0], int(r[1]), int(r[2]), float(r[3])) for r in rows]
+
+
+def _model_owner(conn: sqlite3.Connection, name: str) -> str | None:
+    row = conn.execute(
+        "SELECT jobs.team FROM models JOIN jobs ON jobs.id = models.job_id"
+        " WHERE models.name = ? ORDER BY models.version LIMIT 1",
+        (name,),
+    ).fetchone()
+    return str(row[0]) if row else None
 
 
 def directory_checksum(directory: Path) -> str:

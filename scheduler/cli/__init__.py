@@ -4,7 +4,7 @@ Invariants:
 - Start-up stays light: ``dcsched --help`` and ``dcsched list`` import click, json and
   http.client only (never ray, torch, pydantic, fastapi, uvicorn or yaml). ``submit``
   imports the YAML loader; ``server``/``up``/``down`` import ``dcsched.daemon``; both lazily.
-- Exit codes: 0 success; 2 bad input (invalid local file, HTTP 400/404/422); 1 any other
+- Exit codes: 0 success; 2 bad input (invalid local file, HTTP 400/404/411/413/422); 1 any other
   failure (server unreachable, 401, 409, 5xx, a job that did not succeed, a timeout).
 - Errors go to stderr as ``error: ...``, never as a traceback. ``submit`` prints only the
   job id on stdout, so ``JOB=$(dcsched submit job.yaml)`` works.

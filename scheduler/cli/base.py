@@ -15,7 +15,7 @@ from dcsched.client import ApiError, Client, ServerUnreachable
 from dcsched.core.lifecycle import TERMINAL_STATES, JobState
 from dcsched.paths import Paths
 
-BAD_INPUT_STATUSES = frozenset({400, 404, 422})
+BAD_INPUT_STATUSES = frozenset({400, 404, 411, 413, 422})
 _CLIENT_KEY = "dcsched.client"
 _STATES = [state.value for state in JobState]
 _TERMINAL = frozenset(state.value for state in TERMINAL_STATES)
@@ -37,7 +37,7 @@ class Failure(click.ClickException):
 
 
 class BadInput(Failure):
-    """Bad input from the user (a local file, or HTTP 400/404/422); exit code 2."""
+    """Bad input from the user (a local file, or HTTP 400/404/411/413/422); exit code 2."""
 
     exit_code = 2
 

@@ -27,9 +27,12 @@ from dcsched.core.resources import Resources
 from dcsched.core.spec import (
     SLUG_PATTERN,
     DurationSeconds,
+    LabelKey,
+    LabelValue,
     MemoryBytes,
     SpecError,
     StrictModel,
+    check_document_size,
     describe_validation_error,
     load_yaml_mapping,
 )
@@ -47,15 +50,25 @@ def _optional_memory(value: Any) -> Any:
 
 OptionalMemory = Annotated[int | None, BeforeValidator(_optional_memory)]
 
+# Bounds on every number of the configuration: finite (StrictModel) and far beyond any real
+# cluster, so that sums and products of them stay finite and exact enough.
+MAX_CPUS = 10_000_000.0
+MAX_GPUS = 1_000_000.0
+MAX_WEIGHT = 1_000_000.0
+MAX_PRIORITY = 10**9
+MAX_HALF_LIFE_S = 366 * 24 * 3600.0
+GpuCount = Annotated[float, Field(ge=0, le=MAX_GPUS)]
+
 
 class Quota(StrictModel):
     """An amount of each resource; ``None`` means unlimited."""
 
-    cpus: float | None = Field(None, ge=0)
-    gpus: float | None = Field(None, ge=0)
+    cpus: float | None = Field(None, ge=0, le=MAX_CPUS)
+    gpus: float | None = Field(None, ge=0, le=MAX_GPUS)
     memory: OptionalMemory = Field(None, ge=0)
-    gpu_types: dict[str, float] = Field(
+    gpu_types: dict[LabelValue, GpuCount] = Field(
         default_factory=dict,
+        max_length=256,
         description="GPUs per GPU type (node label dcsched.io/gpu-type), within `gpus`.",
     )
 
@@ -71,7 +84,7 @@ class Quota(StrictModel):
 
 class PriorityClass(StrictModel):
     name: str = Field(pattern=SLUG_PATTERN)
-    value: int
+    value: int = Field(ge=-MAX_PRIORITY, le=MAX_PRIORITY)
     preemptible: bool = Field(True, description="Whether jobs of this class may be preempted.")
     opt_out: bool = Field(
         False,
@@ -82,7 +95,7 @@ class PriorityClass(StrictModel):
 class Team(StrictModel):
     name: str = Field(pattern=SLUG_PATTERN)
     cohort: str | None = Field(None, pattern=SLUG_PATTERN)
-    weight: float = Field(1.0, gt=0)
+    weight: float = Field(1.0, gt=0, le=MAX_WEIGHT)
     quota: Quota = Field(default_factory=lambda: Quota())
     borrowing_limit: Quota | None = None
     lending_limit: Quota | None = None
@@ -93,7 +106,9 @@ class Queueing(StrictModel):
     backfill: bool = Field(False, description="Let later jobs start if they delay no one.")
     preemption: bool = Field(True, description="Let higher priority and reclaims preempt.")
     fair_share_half_life: DurationSeconds = Field(
-        6 * 3600.0, description="Half-life of past usage under `fair` queueing (e.g. 6h)."
+        6 * 3600.0,
+        le=MAX_HALF_LIFE_S,
+        description="Half-life of past usage under `fair` queueing (e.g. 6h).",
     )
 
 
@@ -102,13 +117,13 @@ class NodeType(StrictModel):
 
     type: str = Field(pattern=SLUG_PATTERN, description="A name for this kind of node.")
     count: int = Field(ge=1, le=1_000_000)
-    cpus: float = Field(gt=0)
-    gpus: float = Field(0.0, ge=0)
+    cpus: float = Field(gt=0, le=MAX_CPUS)
+    gpus: float = Field(0.0, ge=0, le=MAX_GPUS)
     memory: MemoryBytes
     gpu_type: str | None = Field(
-        None, min_length=1, description=f"Sets the node label {GPU_TYPE_LABEL}."
+        None, min_length=1, max_length=253, description=f"Sets the node label {GPU_TYPE_LABEL}."
     )
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=64)
     team: str | None = Field(
         None,
         pattern=SLUG_PATTERN,
@@ -133,17 +148,19 @@ DEFAULT_PRIORITY_CLASSES = (
 class ClusterConfig(StrictModel):
     queueing: Queueing = Field(default_factory=lambda: Queueing())
     placement: PlacementPolicy = "binpack"
-    priority_classes: tuple[PriorityClass, ...] = DEFAULT_PRIORITY_CLASSES
-    teams: tuple[Team, ...] = ()
+    priority_classes: tuple[PriorityClass, ...] = Field(DEFAULT_PRIORITY_CLASSES, max_length=256)
+    teams: tuple[Team, ...] = Field((), max_length=10_000)
     unlisted_teams: Literal["allow", "reject"] | None = Field(
         None,
         description="allow: a team not listed runs without quota (weight 1, no cohort); "
         "reject: it is refused. Default: reject once a team is listed, else allow.",
     )
     nodes: tuple[NodeType, ...] = Field(
-        (), description="Nodes as counts of node types, for the simulator; ignored live."
+        (),
+        max_length=10_000,
+        description="Nodes as counts of node types, for the simulator; ignored live.",
     )
-    data_roots: tuple[str, ...] = Field(
+    data_roots: tuple[Annotated[str, Field(max_length=4096)], ...] = Field(
         (),
         max_length=64,
         description="Absolute folders on storage every node mounts whose files a spec may "
@@ -223,6 +240,7 @@ def parse_config(document: Any) -> ClusterConfig:
         return ClusterConfig()
     if not isinstance(document, dict):
         raise SpecError([f"the configuration must be a mapping, not a {type(document).__name__}"])
+    check_document_size(document, "the configuration", max_bytes=16 * 1024**2)
     try:
         config = ClusterConfig.model_validate(document)
     except ValidationError as exc:

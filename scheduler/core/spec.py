@@ -24,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    WithJsonSchema,
 )
 
 from dcsched.core.resources import Resources
@@ -32,6 +33,14 @@ from dcsched.core.units import parse_duration, parse_memory
 SLUG_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 MAX_RUNTIME_S = 366 * 24 * 3600.0
 """A year: longer limits are refused (a huge one overflows date arithmetic later)."""
+MAX_SPEC_DEPTH = 32
+MAX_SPEC_BYTES = 256 * 1024
+"""A spec document's limits: nesting, and about how many bytes its JSON takes."""
+MAX_JOB_ID = 128
+
+LabelKey = Annotated[str, Field(min_length=1, max_length=253)]
+LabelValue = Annotated[str, Field(max_length=253)]
+"""A node label's key and value (Kubernetes' longest label key is 253 characters)."""
 
 
 class SpecError(ValueError):
@@ -46,14 +55,32 @@ def _memory(value: Any) -> int:
     return parse_memory(value)
 
 
-MemoryBytes = Annotated[int, BeforeValidator(_memory), Field(gt=0, le=2**60)]
+MEMORY_SCHEMA = {
+    "anyOf": [
+        {"type": "integer", "minimum": 1, "maximum": 2**60},
+        {"type": "string", "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*[A-Za-z]{0,3}\s*$"},
+    ]
+}
+"""What the JSON schema says of a memory size: bytes, or a number with a unit (1GiB)."""
+MemoryBytes = Annotated[
+    int, BeforeValidator(_memory), Field(gt=0, le=2**60), WithJsonSchema(MEMORY_SCHEMA)
+]
 
 
 def _duration(value: Any) -> Any:
     return None if value is None else parse_duration(value)
 
 
-DurationSeconds = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
+DURATION_SCHEMA = {
+    "anyOf": [
+        {"type": "number", "exclusiveMinimum": 0},
+        {"type": "string", "pattern": r"^\s*([0-9]+(\.[0-9]+)?\s*(d|h|m|s|ms)?\s*)+$"},
+    ]
+}
+"""What the JSON schema says of a duration: seconds, or e.g. 90s, 30m, 2h, 1h30m."""
+DurationSeconds = Annotated[
+    float, BeforeValidator(_duration), Field(gt=0), WithJsonSchema(DURATION_SCHEMA)
+]
 
 
 class StrictModel(BaseModel):
@@ -100,7 +127,7 @@ class SchedulingRequest(StrictModel):
     placement: Literal["binpack", "spread", "least-loaded"] | None = Field(
         None, description="Placement policy for this job; the cluster's policy if unset."
     )
-    node_selector: dict[str, str] = Field(
+    node_selector: dict[LabelKey, LabelValue] = Field(
         default_factory=dict,
         description="Node labels the job's nodes must carry, e.g. {dcsched.io/gpu-type: A100}.",
         max_length=32,
@@ -109,7 +136,7 @@ class SchedulingRequest(StrictModel):
         None,
         description="false keeps the job from being preempted, if its priority class allows.",
     )
-    depends_on: list[str] = Field(
+    depends_on: list[Annotated[str, Field(min_length=1, max_length=MAX_JOB_ID)]] = Field(
         default_factory=list,
         description="Job ids that must succeed before this job starts.",
         max_length=64,
@@ -128,6 +155,30 @@ def request_of(document: dict[str, Any]) -> SchedulingRequest:
     )
 
 
+def check_document_size(
+    document: Any, what: str = "the spec", max_bytes: int = MAX_SPEC_BYTES
+) -> None:
+    """Refuse a decoded document nested deeper than MAX_SPEC_DEPTH or larger than about
+    ``max_bytes``, before any validator recurses into it (no recursion here)."""
+    size, stack = 0, [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_SPEC_DEPTH:
+            raise SpecError([f"{what} is nested deeper than {MAX_SPEC_DEPTH} levels"])
+        if isinstance(value, dict):
+            size += 2 + 2 * len(value)
+            for key, item in value.items():
+                size += len(key) if isinstance(key, str) else 8
+                stack.append((item, depth + 1))
+        elif isinstance(value, list | tuple):
+            size += 2 + len(value)
+            stack.extend((item, depth + 1) for item in value)
+        else:
+            size += len(value) if isinstance(value, str | bytes) else 8
+        if size > max_bytes:
+            raise SpecError([f"{what} is larger than {max_bytes // 1024} KiB"])
+
+
 def load_yaml_mapping(text: str) -> Any:
     try:
         return yaml.safe_load(text)
@@ -136,6 +187,8 @@ def load_yaml_mapping(text: str) -> Any:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError([f"the spec is not valid YAML{where}: {problem}"]) from None
+    except RecursionError:
+        raise SpecError(["the YAML is nested too deeply"]) from None
 
 
 def describe_validation_error(exc: ValidationError) -> list[str]:

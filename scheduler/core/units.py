@@ -31,6 +31,12 @@ _MULTIPLIERS: dict[str, int] = {
     "tib": 1024**4,
 }
 
+MAX_BYTES = 2**60
+"""Largest memory size accepted anywhere (1 EiB): larger ones are typos, and would lose
+precision or overflow as floats."""
+MAX_DURATION_S = 100 * 366 * 24 * 3600.0
+"""Longest duration that parses (a century); fields set tighter bounds of their own."""
+
 _MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
@@ -42,22 +48,33 @@ def parse_memory(value: str | int | float) -> int:
     if isinstance(value, bool):
         raise ValueError("memory must be a size like 512MiB or 2GiB, not a boolean")
     if isinstance(value, int | float):
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"memory must be a finite size, got {value}")
         if value < 0:
             raise ValueError(f"memory must not be negative, got {value}")
+        if value > MAX_BYTES:
+            raise ValueError(f"memory {_short(value)} is larger than {MAX_BYTES} bytes (1 EiB)")
         return int(value)
-    match = _MEMORY_RE.match(value)
+    match = _MEMORY_RE.match(value) if isinstance(value, str) else None
     if match is None or match.group(2).lower() not in _MULTIPLIERS:
         raise ValueError(
-            f"memory {value!r} is not a size; write a number with a unit, "
+            f"memory {_short(value)} is not a size; write a number with a unit, "
             "for example 512MiB, 2GiB or 4GB"
         )
     number, unit = match.groups()
     size = float(number) * _MULTIPLIERS[unit.lower()]
-    if not math.isfinite(size):
-        raise ValueError(f"memory {value!r} is not a finite size")
+    if not math.isfinite(size) or size > MAX_BYTES:
+        raise ValueError(f"memory {_short(value)} is larger than {MAX_BYTES} bytes (1 EiB)")
     return int(size)
+
+
+def _short(value: object) -> str:
+    """A value as an error message shows it: repr, cut to 40 characters."""
+    try:
+        text = repr(value) if isinstance(value, str) else str(value)
+    except ValueError:  # an int too long to print
+        return "(a number too large to show)"
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def format_bytes(n: int) -> str:
@@ -81,17 +98,28 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise ValueError("a duration must be like 30m or 2h, not a boolean")
     if isinstance(value, int | float):
-        if not math.isfinite(value):
-            raise ValueError(f"memory must be a finite size, got {value}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"a duration must be finite, got {value}")
         if value < 0:
             raise ValueError(f"a duration must not be negative, got {value}")
-        return float(value)
+        return _bounded_duration(float(min(value, 2 * MAX_DURATION_S)), value)
+    if not isinstance(value, str):
+        raise ValueError(f"duration {_short(value)} is not understood; write e.g. 30m or 2h")
     text = value.strip().lower().replace(" ", "")
     if text and _DURATION_RE.sub("", text) == "":
-        return sum(float(n) * _DURATION_SECONDS[u] for n, u in _DURATION_RE.findall(text))
+        seconds = sum(float(n) * _DURATION_SECONDS[u] for n, u in _DURATION_RE.findall(text))
+        return _bounded_duration(seconds, value)
     if text.replace(".", "", 1).isdigit():
-        return float(text)
-    raise ValueError(f"duration {value!r} is not understood; write e.g. 90s, 30m, 2h or 1h30m")
+        return _bounded_duration(float(text), value)
+    raise ValueError(
+        f"duration {_short(value)} is not understood; write e.g. 90s, 30m, 2h or 1h30m"
+    )
+
+
+def _bounded_duration(seconds: float, given: object) -> float:
+    if not math.isfinite(seconds) or seconds > MAX_DURATION_S:
+        raise ValueError(f"duration {_short(given)} is longer than 100 years")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:

@@ -17,6 +17,7 @@ from dcsched.core.spec import (
     REQUEST_FIELDS,
     SchedulingRequest,
     SpecError,
+    check_document_size,
     describe_errors,
     load_yaml_mapping,
     request_of,
@@ -36,6 +37,7 @@ def parse_job_spec(document: Any) -> AnyJobSpec:
         raise SpecError(["the spec is empty; it must be a mapping with name, kind, team, ..."])
     if not isinstance(document, dict):
         raise SpecError([f"the spec must be a mapping of fields, not a {type(document).__name__}"])
+    check_document_size(document)
     kind = document.get("kind")
     if "kind" not in document:
         raise SpecError([f"kind: required field is missing; one of: {', '.join(KINDS)}"])
@@ -70,9 +72,10 @@ def document_of(request: SchedulingRequest, kind: str, payload: dict[str, Any]) 
     return {**request.model_dump(mode="json"), "kind": kind, **payload}
 
 
-def job_spec_schema() -> dict[str, Any]:
-    """The JSON schema of a job spec (one variant per kind)."""
-    return _ADAPTER.json_schema()
+def job_spec_schema(ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
+    """The JSON schema of a job spec (one variant per kind); ``ref_template`` places its
+    definitions (the OpenAPI schema keeps them under ``#/components/schemas/``)."""
+    return _ADAPTER.json_schema(ref_template=ref_template)
 
 
 __all__ = [

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 from tests.conftest import EXAMPLES, Server
 
@@ -104,3 +108,36 @@ def test_malformed_api_body_gets_400_not_a_crash(server: Server) -> None:
     status, body = server.api("POST", "/v1/jobs", {"spec": ["a", "list"]})
     assert status == 400 and "mapping" in json.loads(body)["problems"][0]
     assert server.api("GET", "/v1/info")[0] == 200
+
+
+def test_the_live_server_limits_bodies_and_stalled_clients(server: Server) -> None:
+    """The daemon's own settings (tests/unit/test_http_limits.py has the details)."""
+    parts = urlsplit(server.url)
+    where = (parts.hostname, parts.port)
+    with socket.create_connection(where, timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + server.token.encode() + b"\r\n"
+            b"Content-Length: 1000000000\r\n\r\n"
+        )
+        assert sock.recv(65536).startswith(b"HTTP/1.1 413")
+    stalled = [socket.create_connection(where, timeout=10) for _ in range(50)]
+    try:
+        for sock in stalled:
+            sock.sendall(b"GET /v1/info HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        assert server.api("GET", "/v1/info")[0] == 200
+        assert time.monotonic() - started < 1.0
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def test_a_year_long_runtime_is_refused_and_listing_keeps_working(server: Server) -> None:
+    spec = yaml.safe_load(BASE)
+    for bad in ({"max_runtime": 1e12}, {"resources": {**spec["resources"], "memory": "Infinity"}}):
+        status, body = server.api("POST", "/v1/jobs", {"spec": {**spec, **bad}})
+        assert status == 400, body
+    status, body = server.api("GET", "/v1/jobs")
+    assert status == 200 and isinstance(json.loads(body)["jobs"], list)
+    assert server.api("GET", "/v1/usage?since=inf")[0] == 400

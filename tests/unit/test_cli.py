@@ -185,6 +185,8 @@ class FakeApi:
         if not isinstance(spec, dict):
             return 422, {"detail": [{"loc": ["body", "spec"], "msg": "field required"}]}
         self.submitted.append(spec)
+        if spec.get("name") == "huge":
+            return 413, {"error": "the request body is over the limit of 1048576 bytes"}
         if spec.get("name") == "bad":
             problems = ["resources.cpus: must be greater than 0", "team: required field is missing"]
             return 400, {"error": "invalid job spec", "problems": problems}
@@ -441,6 +443,15 @@ def test_submit_missing_file_exits_2_without_a_request(api: FakeApi, home: Path)
     assert result.exit_code == 2
     assert result.stderr.startswith("error: cannot read")
     assert api.requests == []
+
+
+def test_a_spec_over_the_size_limit_is_bad_input(api: FakeApi, home: Path) -> None:
+    spec = write(home / "job.yaml", SPEC.replace("iris-mlp", "huge"))
+
+    result = run("submit", str(spec))
+
+    assert result.exit_code == 2
+    assert "over the limit of 1048576 bytes" in result.stderr
 
 
 def test_submit_rejected_spec_lists_the_problems_and_exits_2(api: FakeApi, home: Path) -> None:
