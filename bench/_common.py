@@ -1,15 +1,22 @@
 """Helpers shared by the benchmarks: machine description, a throwaway dcsched home with a
-running server, and percentile arithmetic. Each benchmark prints JSON lines."""
+running server (on its own local Ray head, or on a multi-node ``ray.cluster_utils``
+cluster), and percentile arithmetic. Each benchmark prints JSON lines.
+
+Ray is always started with token auth (``RAY_AUTH_MODE`` set explicitly) and explicit
+ports, and stopped by PID: never ``ray stop``, never by name."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import secrets
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,14 +75,132 @@ def cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Compl
     return done
 
 
+def stats(values: list[float], digits: int = 3) -> dict[str, float]:
+    """p50, p99, min and max of ``values``."""
+    return {
+        "p50": round(median(values), digits),
+        "p99": round(percentile(values, 0.99), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+    }
+
+
 @contextmanager
-def dcsched_server(port: int = 18799) -> Iterator[dict[str, str]]:
-    """A fresh DCSCHED_HOME with `dcsched up` (embedded local Ray); `down` at the end."""
+def dcsched_server(
+    port: int = 18799, num_cpus: float | None = None, num_gpus: float | None = None
+) -> Iterator[dict[str, str]]:
+    """A fresh DCSCHED_HOME with `dcsched up` (embedded local Ray); `down` at the end.
+
+    ``num_cpus``/``num_gpus``: give the local head that many logical CPUs/GPUs (it is
+    started first, with dcsched's own launcher, and `dcsched up` adopts it, as it adopts
+    any head it finds; default: what `dcsched up` would detect).
+    The caller's process gets RAY_AUTH_MODE and the head's token (for raw Ray clients)."""
+    from dcsched.adapters import ray_head
+    from dcsched.paths import Paths
+
     with tempfile.TemporaryDirectory(prefix="dcsched-bench-") as home:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DCSCHED_", "RAY_"))}
         env.update({"DCSCHED_HOME": home, "DCSCHED_PORT": str(port)})
-        cli(env, "up")
+        paths = Paths(Path(home))
         try:
+            if num_cpus is not None or num_gpus is not None:
+                ray_head.start(paths, num_cpus=num_cpus, num_gpus=num_gpus)
+            cli(env, "up")
+            os.environ.update(ray_head.ray_env(ray_head.ensure_token(paths)))
             yield env
         finally:
             cli(env, "down", check=False)
+            ray_head.stop(paths)  # a no-op unless `up` failed after the head started
+
+
+def ray_head_record(env: dict[str, str]) -> dict[str, Any]:
+    """head.json of the local Ray head under env's DCSCHED_HOME (dashboard_url, ...)."""
+    return dict(json.loads((Path(env["DCSCHED_HOME"]) / "ray" / "head.json").read_text()))
+
+
+@contextmanager
+def ray_cluster(
+    nodes: int, cpus_per_node: float, gpus_per_node: float = 0
+) -> Iterator[tuple[str, str]]:
+    """A ``ray.cluster_utils.Cluster`` on this machine: a head with no CPUs (Ray's own
+    services only) and ``nodes`` worker nodes; token auth, every port explicit. Yields
+    (GCS address, dashboard URL); shut down (by PID, through Cluster) at the end."""
+    from dcsched.processes import free_port
+
+    with tempfile.TemporaryDirectory(prefix="dcsched-bench-ray-") as tmp:
+        token = Path(tmp) / "ray_token"
+        token.write_text(secrets.token_hex(32))
+        os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)})
+        from ray.cluster_utils import Cluster
+
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": 0,
+                "include_dashboard": True,
+                "dashboard_port": free_port(),
+                "dashboard_host": "127.0.0.1",
+                "dashboard_agent_listen_port": free_port(),
+                "metrics_export_port": free_port(),
+                "runtime_env_agent_port": free_port(),
+            },
+        )
+        try:
+            for _ in range(nodes):
+                cluster.add_node(
+                    num_cpus=cpus_per_node,
+                    num_gpus=gpus_per_node,
+                    metrics_export_port=free_port(),
+                    runtime_env_agent_port=free_port(),
+                )
+            cluster.wait_for_nodes()
+            url = str(cluster.webui_url)
+            yield cluster.address, url if url.startswith("http") else "http://" + url
+        finally:
+            cluster.shutdown()
+
+
+@contextmanager
+def server_on(ray_address: str, timeout_s: float = 120) -> Iterator[dict[str, str]]:
+    """`dcsched server --ray-address` (a fresh DCSCHED_HOME, explicit port, node exporters on
+    loopback with free ports, as the tests run it); yields its CLI environment. Stopped
+    with SIGTERM by PID; its log is printed to stderr if it fails to start."""
+    from dcsched.processes import free_port
+
+    with tempfile.TemporaryDirectory(prefix="dcsched-bench-") as home:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DCSCHED_")}
+        env.update({"DCSCHED_HOME": home, "DCSCHED_PORT": str(free_port())})
+        log_path = Path(home) / "server.log"
+        argv = [sys.executable, "-m", "dcsched.cli", "server", "--ray-address", ray_address]
+        argv += ["--exporter-port", "0", "--exporter-host", "127.0.0.1"]
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                argv,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            record = Path(home) / "server.json"
+            deadline = time.monotonic() + timeout_s
+            while not record.exists():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the dcsched server did not start:\n" + log_path.read_text())
+                time.sleep(0.2)
+            yield env
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def client_for(env: dict[str, str]) -> Any:
+    """A ``dcsched.client.Client`` for the server whose home env names."""
+    from dcsched.client import Client
+    from dcsched.paths import Paths
+
+    return Client.from_env(Paths(Path(env["DCSCHED_HOME"])), environ={})
