@@ -52,8 +52,12 @@ demo: install
 demo-down:
 	DCSCHED_HOME=$(DEMO_HOME) $(BIN)/dcsched down
 
+# bench/live_admission.py (hundreds of jobs on a 4-node cluster, ~10 minutes or more) is
+# not part of it: run it by hand (README, "Measured").
 bench: install
 	$(BIN)/python bench/train_overhead.py
+	$(BIN)/python bench/run_latency.py
+	$(BIN)/python bench/ddp.py
 	$(BIN)/python bench/cli_latency.py
 	$(BIN)/python bench/admission.py
 	$(BIN)/python bench/scrape.py

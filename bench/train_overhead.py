@@ -12,7 +12,9 @@ in the same run, several times, rotating the order of the three paths each round
 
 Reports medians and the paired differences (each path minus the plain run of the same
 round) with min/max. Goal (issue #9): both paths within 1.5 s of the plain process
-(median paired difference). Usage: python bench/train_overhead.py [--runs N]
+(median paired difference). --epochs N trains N epochs instead of the spec's 30 on every
+path (the overhead is a fixed cost; a shorter job makes it stand out of a noisy
+machine's jitter). Usage: python bench/train_overhead.py [--runs N] [--epochs N]
 """
 
 from __future__ import annotations
@@ -25,21 +27,33 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, cli, dcsched_server, emit, machine, median, stats
+from _common import REPO, cli, client_for, dcsched_server, emit, machine, median, stats
 
 SPEC = REPO / "examples" / "train-mlp.yaml"
 GOAL_S = 1.5
 LOGICAL_GPUS = 1
 
 
-def plain_run() -> float:
-    from dcsched.kinds import load_job_spec_yaml as load_spec_yaml
+def document(epochs: int | None, gpus: int = 0) -> dict[str, Any]:
+    """examples/train-mlp.yaml with ``gpus`` per worker and, if given, ``epochs``."""
+    from dcsched.core.spec import load_yaml_mapping
+
+    spec = dict(load_yaml_mapping(SPEC.read_text()))
+    spec["resources"] = {**spec["resources"], "gpus": gpus}
+    if epochs is not None:
+        spec["train"] = {**spec["train"], "epochs": epochs}
+    return spec
+
+
+def plain_run(epochs: int | None) -> float:
+    from dcsched.kinds import parse_job_spec
 
     with tempfile.TemporaryDirectory() as run_dir:
-        spec = load_spec_yaml(SPEC.read_text())
+        spec = parse_job_spec(document(epochs))
         Path(run_dir, "spec.json").write_text(spec.model_dump_json())
         started = time.perf_counter()
         subprocess.run(
@@ -50,16 +64,10 @@ def plain_run() -> float:
         return time.perf_counter() - started
 
 
-def dcsched_run(env: dict[str, str], gpus: int = 0) -> float:
-    from dcsched.client import Client
-    from dcsched.core.spec import load_yaml_mapping
-    from dcsched.paths import Paths
-
-    client = Client.from_env(Paths(Path(env["DCSCHED_HOME"])))
-    document = dict(load_yaml_mapping(SPEC.read_text()))
-    document["resources"] = {**document["resources"], "gpus": gpus}
+def dcsched_run(env: dict[str, str], epochs: int | None, gpus: int = 0) -> float:
+    client = client_for(env)
     started = time.perf_counter()
-    job = client.submit(document)
+    job = client.submit(document(epochs, gpus))
     while True:
         state = client.get_job(job["id"])["state"]
         if state in ("SUCCEEDED", "FAILED", "CANCELLED"):
@@ -74,15 +82,16 @@ def dcsched_run(env: dict[str, str], gpus: int = 0) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the spec's")
     args = parser.parse_args()
     walls: dict[str, list[float]] = {"plain": [], "cpu": [], "gpu": []}
     from dcsched.processes import free_port
 
     with dcsched_server(port=free_port(), num_gpus=LOGICAL_GPUS) as env:
         paths: dict[str, Callable[[], float]] = {
-            "plain": plain_run,
-            "cpu": lambda: dcsched_run(env),
-            "gpu": lambda: dcsched_run(env, gpus=1),
+            "plain": lambda: plain_run(args.epochs),
+            "cpu": lambda: dcsched_run(env, args.epochs),
+            "gpu": lambda: dcsched_run(env, args.epochs, gpus=1),
         }
         for run in paths.values():  # warm-up: the first jobs start Ray's worker pool
             run()
@@ -92,6 +101,7 @@ def main() -> None:
                 walls[name].append(paths[name]())
         jobs = json.loads(cli(env, "list", "-o", "json").stdout)
     record: dict[str, object] = {"benchmark": "train_overhead", "runs": args.runs}
+    record["epochs"] = args.epochs or document(None)["train"]["epochs"]
     for name in ("plain", "cpu", "gpu"):
         record[f"{name}_wall_s"] = round(median(walls[name]), 3)
     for name in ("cpu", "gpu"):
