@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from dcsched.processes import pid_alive
 from tests.conftest import EXAMPLES, Server, start_cluster, start_server
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -197,17 +198,9 @@ def test_one_failing_rank_stops_the_others_and_fails_the_job(
     deadline = time.monotonic() + 30
     survivors = [int(p.read_text()) for p in pids.glob("*.pid")]
     assert len(survivors) == 3
-    while any(_alive(pid) for pid in survivors):
+    while any(pid_alive(pid) for pid in survivors):
         assert time.monotonic() < deadline, "a rank kept running after the gang failed"
         time.sleep(0.5)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_a_preempted_gang_resumes_from_its_checkpoint_dir(server: Server, tmp_path: Path) -> None:
