@@ -94,7 +94,11 @@ def _short(value: Any, width: int = 12) -> str:
 
 
 def _node_list(node_ids: Any) -> str:
-    ids = [_short(n) for n in node_ids or []]
+    """Each node once, with how many of the gang's workers it holds (``abc x2``)."""
+    counts: dict[str, int] = {}
+    for node in node_ids or []:
+        counts[_short(node)] = counts.get(_short(node), 0) + 1
+    ids = [f"{n} x{c}" if c > 1 else n for n, c in counts.items()]
     if len(ids) > 3:
         return ",".join(ids[:3]) + f",+{len(ids) - 3}"
     return ",".join(ids)

@@ -960,3 +960,9 @@ def test_failure_is_a_click_exception_with_its_exit_code() -> None:
     assert issubclass(cli_module.Failure, click.ClickException)
     assert cli_module.Failure("x").exit_code == 1
     assert cli_module.BadInput("x").exit_code == 2
+
+
+def test_a_gang_lists_each_node_once_with_its_worker_count() -> None:
+    from dcsched.cli.format import _node_list
+
+    assert _node_list(["a" * 40, "a" * 40, "b" * 40]) == "aaaaaaaaaaaa x2,bbbbbbbbbbbb"
