@@ -121,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dcsched: rank {rank} on node {node[:12]} ({address}), GPUs [{','.join(gpus)}]")
     sys.stdout.flush()
     while running:
-        done, _ = ray.wait(list(running), num_returns=1)
+        # A bounded wait: Python runs the SIGTERM handler only between calls.
+        done, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+        if not done:
+            continue
         rank = running.pop(done[0])
         try:
             code = int(ray.get(done[0]))
