@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -57,6 +58,22 @@ class Rank:
             self.process.stop()
 
 
+def connect_to_ray(attempts: int = 4) -> None:
+    """``ray.init`` as the job's driver, retried: on a loaded node the first connection
+    can time out (seen here at load 14 on 2 cores), which must not fail the job."""
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(namespace="dcsched", logging_level=logging.WARNING)
+            return
+        except ConnectionError:
+            if attempt == attempts:
+                raise
+            print(f"dcsched: connecting to Ray failed (try {attempt}); retrying", flush=True)
+            time.sleep(2.0 * attempt)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
@@ -77,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray.util import get_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    ray.init(namespace="dcsched", logging_level=logging.WARNING)
+    connect_to_ray()
     group = get_placement_group(args[1])
     workers = int(resources.get("workers", 1))
     remote: Any = ray.remote(Rank)

@@ -11,10 +11,10 @@ holds their CPUs and memory (see dcsched.adapters.ray_executor).
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
+from dcsched.runs.gang import connect_to_ray
 from dcsched.training.runner import read_spec
 
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     spec = read_spec(Path(run_dir))
-    ray.init(namespace="dcsched", logging_level=logging.WARNING)
+    connect_to_ray()
     group = get_placement_group(group_name)
     per_worker = spec.resources.per_worker()
     task = ray.remote(_train_in_bundle).options(
