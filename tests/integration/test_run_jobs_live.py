@@ -156,6 +156,7 @@ def test_a_four_worker_gang_all_reduces_its_ranks_over_two_nodes(
     # `dcsched logs` without --rank shows every rank's output (as Ray collected it).
     everything = server.cli("logs", job_id).stdout
     assert everything.count("SUM 6") == 4
+    assert all(f"(rank {rank} pid=" in everything for rank in range(4))  # prefixed by rank
 
 
 def test_placement_decides_which_nodes_run_the_ranks(server: Server, tmp_path: Path) -> None:
