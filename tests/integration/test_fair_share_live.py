@@ -47,6 +47,8 @@ def test_weights_2_to_1_give_gpu_time_2_to_1(gpu_cluster: Server, tmp_path: Path
             (EXAMPLES / "train-mlp.yaml")
             .read_text()
             .replace("team: research", f"team: {team}")
+            # A model name belongs to the team that registered it first.
+            .replace("name: mlp-breast-cancer", f"name: {team}-mlp")
             .replace("gpus: 0", "gpus: 1")
             .replace("memory: 1GiB", "memory: 64MiB")
             .replace("epochs: 30", "epochs: 300")
