@@ -1,51 +1,76 @@
-"""The model plugin API: what a model type must provide to be trained by dcsched.
+"""The model plugin API, version 1: everything a model type is, in one class.
 
-A model type is a ``ModelPlugin`` subclass. The training runner finds it by name, checks
-the job's ``model.params`` with ``validate_params``, builds a ``TrainedModel`` with
-``create`` and calls ``fit``, ``predict`` and ``save`` on it; ``load`` brings a saved
-model back. The built-in ``mlp`` plugin (``dcsched.plugins.mlp``) is the reference
-implementation.
+A model type is a ``ModelPlugin`` subclass that declares ``api_version = 1``. It owns
+- its **params**: ``params_model``, a pydantic model with ``extra="forbid"``;
+- its **data**: ``data_sources`` (the ``data.source`` schemes it accepts: ``sklearn``,
+  ``csv``, ``npz``, ``text``), ``check_data`` (cheap, run by the server at submit; never
+  imports torch) and ``load_data`` (on the worker: a ``Dataset`` of train and held-out
+  rows, plus the preprocessing fitted on the training rows);
+- its **metrics**: ``metrics``, per task, the names it reports, the default objective and
+  its direction;
+- its **model**: ``create`` a ``TrainedModel``, whose ``fit`` trains (reporting each epoch
+  with validation metrics, checkpointing every epoch, resuming from a checkpoint),
+  ``evaluate`` scores held-out rows, ``predict`` answers a batch of JSON-decoded inputs
+  described by ``input_schema``, and ``save`` writes everything ``ModelPlugin.load``
+  needs, the fitted preprocessing included (``load`` + ``predict`` on raw inputs gives
+  the answers of evaluation).
+
+Optional hooks with working defaults (Lightning's split: the plugin says *what*, the
+runner says *how*): ``search_space`` (for tuning), ``default_resources``, ``gpu``
+(whether it can use one), ``multi_worker`` (whether ``fit`` trains data-parallel through
+``dcsched.training.distributed``; the runner provides DDP for torch models) and
+``uses_torch`` (the runner imports torch, sets threads and picks a device only for
+plugins that say so; a non-torch plugin's job never imports torch).
+
+The tabular defaults (``sklearn:``/``csv:`` sources, standardised float32 features, the
+classification and regression metrics) live in ``dcsched.training.data`` and
+``dcsched.training.evaluation`` and are imported lazily.
 
 Adding a model type from another package
 ----------------------------------------
-Write a ``ModelPlugin`` subclass and declare it as an entry point in the group
-``dcsched.models`` of your package's ``pyproject.toml``::
+Declare the class as an entry point in the group ``dcsched.models``::
 
     [project.entry-points."dcsched.models"]
     gbm = "my_package.gbm:GBMPlugin"
 
-then ``pip install`` the package wherever the scheduler and the Ray workers run. The
-entry-point name (``gbm``) is what users write as ``model.type`` and must equal the
-plugin's ``name``. ``dcsched plugins list`` shows installed plugins without importing
-torch, so keep heavy imports (torch, jax, ...) inside functions and methods.
+and ``pip install`` the package wherever the server and the Ray workers run. The
+entry-point name is what users write as ``model.type`` and must equal the plugin's
+``name``. Listing plugins imports each plugin module but never torch: keep heavy imports
+inside functions. A plugin whose ``api_version`` differs from ``API_VERSION`` is listed
+as broken and refused at submit. Full guide: docs/plugins.md.
 
 Invariants and words:
-- ``params_model`` is a pydantic model with ``extra="forbid"`` (checked when the class is
-  defined): a misspelt parameter is an error, never a silent default.
-- Features reach the model standardised, as float32 of shape ``(n, n_features)``.
-  Targets are int64 class indices ``0..k-1`` (in the sorted order of
-  ``DatasetInfo.classes``) for classifiers and float32 values for regression.
-- ``predict`` returns class probabilities of shape ``(n, k)`` for classifiers (binary
-  too: two columns) and values of shape ``(n,)`` for regression.
-- epoch: one pass over the training set; epochs are numbered from 1.
+- ``params_model`` forbids extra fields (checked when the class is defined).
+- Tabular features reach ``fit`` standardised, as float32 ``(n, n_features)``; targets
+  are int64 class indices ``0..k-1`` (sorted order of ``DatasetInfo.classes``) for
+  classifiers and float32 values for regression.
+- ``predict_arrays`` returns class probabilities ``(n, k)`` for classifiers (binary too)
+  and values ``(n,)`` for regression; ``predict`` returns one JSON value per input.
+- epoch: one pass over the training set (or one round of boosting); numbered from 1.
+- validation metrics in an epoch report are computed on the held-out split.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ValidationError
 
-from dcsched.kinds.train import TrainSpec
+if TYPE_CHECKING:
+    from dcsched.kinds.train import DataSpec, TrainSpec
+
+API_VERSION = 1
+"""The version of this API; a plugin declaring another is refused (listed as broken)."""
 
 TaskType = Literal["binary", "multiclass", "regression"]
 TASK_TYPES: tuple[str, ...] = get_args(TaskType)
+Direction = Literal["maximize", "minimize"]
 
 ClassLabel = int | str
 """A class label as it appears in the data (an int, or a string for text targets)."""
@@ -53,6 +78,34 @@ ClassLabel = int | str
 FloatArray = npt.NDArray[np.floating[Any]]
 TargetArray = npt.NDArray[Any]
 """int64 class indices for classifiers, float32 values for regression."""
+
+CLASSIFIER_METRICS = ("accuracy", "precision", "recall", "f1", "log_loss")
+REGRESSION_METRICS = ("mse", "rmse", "mae", "r2")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSet:
+    """The metrics a model reports for one task, and which one to optimise."""
+
+    names: tuple[str, ...]
+    objective: str
+    direction: Direction
+
+    def __post_init__(self) -> None:
+        if self.objective not in self.names:
+            raise ValueError(f"objective {self.objective!r} is not one of {self.names}")
+        if self.direction not in ("maximize", "minimize"):
+            raise ValueError(f"direction must be maximize or minimize, not {self.direction!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"names": list(self.names), "objective": self.objective, "direction": self.direction}
+
+
+TABULAR_METRICS: dict[str, MetricSet] = {
+    "binary": MetricSet(CLASSIFIER_METRICS, "f1", "maximize"),
+    "multiclass": MetricSet(CLASSIFIER_METRICS, "accuracy", "maximize"),
+    "regression": MetricSet(REGRESSION_METRICS, "r2", "maximize"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +117,8 @@ class DatasetInfo:
     classes: tuple[ClassLabel, ...]
     """Original class labels in sorted order; index i is class index i. Empty for regression."""
     feature_names: tuple[str, ...]
+    input_shape: tuple[int, ...] = ()
+    """Shape of one raw input when it is not a flat feature vector (an image: (h, w))."""
 
     def __post_init__(self) -> None:
         if self.task not in TASK_TYPES:
@@ -95,6 +150,7 @@ class DatasetInfo:
             "n_features": self.n_features,
             "classes": list(self.classes),
             "feature_names": list(self.feature_names),
+            "input_shape": list(self.input_shape),
         }
 
     @classmethod
@@ -104,7 +160,32 @@ class DatasetInfo:
             n_features=int(data["n_features"]),
             classes=tuple(data["classes"]),
             feature_names=tuple(str(name) for name in data["feature_names"]),
+            input_shape=tuple(int(n) for n in data.get("input_shape", ())),
         )
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A plugin's data, split, ready for ``fit``: what ``ModelPlugin.load_data`` returns.
+
+    ``preprocessing`` is the JSON of whatever was fitted on the training rows (a scaler,
+    a vocabulary); the model saves it and applies it in ``predict``.
+    """
+
+    x_train: npt.NDArray[Any]
+    y_train: npt.NDArray[Any]
+    x_test: npt.NDArray[Any]
+    y_test: npt.NDArray[Any]
+    info: DatasetInfo
+    preprocessing: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_train(self) -> int:
+        return len(self.x_train)
+
+    @property
+    def n_test(self) -> int:
+        return len(self.x_test)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +198,23 @@ class EpochReport:
     """Mean training loss over the epoch, weighted by the samples in each batch."""
     samples_per_s: float
     seconds: float
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    """Validation metrics after this epoch (on the held-out rows), by name."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """A plugin's suggested per-worker resources (``dcsched plugins show``)."""
+
+    cpus: float = 1.0
+    gpus: int = 0
+    memory: str = "1GiB"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cpus": self.cpus, "gpus": self.gpus, "memory": self.memory}
+
+
+EpochCallback = Callable[[EpochReport], None]
 
 
 class TrainedModel(ABC):
@@ -130,28 +228,43 @@ class TrainedModel(ABC):
     @abstractmethod
     def fit(
         self,
-        x_train: FloatArray,
-        y_train: TargetArray,
+        data: Dataset,
         train: TrainSpec,
         seed: int,
-        on_epoch: Callable[[EpochReport], None],
+        on_epoch: EpochCallback,
         checkpoint_dir: Path | None,
     ) -> None:
         """Train for ``train.epochs`` epochs in all, deterministically for a given seed.
 
         When ``checkpoint_dir`` holds a checkpoint, training resumes after its epoch (and
         does nothing if it already reached ``train.epochs``); otherwise it starts from
-        fresh weights. A checkpoint is written atomically after every epoch, before
-        ``on_epoch`` is called with that epoch's report.
+        fresh. A checkpoint is written atomically after every epoch, before ``on_epoch``
+        is called with that epoch's report (validation metrics on ``data.x_test``).
         """
 
     @abstractmethod
-    def predict(self, x: FloatArray) -> FloatArray:
-        """Class probabilities ``(n, n_classes)`` for classifiers, values ``(n,)`` otherwise."""
+    def predict_arrays(self, x: npt.NDArray[Any]) -> FloatArray:
+        """Class probabilities ``(n, n_classes)`` for classifiers, values ``(n,)`` otherwise,
+        of inputs already preprocessed (as in ``Dataset.x_test``)."""
+
+    @abstractmethod
+    def predict(self, inputs: Sequence[Any]) -> list[Any]:
+        """One JSON value per raw, JSON-decoded input (each matching ``input_schema``)."""
+
+    @abstractmethod
+    def input_schema(self) -> dict[str, Any]:
+        """JSON schema of one input of ``predict``."""
 
     @abstractmethod
     def save(self, directory: Path) -> None:
-        """Write everything ``ModelPlugin.load`` needs into ``directory`` (created if absent)."""
+        """Write everything ``ModelPlugin.load`` needs into ``directory`` (created if absent),
+        the fitted preprocessing included."""
+
+    def evaluate(self, x: npt.NDArray[Any], y: npt.NDArray[Any]) -> dict[str, float]:
+        """Metrics on held-out rows; the default computes the tabular ones."""
+        from dcsched.training.evaluation import evaluate
+
+        return evaluate(self.info, y, self.predict_arrays(x))
 
 
 class PluginParamsError(ValueError):
@@ -166,18 +279,39 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed from: unreadable, or written for another job."""
 
 
-class ModelPlugin(ABC):
-    """A model type. Subclasses set the three class attributes and implement two methods."""
+class DataError(ValueError):
+    """Data the plugin cannot use; ``problems`` has one line per issue (as SpecError)."""
 
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+class ModelPlugin(ABC):
+    """A model type. Subclasses set ``api_version``, ``name``, ``description`` and
+    ``params_model``, and implement ``create`` and ``load``; every other hook has a
+    default that fits tabular data."""
+
+    api_version: ClassVar[int]
+    """The plugin API this plugin was written for; must equal ``API_VERSION``."""
     name: ClassVar[str]
     """The ``model.type`` users write; equal to the entry-point name."""
     description: ClassVar[str]
     """One line for ``dcsched plugins list``."""
     params_model: ClassVar[type[BaseModel]]
     """Schema of ``model.params``; must forbid extra fields."""
+    data_sources: ClassVar[tuple[str, ...]] = ("sklearn", "csv")
+    """The ``data.source`` schemes the plugin accepts."""
+    metrics: ClassVar[Mapping[str, MetricSet]] = TABULAR_METRICS
+    """By task: the metric names reported, the default objective and its direction."""
     multi_worker: ClassVar[bool] = False
     """Whether ``fit`` trains data-parallel on a gang (``resources.workers > 1``) through
     ``dcsched.training.distributed``; a plugin that does not is refused more workers."""
+    gpu: ClassVar[bool] = False
+    """Whether the model can use a GPU (a job asking for GPUs is refused otherwise)."""
+    uses_torch: ClassVar[bool] = False
+    """Whether the runner should import torch, set its threads and pick a device."""
+    default_resources: ClassVar[Resources] = Resources()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -196,8 +330,48 @@ class ModelPlugin(ABC):
             raise PluginParamsError(self._describe(exc)) from None
 
     def params_schema(self) -> dict[str, Any]:
-        """JSON schema of ``model.params``."""
+        """JSON schema of ``model.params`` (defaults and descriptions included)."""
         return self.params_model.model_json_schema()
+
+    def search_space(self) -> dict[str, Any]:
+        """A default search space over ``model.params`` for tuning: name to
+        ``{"type": "int"|"float"|"categorical", "low", "high", "log", "choices"}``.
+        The default is empty (nothing to tune)."""
+        return {}
+
+    def check_data(self, data: DataSpec) -> None:
+        """Raise SpecError/DataError if ``data`` cannot be used; cheap: the server calls it
+        at submit time (no torch, no reading whole files). Default: tabular sources."""
+        from dcsched.core.spec import SpecError
+
+        if data.scheme not in self.data_sources:
+            raise SpecError(
+                [
+                    f"data.source: model type {self.name!r} does not take {data.scheme} data; "
+                    f"it takes: {', '.join(self.data_sources)}"
+                ]
+            )
+        from dcsched.training.data import check_source
+
+        check_source(data)
+
+    def load_data(self, data: DataSpec) -> Dataset:
+        """Load and split ``data`` (on the worker). Default: tabular, standardised."""
+        from dcsched.training.data import load_dataset
+
+        prepared = load_dataset(data)
+        return Dataset(
+            x_train=prepared.x_train,
+            y_train=prepared.y_train,
+            x_test=prepared.x_test,
+            y_test=prepared.y_test,
+            info=prepared.info,
+            preprocessing={
+                "feature_names": list(prepared.info.feature_names),
+                "mean": prepared.scaler_mean.tolist(),
+                "scale": prepared.scaler_scale.tolist(),
+            },
+        )
 
     @abstractmethod
     def create(self, params: BaseModel, info: DatasetInfo, device: str) -> TrainedModel:
@@ -206,6 +380,21 @@ class ModelPlugin(ABC):
     @abstractmethod
     def load(self, directory: Path, device: str) -> TrainedModel:
         """A model written by ``TrainedModel.save``; it predicts exactly as the saved one."""
+
+    def describe(self) -> dict[str, Any]:
+        """What ``dcsched plugins show`` prints (JSON)."""
+        return {
+            "api_version": self.api_version,
+            "description": self.description,
+            "params_schema": self.params_schema(),
+            "data_sources": list(self.data_sources),
+            "metrics": {task: metric_set.to_json() for task, metric_set in self.metrics.items()},
+            "search_space": self.search_space(),
+            "resources": self.default_resources.to_json(),
+            "gpu": self.gpu,
+            "multi_worker": self.multi_worker,
+            "uses_torch": self.uses_torch,
+        }
 
     def _describe(self, exc: ValidationError) -> list[str]:
         known = ", ".join(self.params_model.model_fields) or "none"

@@ -14,7 +14,9 @@ the RNG states, so a resumed run ends exactly where an uninterrupted one would.
 torch is imported inside functions only: listing plugins must not import it.
 
 Saved layout (``save``/``load``): ``weights.pt`` (a ``torch.save``d state_dict on CPU) and
-``model.json`` (format, plugin, params, dataset info, target scaling).
+``model.json`` (format, plugin, params, dataset info, target scaling) and
+``preprocessing.json`` (the feature scaler fitted on the training rows; ``predict``
+applies it to raw inputs).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -34,12 +36,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from dcsched.kinds.train import TrainSpec
 from dcsched.plugins.api import (
     CheckpointError,
+    Dataset,
     DatasetInfo,
+    EpochCallback,
     EpochReport,
     FloatArray,
     ModelPlugin,
+    Resources,
     TargetArray,
     TrainedModel,
+)
+from dcsched.plugins.tabular import (
+    PREPROCESSING_FILE,
+    Preprocessing,
+    format_outputs,
+    input_schema,
 )
 from dcsched.training import distributed
 
@@ -73,10 +84,21 @@ class MLPParams(BaseModel):
 
 
 class MLPPlugin(ModelPlugin):
+    api_version = 1
     name = "mlp"
     description = "Multi-layer perceptron (PyTorch) for classification and regression."
     params_model = MLPParams
     multi_worker = True
+    gpu = True
+    uses_torch = True
+    default_resources = Resources(cpus=1, gpus=0, memory="1GiB")
+
+    def search_space(self) -> dict[str, Any]:
+        return {
+            "hidden": {"type": "categorical", "choices": [[32], [64, 32], [128, 64]]},
+            "activation": {"type": "categorical", "choices": ["relu", "tanh"]},
+            "dropout": {"type": "float", "low": 0.0, "high": 0.5},
+        }
 
     def create(self, params: BaseModel, info: DatasetInfo, device: str) -> MLPModel:
         return MLPModel(MLPParams.model_validate(params.model_dump()), info, device)
@@ -100,6 +122,9 @@ class MLPPlugin(ModelPlugin):
             DatasetInfo.from_json(meta["info"]),
             device,
         )
+        preprocessing_path = Path(directory) / PREPROCESSING_FILE
+        if preprocessing_path.is_file():
+            model._preprocessing = json.loads(preprocessing_path.read_text())
         scaling = meta.get("target_scaling")
         if scaling is not None:
             model._y_mean, model._y_std = float(scaling["mean"]), float(scaling["std"])
@@ -119,6 +144,7 @@ class MLPModel(TrainedModel):
         # Regression targets are standardised for training; these undo it.
         self._y_mean = 0.0
         self._y_std = 1.0
+        self._preprocessing: dict[str, Any] = {}
 
     @property
     def info(self) -> DatasetInfo:
@@ -130,14 +156,16 @@ class MLPModel(TrainedModel):
 
     def fit(
         self,
-        x_train: FloatArray,
-        y_train: TargetArray,
+        data: Dataset,
         train: TrainSpec,
         seed: int,
-        on_epoch: Callable[[EpochReport], None],
+        on_epoch: EpochCallback,
         checkpoint_dir: Path | None,
     ) -> None:
         import torch
+
+        x_train, y_train = data.x_train, data.y_train
+        self._preprocessing = dict(data.preprocessing)
 
         self._check_x(x_train)
         if len(y_train) != len(x_train):
@@ -194,17 +222,30 @@ class MLPModel(TrainedModel):
                     self._write_checkpoint(
                         checkpoint_path, stamp, epoch, optimizer, generator, on_cuda
                     )
+                validation = (
+                    self.evaluate(data.x_test, data.y_test)
+                    if distributed.is_main() and len(data.x_test)
+                    else {}
+                )
                 on_epoch(
                     EpochReport(
                         epoch=epoch,
                         loss=mean_loss,
                         samples_per_s=n / seconds if seconds > 0 else float("inf"),
                         seconds=seconds,
+                        metrics=validation,
                     )
                 )
         self._net.eval()
 
-    def predict(self, x: FloatArray) -> FloatArray:
+    def predict(self, inputs: Sequence[Any]) -> list[Any]:
+        scaler = Preprocessing.from_json(self._preprocessing, self._info)
+        return format_outputs(self._info, self.predict_arrays(scaler.transform(inputs)))
+
+    def input_schema(self) -> dict[str, Any]:
+        return input_schema(self._info)
+
+    def predict_arrays(self, x: FloatArray) -> FloatArray:
         import torch
 
         self._check_x(x)
@@ -246,6 +287,9 @@ class MLPModel(TrainedModel):
                 else None
             ),
         }
+        _atomic_write_text(
+            directory / PREPROCESSING_FILE, json.dumps(self._preprocessing, indent=2) + "\n"
+        )
         _atomic_write_text(directory / META_FILE, json.dumps(meta, indent=2) + "\n")
 
     # -- internals ---------------------------------------------------------------------

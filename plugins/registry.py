@@ -9,8 +9,10 @@ package is named rather than surfacing as a bare ImportError.
 Errors (all ``PluginError``):
 - ``UnknownPluginError`` (a LookupError): no plugin of that name; lists installed ones.
 - ``DuplicatePluginError``: two distributions register the same name.
-- ``PluginLoadError``: importing or instantiating the plugin failed, or it is not a
-  ``ModelPlugin`` of the registered name.
+- ``PluginLoadError``: importing or instantiating the plugin failed, it is not a
+  ``ModelPlugin`` of the registered name, or it was written for another ``api_version``
+  (``dcsched.plugins.api.API_VERSION``). Such a plugin is *broken*: listed with its
+  package and the error, refused at submit with the same message; nothing else fails.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dcsched.plugins.api import ModelPlugin
+from dcsched.plugins.api import API_VERSION, ModelPlugin
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +133,14 @@ def load_record(record: PluginRecord) -> ModelPlugin:
         plugin = target
     else:
         raise _load_error(record, f"{where} is {target!r}, not a ModelPlugin subclass")
+    declared = getattr(plugin, "api_version", None)
+    if declared != API_VERSION:
+        said = "declares no api_version" if declared is None else f"is for api_version {declared}"
+        raise _load_error(
+            record,
+            f"{where} {said}, but this dcsched speaks plugin API version {API_VERSION}; "
+            f"install a release of {record.distribution} built for version {API_VERSION}",
+        )
     if getattr(plugin, "name", None) != record.name:
         raise _load_error(
             record,
@@ -144,14 +154,17 @@ def load_record(record: PluginRecord) -> ModelPlugin:
 def describe_plugins(records: Sequence[PluginRecord] | None = None) -> list[dict[str, Any]]:
     """One dict per installed plugin for listings; loads each plugin (never torch).
 
-    Keys: name, description, distribution, version, params_schema, error. A plugin that
-    fails to load is still listed, with ``error`` saying why and no schema; ``error`` is
-    None otherwise.
+    Keys: name, status (``ok`` or ``broken``), description, distribution, version,
+    error, and those of ``ModelPlugin.describe`` (api_version, params_schema,
+    data_sources, metrics, search_space, resources, gpu, multi_worker, uses_torch). A
+    plugin that fails to load is still listed, ``broken``, with ``error`` saying why
+    and no schema; ``error`` is None otherwise.
     """
     described = []
     for record in discover() if records is None else records:
         entry: dict[str, Any] = {
             "name": record.name,
+            "status": "ok",
             "description": "",
             "distribution": record.distribution,
             "version": record.version,
@@ -160,11 +173,18 @@ def describe_plugins(records: Sequence[PluginRecord] | None = None) -> list[dict
         }
         try:
             plugin = load_record(record)
-            entry["description"] = plugin.description
-            entry["params_schema"] = plugin.params_schema()
+            entry.update(plugin.describe())
         except PluginLoadError as exc:
             logger.warning("%s", exc)
+            entry["status"] = "broken"
             entry["error"] = str(exc)
+        except Exception as exc:  # a plugin's describe hooks failing: broken, not a crash
+            logger.warning("model plugin %s: %s", record.name, exc)
+            entry["status"] = "broken"
+            entry["error"] = (
+                f"model plugin {record.name!r} from {record.origin} cannot describe itself: "
+                f"{type(exc).__name__}: {exc}"
+            )
         described.append(entry)
     return described
 

@@ -8,7 +8,8 @@ The server never opens a path because a user named it. A spec refers to its inpu
 Anything else is refused at submit with what to do instead; nothing outside the roots is
 opened, listed or even checked for existence, and no error quotes a file's contents.
 
-Which fields of each kind are inputs: ``train``: ``data.source`` (``csv:REF``);
+Which fields of each kind are inputs: ``train``: ``data.source`` (``csv:REF``,
+``npz:REF``, ``text:REF``);
 ``run``: ``run.working_dir`` (a folder, or a zip the CLI made of one). Standard library
 only: the CLI imports the names it needs from here.
 """
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 UPLOAD_PREFIX = "upload:sha256:"
+_FILE_SCHEMES = ("csv", "npz", "text")  # dcsched.kinds.train.FILE_SCHEMES (no pydantic here)
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -136,7 +138,7 @@ def input_fields(kind: str, payload: dict[str, Any]) -> list[tuple[str, str]]:
     if kind == "train":
         source = str(payload.get("data", {}).get("source", ""))
         scheme, _, location = source.partition(":")
-        return [("data.source", location)] if scheme == "csv" else []
+        return [("data.source", location)] if scheme in _FILE_SCHEMES and location else []
     if kind == "run":
         working_dir = payload.get("run", {}).get("working_dir")
         return [("run.working_dir", str(working_dir))] if working_dir else []
@@ -149,8 +151,8 @@ def replace_inputs(
     """A copy of ``payload`` whose inputs are ``new(field, reference)``."""
     if kind == "train" and input_fields(kind, payload):
         data = dict(payload["data"])
-        location = data["source"].partition(":")[2]
-        data["source"] = "csv:" + new("data.source", location)
+        scheme, _, location = data["source"].partition(":")
+        data["source"] = f"{scheme}:" + new("data.source", location)
         return {**payload, "data": data}
     if kind == "run" and input_fields(kind, payload):
         run = dict(payload["run"])

@@ -14,8 +14,8 @@ import zipfile
 from dcsched.core.spec import SpecError
 from dcsched.inputs import InputError, InputStore, resolve_payload
 from dcsched.kinds import AnyJobSpec, TrainJobSpec, split
+from dcsched.plugins.api import DataError
 from dcsched.plugins.registry import PluginLoadError, UnknownPluginError, load_plugin
-from dcsched.training.data import check_source
 
 
 def check_runnable(spec: AnyJobSpec, inputs: InputStore) -> list[str]:
@@ -40,12 +40,16 @@ def _check_train(spec: TrainJobSpec) -> list[str]:
     try:
         plugin = load_plugin(spec.model.type)
     except (UnknownPluginError, PluginLoadError) as exc:
-        problems.append(f"model.type: {exc}")
+        return [f"model.type: {exc}"]
     else:
         if spec.resources.workers > 1 and not plugin.multi_worker:
             problems.append(
                 f"resources.workers: model type {plugin.name!r} trains on one worker; "
                 "set workers: 1"
+            )
+        if spec.resources.gpus > 0 and not plugin.gpu:
+            problems.append(
+                f"resources.gpus: model type {plugin.name!r} does not use GPUs; set gpus: 0"
             )
         try:
             plugin.validate_params(spec.model.params)
@@ -53,7 +57,7 @@ def _check_train(spec: TrainJobSpec) -> list[str]:
             lines = getattr(exc, "problems", None) or [str(exc)]
             problems.extend(lines)
     try:
-        check_source(spec.data)
-    except SpecError as exc:
+        plugin.check_data(spec.data)
+    except (SpecError, DataError) as exc:
         problems.extend(exc.problems)
     return problems

@@ -287,14 +287,91 @@ def plugins() -> None:
 @plugins.command("list")
 @_output_option
 def plugins_list(output: str) -> None:
-    """List the model plugins the server found."""
+    """List the model plugins the server found (broken ones with their error)."""
     found = _client().plugins()
     if output == "json":
         _print_json(found)
         return
     rows = [
-        [p.get("name"), p.get("version"), p.get("distribution"), p.get("description")]
+        [
+            p.get("name"),
+            p.get("status", "ok"),
+            p.get("version"),
+            p.get("distribution"),
+            p.get("error") if p.get("status") == "broken" else p.get("description"),
+        ]
         for p in found
     ]
-    headers = ["NAME", "VERSION", "DISTRIBUTION", "DESCRIPTION"]
+    headers = ["NAME", "STATUS", "VERSION", "DISTRIBUTION", "DESCRIPTION / ERROR"]
     click.echo(_table(headers, rows) if rows else "no plugins")
+
+
+@plugins.command("show")
+@click.argument("name")
+@_output_option
+def plugins_show(name: str, output: str) -> None:
+    """A plugin's params (defaults, descriptions), data sources, metrics, search space and
+    resources."""
+    found = {p.get("name"): p for p in _client().plugins()}
+    plugin = found.get(name)
+    if plugin is None:
+        listed = ", ".join(sorted(str(n) for n in found)) or "none"
+        raise BadInput(f"no model plugin {name!r}; installed: {listed}")
+    if output == "json":
+        _print_json(plugin)
+        return
+    click.echo(f"{name} ({plugin.get('distribution')} {plugin.get('version')})")
+    if plugin.get("status") == "broken":
+        click.echo(f"BROKEN: {plugin.get('error')}")
+        return
+    click.echo(plugin.get("description") or "")
+    click.echo(f"api_version: {plugin.get('api_version')}")
+    schema = plugin.get("params_schema") or {}
+    click.echo("params:")
+    params = schema.get("properties") or {}
+    if params:
+        rows = [
+            [
+                key,
+                _schema_type(prop),
+                json.dumps(prop["default"]) if "default" in prop else "(required)",
+                prop.get("description", ""),
+            ]
+            for key, prop in params.items()
+        ]
+        click.echo(_indent(_table(["NAME", "TYPE", "DEFAULT", "DESCRIPTION"], rows)))
+    else:
+        click.echo("  none")
+    click.echo(f"data sources: {', '.join(plugin.get('data_sources') or [])}")
+    click.echo("metrics:")
+    for task, metric_set in (plugin.get("metrics") or {}).items():
+        click.echo(
+            f"  {task}: {', '.join(metric_set.get('names', []))}; objective "
+            f"{metric_set.get('objective')} ({metric_set.get('direction')})"
+        )
+    space = plugin.get("search_space") or {}
+    click.echo("search space:" + ("" if space else " none"))
+    for key, dimension in space.items():
+        click.echo(f"  {key}: {json.dumps(dimension)}")
+    resources = plugin.get("resources") or {}
+    click.echo(
+        "resources: "
+        + ", ".join(f"{key} {value}" for key, value in resources.items())
+        + f"; gpu: {'yes' if plugin.get('gpu') else 'no'}"
+        + f"; workers: {'several (data-parallel)' if plugin.get('multi_worker') else '1'}"
+    )
+
+
+def _schema_type(prop: Mapping[str, Any]) -> str:
+    if "enum" in prop:
+        return "|".join(str(v) for v in prop["enum"])
+    if "type" in prop:
+        item = prop.get("items", {}).get("type") if prop["type"] == "array" else None
+        return f"list[{item}]" if item else str(prop["type"])
+    if "anyOf" in prop:
+        return "|".join(str(p.get("type", "?")) for p in prop["anyOf"])
+    return "?"
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())

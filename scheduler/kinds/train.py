@@ -15,7 +15,9 @@ from pydantic import Field, field_validator, model_validator
 
 from dcsched.core.spec import SchedulingRequest, StrictModel
 
-DATA_SCHEMES = ("sklearn", "csv")
+DATA_SCHEMES = ("sklearn", "csv", "npz", "text")
+FILE_SCHEMES = ("csv", "npz", "text")
+"""Schemes whose location is a file: uploaded by the CLI, resolved by dcsched.inputs."""
 
 
 class ModelSpec(StrictModel):
@@ -28,9 +30,10 @@ class ModelSpec(StrictModel):
 class DataSpec(StrictModel):
     source: str = Field(
         max_length=4096,
-        description="sklearn:NAME (a dataset shipped with scikit-learn) or csv:FILE (the CLI "
-        "uploads a local FILE; on the server it reads csv:upload:sha256:HEX or a path under "
-        "an admin-listed data root).",
+        description="sklearn:NAME (a dataset shipped with scikit-learn), csv:FILE (a table), "
+        "npz:FILE (arrays x and y, e.g. images) or text:FILE (UTF-8 text). Which ones a model "
+        "type takes: `dcsched plugins show TYPE`. The CLI uploads a local FILE; on the server "
+        "it reads SCHEME:upload:sha256:HEX or a path under an admin-listed data root.",
     )
     target: str | None = Field(
         None, max_length=256, description="Target column; required for csv sources."
@@ -45,7 +48,7 @@ class DataSpec(StrictModel):
         if not sep or scheme not in DATA_SCHEMES or not rest:
             raise ValueError(
                 f"data source {value!r} is not understood; use sklearn:NAME "
-                "(for example sklearn:breast_cancer) or csv:FILE"
+                "(for example sklearn:breast_cancer), csv:FILE, npz:FILE or text:FILE"
             )
         return value
 

@@ -25,10 +25,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from dcsched.plugins.api import DatasetInfo
+from dcsched.plugins.api import CLASSIFIER_METRICS, REGRESSION_METRICS, DatasetInfo
 
-CLASSIFIER_METRICS = ("accuracy", "precision", "recall", "f1", "log_loss")
-REGRESSION_METRICS = ("mse", "rmse", "mae", "r2")
+__all__ = ["CLASSIFIER_METRICS", "REGRESSION_METRICS", "evaluate"]
 
 
 def evaluate(

@@ -5,15 +5,16 @@ The run directory is the whole interface with the scheduler:
 - in: ``spec.json``, the train spec document (files: ``dcsched.rundir``);
 - ``checkpoint/``: the plugin's checkpoint after every epoch; a rerun resumes from it;
 - ``progress.jsonl``: one JSON line per epoch ``{"epoch", "loss", "samples_per_s",
-  "seconds", "at"}`` (``at``: unix time), appended as training goes;
-- ``model/``: the trained model (``ModelPlugin.load`` reads it back) and
-  ``preprocessing.json`` (the feature scaler fitted on the training rows);
+  "seconds", "at", "metrics"}`` (``at``: unix time; ``metrics``: the plugin's validation
+  metrics), appended as training goes;
+- ``model/``: the trained model (``ModelPlugin.load`` reads it back), preprocessing
+  fitted at training time included;
 - ``result.json``: written last and atomically, so its presence means success;
 - ``error.txt``: one line saying why the run failed (exit status 1).
 
 stdout carries a short human log (it shows in the Ray dashboard). ``run`` does the same
-work in-process and returns the result dict. torch and scikit-learn are imported inside
-functions so that importing this module stays cheap.
+work in-process and returns the result dict. torch is imported only for a plugin whose
+``uses_torch`` is true (a ``gbdt`` job never imports it); scikit-learn inside functions.
 """
 
 from __future__ import annotations
@@ -29,14 +30,18 @@ from typing import Any
 
 from dcsched.core.spec import SpecError
 from dcsched.kinds import TrainJobSpec, parse_job_spec
-from dcsched.plugins.api import CheckpointError, EpochReport, PluginParamsError
-from dcsched.plugins.registry import DuplicatePluginError, UnknownPluginError
-from dcsched.rundir import RunDir, write_text_atomically
+from dcsched.plugins.api import (
+    CheckpointError,
+    DataError,
+    EpochReport,
+    MetricSet,
+    PluginParamsError,
+)
+from dcsched.plugins.registry import DuplicatePluginError, PluginLoadError, UnknownPluginError
+from dcsched.rundir import RunDir
 from dcsched.training import distributed
 
 logger = logging.getLogger(__name__)
-
-PREPROCESSING_FILE = "preprocessing.json"
 
 
 class RunDirError(Exception):
@@ -49,6 +54,8 @@ EXPECTED_ERRORS: tuple[type[Exception], ...] = (
     PluginParamsError,
     UnknownPluginError,
     DuplicatePluginError,
+    PluginLoadError,
+    DataError,
     CheckpointError,
     FloatingPointError,  # training diverged; the message suggests a smaller lr
 )
@@ -83,8 +90,6 @@ def run(spec: TrainJobSpec, run_dir: Path) -> dict[str, Any]:
     Raises the errors of the steps (SpecError, PluginParamsError, UnknownPluginError, ...).
     """
     from dcsched.plugins.registry import load_plugin
-    from dcsched.training.data import check_source, load_dataset
-    from dcsched.training.evaluation import evaluate
 
     files = RunDir(Path(run_dir))
     files.path.mkdir(parents=True, exist_ok=True)
@@ -98,11 +103,9 @@ def run(spec: TrainJobSpec, run_dir: Path) -> dict[str, Any]:
     # The cheap checks come first, so that a bad spec fails before torch is imported.
     plugin = load_plugin(spec.model.type)
     params = plugin.validate_params(spec.model.params)
-    check_source(spec.data)
+    plugin.check_data(spec.data)
 
-    import torch
-
-    data = load_dataset(spec.data)
+    data = plugin.load_data(spec.data)
     info = data.info
     logger.info(
         "data %s: %s task, %s features, %s train rows, %s test rows",
@@ -113,9 +116,13 @@ def run(spec: TrainJobSpec, run_dir: Path) -> dict[str, Any]:
         data.n_test,
     )
 
-    torch.set_num_threads(max(1, int(spec.resources.cpus)))
-    _preload_torch_compiler()
-    device = choose_device(spec)
+    device = "cpu"
+    if plugin.uses_torch:
+        import torch
+
+        torch.set_num_threads(max(1, int(spec.resources.cpus)))
+        _preload_torch_compiler()
+        device = choose_device(spec)
     if distributed.world_size() > 1:
         # Each rank sees only the GPUs of its own bundle (CUDA_VISIBLE_DEVICES): cuda:0.
         distributed.init(device)
@@ -152,21 +159,22 @@ def run(spec: TrainJobSpec, run_dir: Path) -> dict[str, Any]:
                 "samples_per_s": report.samples_per_s,
                 "seconds": report.seconds,
                 "at": time.time(),
+                "metrics": dict(report.metrics),
             }
             progress.write(json.dumps(line) + "\n")
             progress.flush()
             logger.info(
-                "epoch %s/%s loss %.4f (%.0f samples/s)",
+                "epoch %s/%s loss %.4f (%.0f samples/s)%s",
                 report.epoch,
                 spec.train.epochs,
                 report.loss,
                 report.samples_per_s,
+                "".join(f" {k} {v:.4f}" for k, v in report.metrics.items()),
             )
 
         began = time.perf_counter()
         model.fit(
-            data.x_train,
-            data.y_train,
+            data,
             spec.train,
             spec.data.seed,
             on_epoch,
@@ -177,22 +185,17 @@ def run(spec: TrainJobSpec, run_dir: Path) -> dict[str, Any]:
     if not main_rank:
         return {"rank": distributed.rank(), "train_seconds": train_seconds}
 
-    metrics = evaluate(info, data.y_test, model.predict(data.x_test))
+    metrics = model.evaluate(data.x_test, data.y_test)
     logger.info(
         "test metrics: %s", ", ".join(f"{name} {value:.4f}" for name, value in metrics.items())
     )
     model_dir = files.model
     model.save(model_dir)
-    preprocessing = {
-        "feature_names": list(info.feature_names),
-        "mean": data.scaler_mean.tolist(),
-        "scale": data.scaler_scale.tolist(),
-    }
-    _write_json_atomically(model_dir / PREPROCESSING_FILE, preprocessing)
 
     result: dict[str, Any] = {
         "task": info.task,
         "metrics": metrics,
+        "objective": _objective(plugin.metrics.get(info.task), metrics),
         "plugin": plugin.name,
         "params": params.model_dump(mode="json"),
         "n_train": data.n_train,
@@ -208,6 +211,17 @@ def run(spec: TrainJobSpec, run_dir: Path) -> dict[str, Any]:
     files.write_result(result)
     logger.info("done in %.2fs of training; model saved in %s", train_seconds, model_dir)
     return result
+
+
+def _objective(metric_set: MetricSet | None, metrics: dict[str, float]) -> dict[str, Any] | None:
+    """The plugin's default objective for this task, with its value."""
+    if metric_set is None:
+        return None
+    return {
+        "name": metric_set.objective,
+        "direction": metric_set.direction,
+        "value": metrics.get(metric_set.objective),
+    }
 
 
 def _preload_torch_compiler() -> None:
@@ -258,10 +272,6 @@ def _fail(run_dir: Path, reason: str) -> int:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _write_json_atomically(path: Path, document: Any) -> None:
-    write_text_atomically(path, json.dumps(document, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -177,7 +177,7 @@ class FakeApi:
                         return 200, version
                 return 404, {"error": f"model iris has no version {parts[4]}"}
         if method == "GET" and path == "/v1/plugins":
-            return 200, {"plugins": [PLUGIN]}
+            return 200, {"plugins": [PLUGIN, BROKEN]}
         return 404, {"error": f"no route {method} {path}"}
 
     def submit(self, body: Any) -> tuple[int, Any]:
@@ -247,7 +247,43 @@ MODEL_VERSIONS = [
     }
     for v in (1, 2)
 ]
-PLUGIN = {"name": "mlp", "description": "A small MLP", "distribution": "dcsched", "version": "0.1"}
+PLUGIN = {
+    "name": "mlp",
+    "status": "ok",
+    "description": "A small MLP",
+    "distribution": "dcsched",
+    "version": "0.1",
+    "error": None,
+    "api_version": 1,
+    "params_schema": {
+        "properties": {
+            "hidden": {
+                "type": "array",
+                "items": {"type": "integer"},
+                "default": [64, 32],
+                "description": "Units of each hidden layer.",
+            },
+            "activation": {"enum": ["relu", "tanh"], "type": "string", "default": "relu"},
+        }
+    },
+    "data_sources": ["sklearn", "csv"],
+    "metrics": {
+        "binary": {"names": ["accuracy", "f1"], "objective": "f1", "direction": "maximize"}
+    },
+    "search_space": {"dropout": {"type": "float", "low": 0.0, "high": 0.5}},
+    "resources": {"cpus": 1, "gpus": 0, "memory": "1GiB"},
+    "gpu": True,
+    "multi_worker": True,
+}
+BROKEN = {
+    "name": "old-tree",
+    "status": "broken",
+    "description": "",
+    "distribution": "acme-trees",
+    "version": "0.3",
+    "error": "model plugin 'old-tree' (acme.tree:Plugin) from acme-trees 0.3 is for api_version 0",
+    "params_schema": None,
+}
 
 
 def make_handler(fake: FakeApi) -> type[BaseHTTPRequestHandler]:
@@ -797,7 +833,26 @@ def test_plugins_list(api: FakeApi) -> None:
     table, raw = run("plugins", "list"), run("plugins", "list", "-o", "json")
 
     assert "mlp" in table.stdout and "A small MLP" in table.stdout
-    assert json.loads(raw.stdout) == [PLUGIN]
+    assert json.loads(raw.stdout) == [PLUGIN, BROKEN]
+    broken_line = next(line for line in table.stdout.splitlines() if "old-tree" in line)
+    assert "broken" in broken_line and "acme-trees" in broken_line
+    assert "api_version 0" in broken_line
+
+
+def test_plugins_show(api: FakeApi) -> None:
+    shown = run("plugins", "show", "mlp")
+    assert shown.exit_code == 0, shown.output
+    out = shown.stdout
+    assert "hidden" in out and "[64, 32]" in out and "Units of each hidden layer." in out
+    assert "relu|tanh" in out
+    assert "data sources: sklearn, csv" in out
+    assert "binary: accuracy, f1; objective f1 (maximize)" in out
+    assert "dropout" in out and "memory 1GiB" in out
+    assert json.loads(run("plugins", "show", "mlp", "-o", "json").stdout) == PLUGIN
+    broken = run("plugins", "show", "old-tree")
+    assert broken.exit_code == 0 and "BROKEN" in broken.stdout and "api_version 0" in broken.stdout
+    missing = run("plugins", "show", "nope")
+    assert missing.exit_code == 2 and "installed: mlp, old-tree" in missing.output
 
 
 # -- server lifecycle (dcsched.daemon faked) ---------------------------------------------------

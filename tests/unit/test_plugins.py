@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from dcsched.kinds.train import TrainSpec
 from dcsched.plugins.api import (
     CheckpointError,
+    Dataset,
     DatasetInfo,
     EpochReport,
     ModelPlugin,
@@ -45,6 +46,7 @@ class Params(BaseModel):
     depth: int = 3
 
 class TreePlugin(ModelPlugin):
+    api_version = 1
     name = "tree"
     description = "A fake tree model."
     params_model = Params
@@ -59,6 +61,9 @@ class Misnamed(TreePlugin):
 class Exploding(TreePlugin):
     def __init__(self):
         raise RuntimeError("no licence key")
+
+class Ancient(TreePlugin):
+    api_version = 0
 
 not_a_plugin = 42
 """
@@ -169,6 +174,7 @@ def test_import_failure_names_the_distribution(
         ("not_a_plugin", "is 42, not a ModelPlugin subclass"),
         ("Misnamed", "calls itself 'bush'"),
         ("Missing", "failed to import: AttributeError"),
+        ("Ancient", "is for api_version 0, but this dcsched speaks plugin API version 1"),
     ],
 )
 def test_bad_plugin_objects_raise_plugin_load_error(
@@ -328,7 +334,8 @@ def _fit(
     model = plugin.create(plugin.validate_params(params or {"hidden": [16]}), info, "cpu")
     train = TrainSpec(epochs=epochs, batch_size=16, optimizer="adam", lr=0.01)
     sink = reports if reports is not None else []
-    model.fit(x, y, train, seed, sink.append, checkpoint_dir)
+    data = Dataset(x_train=x, y_train=y, x_test=x[:16], y_test=y[:16], info=info)
+    model.fit(data, train, seed, sink.append, checkpoint_dir)
     return model
 
 
@@ -339,7 +346,9 @@ def test_mlp_predictions_have_the_documented_shape(task: str) -> None:
     model = _fit(info, x, y, epochs=3, reports=reports)
     assert [report.epoch for report in reports] == [1, 2, 3]
     assert all(report.loss > 0 and report.samples_per_s > 0 for report in reports)
-    out = model.predict(x[:10])
+    expected = MLPPlugin.metrics[task]
+    assert set(reports[-1].metrics) == set(expected.names)  # validation metrics each epoch
+    out = model.predict_arrays(x[:10])
     if task == "regression":
         assert out.shape == (10,)
     else:
@@ -353,7 +362,7 @@ def test_mlp_learns_and_regression_loss_is_in_target_units() -> None:
     reports: list[EpochReport] = []
     model = _fit(info, x, y, epochs=30, reports=reports)
     assert reports[-1].loss < reports[0].loss / 5
-    mse = float(np.mean((model.predict(x) - y) ** 2))
+    mse = float(np.mean((model.predict_arrays(x) - y) ** 2))
     assert mse < float(np.var(y))
     # The first epoch's loss is that of near-random weights: about the target's variance.
     assert reports[0].loss > 0.3 * float(np.var(y))
@@ -365,10 +374,10 @@ def test_mlp_training_is_deterministic_for_a_seed_and_leaves_global_rng_alone() 
     info, x, y = _toy("multiclass")
     params = {"hidden": [16, 8], "dropout": 0.2}
     before = torch.get_rng_state()
-    first = _fit(info, x, y, seed=5, params=params).predict(x)
+    first = _fit(info, x, y, seed=5, params=params).predict_arrays(x)
     assert torch.equal(torch.get_rng_state(), before)
-    second = _fit(info, x, y, seed=5, params=params).predict(x)
-    other = _fit(info, x, y, seed=6, params=params).predict(x)
+    second = _fit(info, x, y, seed=5, params=params).predict_arrays(x)
+    other = _fit(info, x, y, seed=6, params=params).predict_arrays(x)
     assert np.array_equal(first, second)
     assert not np.array_equal(first, other)
 
@@ -381,7 +390,9 @@ def test_mlp_save_and_load_predict_identically(task: str, tmp_path: Path) -> Non
     loaded = MLPPlugin().load(tmp_path / "model", "cpu")
     assert loaded.info == info
     assert loaded.params == model.params
-    assert np.array_equal(loaded.predict(x), model.predict(x))
+    assert np.array_equal(loaded.predict_arrays(x), model.predict_arrays(x))
+    raw = [[float(v) for v in row] for row in x[:5]]
+    assert loaded.predict(raw) == model.predict(raw)
 
 
 def test_mlp_load_of_a_missing_model_says_what_is_missing(tmp_path: Path) -> None:
@@ -392,7 +403,7 @@ def test_mlp_load_of_a_missing_model_says_what_is_missing(tmp_path: Path) -> Non
 def test_mlp_resume_from_checkpoint_ends_where_a_straight_run_does(tmp_path: Path) -> None:
     info, x, y = _toy("binary")
     params = {"hidden": [16], "dropout": 0.3}
-    straight = _fit(info, x, y, epochs=5, params=params).predict(x)
+    straight = _fit(info, x, y, epochs=5, params=params).predict_arrays(x)
 
     checkpoint = tmp_path / "checkpoint"
     _fit(info, x, y, epochs=2, params=params, checkpoint_dir=checkpoint)
@@ -401,13 +412,13 @@ def test_mlp_resume_from_checkpoint_ends_where_a_straight_run_does(tmp_path: Pat
     reports: list[EpochReport] = []
     resumed = _fit(info, x, y, epochs=5, params=params, checkpoint_dir=checkpoint, reports=reports)
     assert [report.epoch for report in reports] == [3, 4, 5]
-    assert np.array_equal(resumed.predict(x), straight)
+    assert np.array_equal(resumed.predict_arrays(x), straight)
 
     # A finished checkpoint trains no further.
     again: list[EpochReport] = []
     done = _fit(info, x, y, epochs=5, params=params, checkpoint_dir=checkpoint, reports=again)
     assert again == []
-    assert np.array_equal(done.predict(x), straight)
+    assert np.array_equal(done.predict_arrays(x), straight)
 
 
 def test_mlp_refuses_another_jobs_checkpoint(tmp_path: Path) -> None:
@@ -420,3 +431,49 @@ def test_mlp_refuses_another_jobs_checkpoint(tmp_path: Path) -> None:
 def test_mlp_params_model_is_the_plugin_schema() -> None:
     assert MLPPlugin.params_model is MLPParams
     assert MLPPlugin().params_schema()["properties"]["hidden"]["default"] == [64, 32]
+
+
+# -- broken plugins: listed, refused at submit, nothing crashes ------------------------------
+
+
+def test_a_plugin_for_another_api_version_is_listed_broken_and_refused_at_submit(
+    fake_modules: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from dcsched.inputs import InputStore
+    from dcsched.kinds import parse_job_spec
+    from dcsched.validation import check_runnable
+
+    _install(
+        monkeypatch,
+        _entry_point("old-tree", f"{FAKE_MODULE}:Ancient", "acme-trees", "0.3"),
+        _entry_point("gone", "dcsched_broken_models:Plugin", "acme-gone", "1.2"),
+    )
+    gone, old = describe_plugins()
+    assert old["status"] == "broken" and "acme-trees 0.3" in old["error"]
+    assert "api_version 0" in old["error"]
+    assert gone["status"] == "broken" and "acme-gone 1.2" in gone["error"]
+    assert "a_module_that_is_not_there" in gone["error"]
+
+    store = InputStore(tmp_path, data_roots=list, max_upload=lambda: 1 << 20)
+    for name, entry in (("old-tree", old), ("gone", gone)):
+        spec = parse_job_spec(
+            {
+                "name": "j",
+                "kind": "train",
+                "team": "t",
+                "model": {"type": name},
+                "data": {"source": "sklearn:iris"},
+            }
+        )
+        assert check_runnable(spec, store) == [f"model.type: {entry['error']}"]
+
+
+def test_every_builtin_describes_itself() -> None:
+    described = {entry["name"]: entry for entry in describe_plugins()}
+    for name in ("mlp", "gbdt", "cnn"):
+        entry = described[name]
+        assert entry["status"] == "ok", entry["error"]
+        assert entry["api_version"] == 1
+        assert entry["data_sources"] and entry["metrics"] and entry["resources"]
+        for metric_set in entry["metrics"].values():
+            assert metric_set["direction"] in ("maximize", "minimize")

@@ -135,7 +135,8 @@ def test_runner_writes_result_progress_and_a_human_log(straight_run: StraightRun
 
     progress = _progress(finished.run_dir)
     assert [line["epoch"] for line in progress] == [1, 2, 3]
-    assert set(progress[0]) == {"epoch", "loss", "samples_per_s", "seconds", "at"}
+    assert set(progress[0]) == {"epoch", "loss", "samples_per_s", "seconds", "at", "metrics"}
+    assert "f1" in progress[-1]["metrics"]  # per-epoch validation metrics
     assert progress[2]["loss"] < progress[0]["loss"]
     assert not (finished.run_dir / "error.txt").exists()
     assert not list(finished.run_dir.rglob("*.tmp"))
@@ -155,10 +156,18 @@ def test_saved_model_reloads_and_predicts_identically(straight_run: StraightRun)
     model_dir = finished.run_dir / "model"
     data = load_dataset(_spec().data)
     model = MLPPlugin().load(model_dir, "cpu")
-    predictions = model.predict(data.x_test)
+    predictions = model.predict_arrays(data.x_test)
     # Metrics from the reloaded model's predictions equal the run's to the last bit.
     assert evaluate(data.info, data.y_test, predictions) == finished.result["metrics"]
-    assert np.array_equal(MLPPlugin().load(model_dir, "cpu").predict(data.x_test), predictions)
+    assert np.array_equal(
+        MLPPlugin().load(model_dir, "cpu").predict_arrays(data.x_test), predictions
+    )
+    assert finished.result["objective"]["name"] == "f1"
+    # The saved model carries its scaler: raw, unscaled rows give the same answers.
+    raw = data.x_test * data.scaler_scale + data.scaler_mean
+    answers = model.predict([[float(v) for v in row] for row in raw])
+    labels = [int(np.argmax(row)) for row in predictions]
+    assert [answer["label"] for answer in answers] == labels
 
     preprocessing = json.loads((model_dir / "preprocessing.json").read_text())
     np.testing.assert_allclose(preprocessing["mean"], data.scaler_mean)
