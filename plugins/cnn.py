@@ -31,8 +31,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from dcsched.kinds.train import DataSpec, TrainSpec
+from dcsched.plugins import torch_checkpoint
 from dcsched.plugins.api import (
-    CheckpointError,
     Dataset,
     DatasetInfo,
     EpochCallback,
@@ -279,40 +279,10 @@ class CNNModel(TrainedModel):
     def _write_checkpoint(
         self, path: Path, stamp: dict[str, Any], epoch: int, optimizer: Any, generator: Any
     ) -> None:
-        import torch
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            "stamp": stamp,
-            "epoch": epoch,
-            "model": self._net.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-        }
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        torch_checkpoint.save(path, stamp, epoch, self._net, optimizer, generator)
 
     def _restore(self, path: Path, stamp: dict[str, Any], optimizer: Any, generator: Any) -> int:
-        import torch
-
-        try:
-            state = torch.load(path, map_location=self._device, weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
-        if state.get("stamp") != stamp:
-            raise CheckpointError(
-                f"checkpoint {path} was written for other data, parameters or training "
-                "settings; delete it to start over"
-            )
-        self._net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"].cpu())
-        torch.set_rng_state(state["torch_rng"].cpu())
+        state = torch_checkpoint.restore(path, stamp, self._device, self._net, optimizer, generator)
         return int(state["epoch"])
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,8 +33,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from dcsched.kinds.train import TrainSpec
+from dcsched.plugins import torch_checkpoint
 from dcsched.plugins.api import (
-    CheckpointError,
     Dataset,
     DatasetInfo,
     EpochCallback,
@@ -52,6 +51,7 @@ from dcsched.plugins.tabular import (
     format_outputs,
     input_schema,
 )
+from dcsched.rundir import write_text_atomically
 from dcsched.training import distributed
 
 if TYPE_CHECKING:
@@ -287,10 +287,10 @@ class MLPModel(TrainedModel):
                 else None
             ),
         }
-        _atomic_write_text(
+        write_text_atomically(
             directory / PREPROCESSING_FILE, json.dumps(self._preprocessing, indent=2) + "\n"
         )
-        _atomic_write_text(directory / META_FILE, json.dumps(meta, indent=2) + "\n")
+        write_text_atomically(directory / META_FILE, json.dumps(meta, indent=2) + "\n")
 
     # -- internals ---------------------------------------------------------------------
 
@@ -357,24 +357,12 @@ class MLPModel(TrainedModel):
     ) -> None:
         import torch
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            "stamp": stamp,
-            "epoch": epoch,
-            "model": self._net.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
+        extra = {
             "cuda_rng": torch.cuda.get_rng_state() if on_cuda else None,
             "y_mean": self._y_mean,
             "y_std": self._y_std,
         }
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        torch_checkpoint.save(path, stamp, epoch, self._net, optimizer, generator, extra)
 
     def _restore(
         self,
@@ -386,19 +374,7 @@ class MLPModel(TrainedModel):
     ) -> int:
         import torch
 
-        try:
-            state = torch.load(path, map_location=self._device, weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
-        if state.get("stamp") != stamp:
-            raise CheckpointError(
-                f"checkpoint {path} was written for other data, parameters or training "
-                "settings; delete it to start over"
-            )
-        self._net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"].cpu())
-        torch.set_rng_state(state["torch_rng"].cpu())
+        state = torch_checkpoint.restore(path, stamp, self._device, self._net, optimizer, generator)
         if on_cuda and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"].cpu())
         self._y_mean, self._y_std = float(state["y_mean"]), float(state["y_std"])
@@ -447,9 +423,3 @@ def _loss_function(info: DatasetInfo) -> Callable[[torch.Tensor, torch.Tensor], 
     if info.task == "multiclass":
         return nn.CrossEntropyLoss()
     return nn.MSELoss()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

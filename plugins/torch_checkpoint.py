@@ -1,0 +1,66 @@
+"""Checkpoints of torch plugins: the weights, the optimizer and every RNG a resumed run
+needs to end exactly where an uninterrupted one would, written atomically (temp file,
+fsync, rename), and refused on resume when written for other data or settings (the
+``stamp``). Used by the built-in ``mlp`` and ``cnn``; torch is imported inside."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from dcsched.plugins.api import CheckpointError
+
+
+def save(
+    path: Path,
+    stamp: dict[str, Any],
+    epoch: int,
+    net: Any,
+    optimizer: Any,
+    generator: Any,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write the training state after ``epoch`` (plus the plugin's ``extra`` values)."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "stamp": stamp,
+        "epoch": epoch,
+        "model": net.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        **(extra or {}),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def restore(
+    path: Path, stamp: dict[str, Any], device: str, net: Any, optimizer: Any, generator: Any
+) -> dict[str, Any]:
+    """Load the state into ``net``, ``optimizer``, ``generator`` and torch's RNG; return
+    the whole state (``state["epoch"]`` is the last finished epoch). CheckpointError if
+    it cannot be read or was written for another job."""
+    import torch
+
+    try:
+        state: dict[str, Any] = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    if state.get("stamp") != stamp:
+        raise CheckpointError(
+            f"checkpoint {path} was written for other data, parameters or training "
+            "settings; delete it to start over"
+        )
+    net.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"].cpu())
+    torch.set_rng_state(state["torch_rng"].cpu())
+    return state
