@@ -27,6 +27,7 @@ from dcsched.paths import Paths
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 SESSION_CPUS = 8
+SESSION_GPUS = 1
 
 # Tests set Ray's auth mode explicitly; the session head uses token auth.
 os.environ["RAY_AUTH_MODE"] = "token"
@@ -43,7 +44,8 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     from dcsched.adapters import ray_head as launcher
 
     paths = Paths(tmp_path_factory.mktemp("ray-home"))
-    head = launcher.start(paths, num_cpus=SESSION_CPUS, num_gpus=0)
+    # One logical GPU, so that GPU allocation is exercised (tests/e2e/test_dashboards_live.py).
+    head = launcher.start(paths, num_cpus=SESSION_CPUS, num_gpus=SESSION_GPUS)
     os.environ.update(launcher.ray_env(head.token_path))
     try:
         yield head

@@ -105,7 +105,17 @@ class RayBridge:
     def start(self) -> str:
         """Connect for the first time (raises ``RayUnreachable`` with Ray's words when it
         cannot); return the dashboard URL. Afterwards the bridge reconnects by itself."""
-        self._connect()
+        deadline = time.monotonic() + self.connect_timeout_s
+        while True:
+            try:
+                self._connect()
+                break
+            except RayUnreachable as exc:
+                # A loaded machine can make Ray's first connection time out: try again.
+                if time.monotonic() > deadline:
+                    raise
+                logger.warning("%s; trying again", exc)
+                time.sleep(self.retry_s)
         self._reconnector = threading.Thread(
             target=self._reconnect_forever, name="ray-bridge", daemon=True
         )
