@@ -1,7 +1,10 @@
 """Each built-in model type trained through dcsched against the same spec trained as a
 plain Python process (``python -m dcsched.training.runner RUN_DIR``), in one run:
 
-- plain: the runner as a plain process on this machine (no server, no Ray);
+- plain: the runner as a plain process on this machine (no server, no Ray), with
+  ``OMP_NUM_THREADS`` set to the spec's CPUs (Ray sets it in its processes; without it, a
+  first run's plain gbdt spun 2 OpenMP threads on a loaded 2-core machine: 37 s of
+  training against 1.5 s through dcsched);
 - dcsched: ``dcsched submit SPEC --wait`` through a real server on a local Ray head (the
   CLI uploads the data file, the server admits and runs the job as a Ray job, registers
   the model), timed from the CLI call to its exit.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -66,12 +70,17 @@ def plain_run(document: dict[str, Any]) -> tuple[float, dict[str, Any]]:
     with tempfile.TemporaryDirectory() as run_dir:
         spec = parse_job_spec(document)
         Path(run_dir, "spec.json").write_text(spec.model_dump_json())
+        # OpenMP (scikit-learn's trees) gets the spec's CPUs, not every core of the
+        # machine (torch: the runner sets its threads itself).
+        threads = str(max(1, int(document["resources"]["cpus"])))
+        env = {**os.environ, "OMP_NUM_THREADS": threads}
         started = time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-m", "dcsched.training.runner", run_dir],
             capture_output=True,
             text=True,
             check=False,
+            env=env,
         )
         wall = time.perf_counter() - started
         if done.returncode != 0:
