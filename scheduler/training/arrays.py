@@ -65,7 +65,13 @@ def check_npz(data: DataSpec) -> None:
     headers = _headers(Path(data.location))
     (x_shape, x_dtype), (y_shape, y_dtype) = headers["x"], headers["y"]
     if x_dtype.hasobject or y_dtype.hasobject:
-        raise SpecError([f"{where}: arrays of Python objects are refused (no pickles)"])
+        raise SpecError(
+            [
+                f"{where}: arrays of Python objects are refused (no pickles); images of mixed "
+                "sizes stack into one: resize every image to one size (h, w) and save x as a "
+                "numeric array (n, h, w)"
+            ]
+        )
     if len(x_shape) not in (3, 4) or x_dtype.kind not in "uif":
         raise SpecError(
             [

@@ -48,6 +48,10 @@ class RunDirError(Exception):
     """The run directory or its spec.json is missing or unreadable."""
 
 
+class PluginFitError(RuntimeError):
+    """A plugin's ``fit`` raised something unexpected; the message names the plugin."""
+
+
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (
     RunDirError,
     SpecError,
@@ -173,13 +177,14 @@ def run(spec: TrainJobSpec, run_dir: Path) -> dict[str, Any]:
             )
 
         began = time.perf_counter()
-        model.fit(
-            data,
-            spec.train,
-            spec.data.seed,
-            on_epoch,
-            checkpoint_dir,
-        )
+        try:
+            model.fit(data, spec.train, spec.data.seed, on_epoch, checkpoint_dir)
+        except EXPECTED_ERRORS:
+            raise
+        except Exception as exc:
+            raise PluginFitError(
+                f"model type {plugin.name!r} failed in fit: {type(exc).__name__}: {exc}"
+            ) from exc
         train_seconds = time.perf_counter() - began
     distributed.finish()
     if not main_rank:
@@ -253,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         spec = read_spec(run_dir)
         run(spec, run_dir)
     except EXPECTED_ERRORS as exc:
+        return _fail(run_dir, _one_line(exc))
+    except PluginFitError as exc:
+        traceback.print_exc()  # for the plugin's author, in the job's log
         return _fail(run_dir, _one_line(exc))
     except Exception as exc:
         traceback.print_exc()

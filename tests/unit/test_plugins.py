@@ -470,7 +470,7 @@ def test_a_plugin_for_another_api_version_is_listed_broken_and_refused_at_submit
 
 def test_every_builtin_describes_itself() -> None:
     described = {entry["name"]: entry for entry in describe_plugins()}
-    for name in ("mlp", "gbdt", "cnn"):
+    for name in ("mlp", "gbdt", "cnn", "tiny-lm"):
         entry = described[name]
         assert entry["status"] == "ok", entry["error"]
         assert entry["api_version"] == 1

@@ -207,7 +207,7 @@ def test_the_module_exits_1_on_an_unknown_plugin(tmp_path: Path) -> None:
     done = subprocess.run([*RUNNER, str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     error = (tmp_path / "error.txt").read_text()
-    assert "unknown model type 'xgboost'; installed model plugins: cnn, gbdt, mlp" in error
+    assert "unknown model type 'xgboost'; installed model plugins: cnn, gbdt, mlp, tiny-lm" in error
     assert error.count("\n") == 1
     assert "unknown model type 'xgboost'" in done.stderr and "Traceback" not in done.stderr
 

@@ -1,0 +1,1 @@
+"""dcsched-ridge: an example model-type plugin for dcsched (see ``plugin.py``)."""
