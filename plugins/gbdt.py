@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from dcsched.kinds.train import TrainSpec
@@ -212,6 +213,9 @@ class GBDTModel(TrainedModel):
             return values
         probabilities: FloatArray = np.asarray(self._estimator.predict_proba(x), dtype=np.float64)
         return probabilities
+
+    def prepare(self, features: FloatArray) -> npt.NDArray[Any]:
+        return Preprocessing.from_json(self._preprocessing, self._info).transform_array(features)
 
     def predict(self, inputs: Sequence[Any]) -> list[Any]:
         scaler = Preprocessing.from_json(self._preprocessing, self._info)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from dcsched.kinds.train import TrainSpec
@@ -237,6 +238,9 @@ class MLPModel(TrainedModel):
                     )
                 )
         self._net.eval()
+
+    def prepare(self, features: FloatArray) -> npt.NDArray[Any]:
+        return Preprocessing.from_json(self._preprocessing, self._info).transform_array(features)
 
     def predict(self, inputs: Sequence[Any]) -> list[Any]:
         scaler = Preprocessing.from_json(self._preprocessing, self._info)

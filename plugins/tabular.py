@@ -76,6 +76,26 @@ class Preprocessing:
         ).astype(np.float32)
         return standardised
 
+    def transform_array(self, rows: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+        """Raw feature rows ``(n, n_features)`` in feature order to standardised float32
+        features, as ``transform`` makes of the same rows; ValueError if a value is not
+        finite (the message names the feature, never a value)."""
+        values = np.asarray(rows, dtype=np.float64)
+        if values.ndim != 2 or values.shape[1] != len(self.feature_names):
+            raise ValueError(
+                f"expected rows of {len(self.feature_names)} features, got shape {values.shape}"
+            )
+        finite = np.isfinite(values)
+        if not finite.all():
+            bad = [self.feature_names[i] for i in np.flatnonzero(~finite.all(axis=0))]
+            raise ValueError(
+                f"features must be finite numbers; not so in column(s) {', '.join(bad[:10])}"
+            )
+        standardised: npt.NDArray[np.float32] = (
+            (values - np.asarray(self.mean)) / np.asarray(self.scale)
+        ).astype(np.float32)
+        return standardised
+
 
 def input_schema(info: DatasetInfo) -> dict[str, Any]:
     """JSON schema of one tabular input."""
