@@ -159,7 +159,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SQLiteS
     model_dir = home / "trained"
     model.save(model_dir)
     store = SQLiteStore(home / "dcsched.db", home / "models")
-    request, kind, payload = split(parse_job_spec(_spec()))
+    request, _, _ = split(parse_job_spec(_spec()))
     store.add_job(
         Job(id="bc-1", request=request.model_copy(update={"name": "bc"}), state=JobState.PENDING,
             submitted_at=1.0, kind="train", payload={})
@@ -214,7 +214,7 @@ def test_mismatched_columns_and_empty_inputs_are_refused_at_submit(registry: Any
     store, table = registry
     header = table.read_text().splitlines()[0].split(",")
     wrong = table.parent / "wrong.csv"
-    wrong.write_text(",".join(header[1:] + ["patient_id"]) + "\n" + ",".join(["1"] * 30) + "\n")
+    wrong.write_text(",".join([*header[1:], "patient_id"]) + "\n" + ",".join(["1"] * 30) + "\n")
     (problem,) = _check(store, wrong)
     assert f"missing 1 column(s): '{header[0]}'" in problem
     assert "extra 1 column(s): 'patient_id'" in problem
