@@ -131,7 +131,7 @@ def column_problems(columns: Sequence[str], features: Sequence[str], model: str)
 
 
 def _names(names: list[str]) -> str:
-    shown = ", ".join(repr(n) for n in names[:LIST_LIMIT])
+    shown = ", ".join(repr(n if len(n) <= 64 else n[:61] + "...") for n in names[:LIST_LIMIT])
     more = len(names) - LIST_LIMIT
     return shown + (f" and {more} more" if more > 0 else "")
 

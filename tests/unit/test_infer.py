@@ -315,3 +315,66 @@ def test_a_model_gone_since_submit_fails_the_run_with_the_reason(
     files = _run_dir(tmp_path, store, table, 1, model="bc:4")
     assert batch.main([str(files.path)]) == 1
     assert "model 'bc' has no version 4" in files.read_error()
+
+
+# -- progress in /metrics ---------------------------------------------------------------------
+
+
+def test_a_running_infer_jobs_progress_is_exported_and_dropped_when_it_ends(
+    tmp_path: Path,
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from dcsched.exporters.scheduler import SchedulerMetrics, SchedulerStateCollector
+    from dcsched.paths import Paths
+    from dcsched.service import SchedulerService
+    from tests.unit.test_scheduler_metrics import (
+        CONFIG,
+        Clock,
+        FixedCluster,
+        RecordingExecutor,
+        samples,
+        value,
+    )
+    from tests.unit.test_scheduler_metrics import spec as train_spec
+
+    paths = Paths(tmp_path)
+    store = SQLiteStore(paths.db, paths.models)
+    from dcsched.core.cluster import NodeState
+    from dcsched.core.resources import Resources
+
+    node = NodeState(
+        "node-a", "127.0.0.1", True, Resources(16, 2, 1 << 36), Resources(16, 2, 1 << 36)
+    )
+    registry = CollectorRegistry()
+    service = SchedulerService(
+        store=store,
+        executor=RecordingExecutor(),
+        cluster=FixedCluster((node,)),
+        paths=paths,
+        check_runnable=lambda _: [],
+        clock=Clock(1_000.0),
+        events=SchedulerMetrics(registry, store.counts_by_state),
+    )
+    service.apply_config(CONFIG)
+    registry.register(SchedulerStateCollector(service))
+    document = _spec()
+    document["team"] = train_spec("x", "research")["team"]
+    job = service.submit(document)
+    service.tick()
+    service.tick()
+    run = RunDir(paths.run_dir(job.id))
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.progress.write_text(
+        json.dumps({"rows_done": 100, "rows_total": 1000, "rows_per_s": 50.0, "workers": 2})
+        + "\n"
+        + json.dumps({"rows_done": 400, "rows_total": 1000, "rows_per_s": 80.0, "workers": 2})
+        + "\n"
+    )
+    found = samples(registry)
+    key = {"job_id": job.id, "team": job.team}
+    assert value(found, "dcsched_job_inference_rows_done", **key) == 400
+    assert value(found, "dcsched_job_inference_rows", **key) == 1000
+    assert value(found, "dcsched_job_inference_rows_per_second", **key) == 80
+    service.cancel(job.id)
+    assert not any(name.startswith("dcsched_job_inference") for name, _ in samples(registry))
