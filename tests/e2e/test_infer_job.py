@@ -141,7 +141,7 @@ def test_results_are_the_teams_own_and_exist_only_for_a_finished_infer_job(
 ) -> None:
     jobs = server.cli_json("list")
     assert isinstance(jobs, list)
-    scored = next(j["id"] for j in jobs if j["kind"] == "infer" and j["state"] == "SUCCEEDED")
+    scored = next(j["id"] for j in jobs if j["name"] == "score-two" and j["state"] == "SUCCEEDED")
     trainer = next(j["id"] for j in jobs if j["kind"] == "train")
     refused = server.cli("results", trainer, "--out", str(trained / "x.csv"))
     assert refused.returncode != 0 and "only infer jobs have results" in refused.stderr
