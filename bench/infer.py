@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -165,7 +166,9 @@ def ray_data(
     import pyarrow.parquet as pq
     import ray
 
-    ray.init(address=gcs, logging_level="WARNING", log_to_driver=False, ignore_reinit_error=True)
+    ray.init(
+        address=gcs, logging_level=logging.WARNING, log_to_driver=False, ignore_reinit_error=True
+    )
     ray.data.DataContext.get_current().enable_progress_bars = False
     began = time.perf_counter()
     ds = ray.data.read_parquet(str(rows_path)).map_batches(
