@@ -18,7 +18,9 @@ SUCCEEDED; for Ray Data, the pipeline's execution without ray.init; for plain, t
 process's work) and steady_rows_per_s (rows / the span of the predict loop alone: for
 dcsched its own result.json's span from the first rank's first batch to the last rank's
 last; for Ray Data the span between the first batch's start and the last batch's end,
-stamped inside the UDF). per_worker = steady / workers. Goal (issue 14): dcsched per
+stamped inside the UDF). steady_rows_per_s_per_worker: the mean over workers of each
+worker's rows over its own predict loop (ranks start at different times; this leaves the
+skew out). Goal (issue 14): dcsched per
 worker >= 0.9x plain, and above Ray Data. One run per path; JSON lines.
 
 Usage: python bench/infer.py [--rows N] [--batch-size B]   (Ray Data: pip install '.[bench]')
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -157,6 +160,7 @@ class Predictor:
             "probability_1": positive,
             "t0": np.full(n, t0),
             "t1": np.full(n, time.time()),
+            "pid": np.full(n, os.getpid()),
         }
 
 
@@ -171,22 +175,35 @@ def ray_data(
     )
     ray.data.DataContext.get_current().enable_progress_bars = False
     began = time.perf_counter()
-    ds = ray.data.read_parquet(str(rows_path)).map_batches(
+    ds = ray.data.read_parquet(str(rows_path), override_num_blocks=8 * workers).map_batches(
         Predictor,
         fn_constructor_args=(str(model_dir),),
         batch_size=batch,
         batch_format="numpy",
-        concurrency=workers,
+        compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=1,
     )
     ds.write_parquet(str(out))
     seconds = time.perf_counter() - began
-    stamps = pq.read_table(str(out), columns=["t0", "t1"])
+    stamps = pq.read_table(str(out), columns=["t0", "t1", "pid"])
     t0, t1 = stamps.column("t0").to_numpy(), stamps.column("t1").to_numpy()
-    return {"seconds": seconds, "predict_seconds": float(t1.max() - t0.min()), "rows": len(t0)}
+    pid = stamps.column("pid").to_numpy()
+    rates = []
+    for actor in np.unique(pid):
+        mine = pid == actor
+        rates.append(int(mine.sum()) / float(t1[mine].max() - t0[mine].min()))
+    return {
+        "seconds": seconds,
+        "predict_seconds": float(t1.max() - t0.min()),
+        "rows": len(t0),
+        "per_worker": float(np.mean(rates)),
+        "actors": len(rates),
+    }
 
 
-def figures(path: str, workers: int, rows: int, seconds: float, predict_s: float) -> dict[str, Any]:
+def figures(
+    path: str, workers: int, rows: int, seconds: float, predict_s: float, per_worker: float
+) -> dict[str, Any]:
     steady = rows / predict_s
     return {
         "path": path,
@@ -196,7 +213,7 @@ def figures(path: str, workers: int, rows: int, seconds: float, predict_s: float
         "end_to_end_rows_per_s": round(rows / seconds, 1),
         "predict_seconds": round(predict_s, 3),
         "steady_rows_per_s": round(steady, 1),
-        "steady_rows_per_s_per_worker": round(steady / workers, 1),
+        "steady_rows_per_s_per_worker": round(per_worker, 1),
     }
 
 
@@ -222,8 +239,9 @@ def main() -> None:
             results: dict[str, dict[str, Any]] = {}
 
             plain = plain_loop(model_dir, rows_path, data / "plain.parquet", args.batch_size)
+            loop_rate = plain["rows"] / plain["predict_seconds"]
             results["plain"] = figures(
-                "plain", 1, plain["rows"], plain["seconds"], plain["predict_seconds"]
+                "plain", 1, plain["rows"], plain["seconds"], plain["predict_seconds"], loop_rate
             )
             emit(results["plain"])
 
@@ -247,7 +265,12 @@ def main() -> None:
                 result = job["result"]
                 name = f"dcsched-{workers}"
                 results[name] = figures(
-                    name, workers, result["rows"], seconds, result["predict_seconds"]
+                    name,
+                    workers,
+                    result["rows"],
+                    seconds,
+                    result["predict_seconds"],
+                    result["rows_per_s_per_worker_predicting"],
                 )
                 results[name]["job_seconds_inside"] = result["seconds"]
                 emit(results[name])
@@ -268,8 +291,14 @@ def main() -> None:
                     found = ray_data(gcs, model_dir, rows_path, out_dir, args.batch_size, workers)
                     name = f"raydata-{workers}"
                     results[name] = figures(
-                        name, workers, found["rows"], found["seconds"], found["predict_seconds"]
+                        name,
+                        workers,
+                        found["rows"],
+                        found["seconds"],
+                        found["predict_seconds"],
+                        found["per_worker"],
                     )
+                    results[name]["actors_that_scored"] = found["actors"]
                     emit(results[name])
 
     plain_worker = results["plain"]["steady_rows_per_s_per_worker"]

@@ -222,6 +222,11 @@ def run(files: RunDir, rank: int, world: int) -> dict[str, Any] | None:
         first_start = min(float(r.get("started_at") or began) for r in ranks)
         last_end = max(float(r.get("finished_at") or time.time()) for r in ranks)
         steady_s = max(last_end - first_start, 1e-9)
+        own_rates = [  # each rank's rows over its own predict loop (no start-up skew)
+            float(r["rows"]) / (float(r["finished_at"]) - float(r["started_at"]))
+            for r in ranks
+            if r.get("rows") and r.get("finished_at") and r["finished_at"] > r["started_at"]
+        ]
         total = len(assembled)
         seconds = time.time() - began
         result = {
@@ -236,6 +241,9 @@ def run(files: RunDir, rank: int, world: int) -> dict[str, Any] | None:
             "batch_size": spec.infer.batch_size,
             "predict_seconds": round(steady_s, 4),
             "rows_per_s_predicting": round(total / steady_s, 1),
+            "rows_per_s_per_worker_predicting": (
+                round(sum(own_rates) / len(own_rates), 1) if own_rates else None
+            ),
             "seconds": round(seconds, 4),
             "rows_per_s": round(total / seconds, 1) if seconds > 0 else None,
             "bytes": output.stat().st_size,
