@@ -299,6 +299,10 @@ def main() -> None:
                         found["per_worker"],
                     )
                     results[name]["actors_that_scored"] = found["actors"]
+                import ray
+
+                # Before the head goes: a driver whose GCS is gone exits (code 1) ~60 s later.
+                ray.shutdown()
                     emit(results[name])
 
     plain_worker = results["plain"]["steady_rows_per_s_per_worker"]
