@@ -1,5 +1,6 @@
 """`make demo`: start a local Ray and the dcsched server, run the example jobs (two training
-jobs and a 2-worker DDP `kind: run` gang), say where to look.
+jobs and a 2-worker DDP `kind: run` gang), then score patients with the trained model (a
+2-worker `kind: infer` job) and fetch its predictions, say where to look.
 
 Runs the CLI as a user would (each step a `dcsched` command) against DCSCHED_HOME, which the
 Makefile points at ./.dcsched-demo so the demo leaves the rest of the machine alone.
@@ -44,6 +45,12 @@ def main() -> None:
     for job_id in job_ids:
         dcsched("status", job_id)
     dcsched("logs", job_ids[-1], "--rank", "0")  # the DDP gang's rank 0
+    # Batch inference with the model train-mlp.yaml registered (it exists only now).
+    infer_id = dcsched("submit", str(HERE / "infer-mlp.yaml"), capture=True).stdout.strip()
+    dcsched("wait", infer_id, "--timeout", "240")
+    dcsched("status", infer_id)
+    predictions = str(Path(home) / "predictions.parquet")
+    dcsched("results", infer_id, "--out", predictions)
     dcsched("models", "list")
     dcsched("list")
     elapsed = time.monotonic() - started
@@ -55,6 +62,7 @@ Demo finished in {elapsed:.0f}s. Where to look:
   dcsched metrics:             {info["metrics_url"]}
   Node exporter targets:       {info.get("exporters_file_sd") or "-"}  (Prometheus file_sd)
   Models and runs:             {home}/models, {home}/runs
+  Predictions (infer job):     {predictions}
 
 Use the CLI against this demo:   export DCSCHED_HOME={home}; .venv/bin/dcsched list
 Live view of nodes, jobs, queue: .venv/bin/dcsched top

@@ -298,6 +298,17 @@ def _job_families(running: list[Job], state: SchedulerState) -> Iterator[GaugeMe
     speed = GaugeMetricFamily(
         "dcsched_job_training_samples_per_second", "Its training throughput", labels=labels
     )
+    rows_done = GaugeMetricFamily(
+        "dcsched_job_inference_rows_done", "Rows a running infer job has scored", labels=labels
+    )
+    rows_all = GaugeMetricFamily(
+        "dcsched_job_inference_rows", "Rows a running infer job scores in all", labels=labels
+    )
+    rows_speed = GaugeMetricFamily(
+        "dcsched_job_inference_rows_per_second",
+        "A running infer job's scoring throughput (all workers)",
+        labels=labels,
+    )
     for job in running:
         key = [job.id, job.team]
         total = job.request.resources.total()
@@ -306,7 +317,14 @@ def _job_families(running: list[Job], state: SchedulerState) -> Iterator[GaugeMe
         if job.state is not JobState.RUNNING:
             continue
         progress = state.run_progress(job) or {}
-        for family, field in ((epoch, "epoch"), (loss, "loss"), (speed, "samples_per_s")):
+        for family, field in (
+            (epoch, "epoch"),
+            (loss, "loss"),
+            (speed, "samples_per_s"),
+            (rows_done, "rows_done"),
+            (rows_all, "rows_total"),
+            (rows_speed, "rows_per_s"),
+        ):
             value = progress.get(field)
             if isinstance(value, int | float):
                 family.add_metric(key, float(value))
@@ -315,3 +333,6 @@ def _job_families(running: list[Job], state: SchedulerState) -> Iterator[GaugeMe
     yield epoch
     yield loss
     yield speed
+    yield rows_done
+    yield rows_all
+    yield rows_speed

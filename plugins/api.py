@@ -251,6 +251,14 @@ class TrainedModel(ABC):
     def predict(self, inputs: Sequence[Any]) -> list[Any]:
         """One JSON value per raw, JSON-decoded input (each matching ``input_schema``)."""
 
+    def prepare(self, features: FloatArray) -> npt.NDArray[Any]:
+        """Optional: raw feature rows ``(n, n_features)`` (float64, columns in
+        ``info.feature_names`` order) to the inputs of ``predict_arrays``, the saved
+        preprocessing applied, vectorised; ValueError for rows it cannot take. Batch
+        inference uses it when a plugin has it; the default raises NotImplementedError and
+        batch inference calls ``predict`` on each row's list of values instead (slower)."""
+        raise NotImplementedError
+
     @abstractmethod
     def input_schema(self) -> dict[str, Any]:
         """JSON schema of one input of ``predict``."""

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from dcsched.kinds.train import TrainSpec
@@ -125,6 +126,7 @@ class GBDTModel(TrainedModel):
         self._info = info
         self._estimator: Any = None
         self._preprocessing: dict[str, Any] = {}
+        self._scaler: Preprocessing | None = None
 
     @property
     def info(self) -> DatasetInfo:
@@ -167,6 +169,7 @@ class GBDTModel(TrainedModel):
         if len(x) == 0 or len(x) != len(y):
             raise ValueError(f"cannot fit on {len(x)} feature rows and {len(y)} targets")
         self._preprocessing = dict(data.preprocessing)
+        self._scaler = None
         stamp = {
             "format": FORMAT_VERSION,
             "params": self._params.model_dump(mode="json"),
@@ -212,6 +215,11 @@ class GBDTModel(TrainedModel):
             return values
         probabilities: FloatArray = np.asarray(self._estimator.predict_proba(x), dtype=np.float64)
         return probabilities
+
+    def prepare(self, features: FloatArray) -> npt.NDArray[Any]:
+        if self._scaler is None:  # built once: batch inference calls this per batch
+            self._scaler = Preprocessing.from_json(self._preprocessing, self._info)
+        return self._scaler.transform_array(features)
 
     def predict(self, inputs: Sequence[Any]) -> list[Any]:
         scaler = Preprocessing.from_json(self._preprocessing, self._info)

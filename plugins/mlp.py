@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from dcsched.kinds.train import TrainSpec
@@ -145,6 +146,7 @@ class MLPModel(TrainedModel):
         self._y_mean = 0.0
         self._y_std = 1.0
         self._preprocessing: dict[str, Any] = {}
+        self._scaler: Preprocessing | None = None
 
     @property
     def info(self) -> DatasetInfo:
@@ -166,6 +168,7 @@ class MLPModel(TrainedModel):
 
         x_train, y_train = data.x_train, data.y_train
         self._preprocessing = dict(data.preprocessing)
+        self._scaler = None
 
         self._check_x(x_train)
         if len(y_train) != len(x_train):
@@ -238,6 +241,11 @@ class MLPModel(TrainedModel):
                 )
         self._net.eval()
 
+    def prepare(self, features: FloatArray) -> npt.NDArray[Any]:
+        if self._scaler is None:  # built once: batch inference calls this per batch
+            self._scaler = Preprocessing.from_json(self._preprocessing, self._info)
+        return self._scaler.transform_array(features)
+
     def predict(self, inputs: Sequence[Any]) -> list[Any]:
         scaler = Preprocessing.from_json(self._preprocessing, self._info)
         return format_outputs(self._info, self.predict_arrays(scaler.transform(inputs)))
@@ -249,14 +257,15 @@ class MLPModel(TrainedModel):
         import torch
 
         self._check_x(x)
-        self._net.eval()
+        if self._net.training:  # eval() walks every module: not on each batch
+            self._net.eval()
         outputs = []
         with torch.no_grad():
             for first in range(0, len(x), _PREDICT_CHUNK):
                 chunk = np.ascontiguousarray(x[first : first + _PREDICT_CHUNK], dtype=np.float32)
                 outputs.append(self._net(torch.as_tensor(chunk, device=self._device)).cpu())
         out = (
-            torch.cat(outputs).double()
+            (outputs[0] if len(outputs) == 1 else torch.cat(outputs)).double()
             if outputs
             else torch.zeros((0, self._n_outputs()), dtype=torch.float64)
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,32 @@ class Preprocessing:
             (rows - np.asarray(self.mean)) / np.asarray(self.scale)
         ).astype(np.float32)
         return standardised
+
+    def transform_array(self, rows: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+        """Raw feature rows ``(n, n_features)`` in feature order to standardised float32
+        features, as ``transform`` makes of the same rows; ValueError if a value is not
+        finite (the message names the feature, never a value)."""
+        values = np.asarray(rows, dtype=np.float64)
+        if values.ndim != 2 or values.shape[1] != len(self.feature_names):
+            raise ValueError(
+                f"expected rows of {len(self.feature_names)} features, got shape {values.shape}"
+            )
+        mean, scale = self._arrays
+        standardised: npt.NDArray[np.float32] = ((values - mean) / scale).astype(np.float32)
+        # One sum finds a NaN or an infinity anywhere (they propagate); only then, or if
+        # the float32 sum overflowed, is each column looked at.
+        if not np.isfinite(standardised.sum()):
+            finite = np.isfinite(values).all(axis=0)
+            bad = [self.feature_names[i] for i in np.flatnonzero(~finite)]
+            if bad:
+                raise ValueError(
+                    f"features must be finite numbers; not so in column(s) {', '.join(bad[:10])}"
+                )
+        return standardised
+
+    @cached_property
+    def _arrays(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        return np.asarray(self.mean, dtype=np.float64), np.asarray(self.scale, dtype=np.float64)
 
 
 def input_schema(info: DatasetInfo) -> dict[str, Any]:

@@ -99,6 +99,34 @@ class Client:
         path = f"/v1/jobs/{_seg(job_id)}/logs"
         return _mapping(self.request("GET", path, query={"offset": offset, "rank": rank}))
 
+    def job_results(self, job_id: str, out: str) -> int:
+        """Stream an infer job's output into the file ``out`` (written under a temporary
+        name, renamed when whole); return its size in bytes."""
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ServerUnreachable(f"the server URL {self.url!r} is not an http(s) URL")
+        target = parts.path.rstrip("/") + f"/v1/jobs/{_seg(job_id)}/results"
+        headers = {"User-Agent": f"dcsched-cli/{__version__}"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        tmp = f"{out}.partial"
+        try:
+            with open(tmp, "wb") as sink:
+                status, reason, error_body = _download(
+                    parts.scheme, parts.hostname, parts.port, target, headers, sink, self.timeout
+                )
+            if status >= 400:
+                raise _api_error(status, reason, error_body, self.url)
+            size = os.path.getsize(tmp)
+            os.replace(tmp, out)
+            return size
+        except (TimeoutError, OSError, ValueError) as exc:
+            why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise ServerUnreachable(f"downloading from {self.url} failed ({why})") from None
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
     def upload(self, data: bytes) -> dict[str, Any]:
         """Send a file's bytes; the answer's ``ref`` names them in a spec."""
         return _mapping(self.request("POST", "/v1/uploads", body=data))
@@ -275,6 +303,75 @@ def _plain_http(
             raise ValueError("the response ended early")
         body = body[:length]
     return int(code), reason, body
+
+
+def _download(
+    scheme: str,
+    host: str,
+    port: int | None,
+    target: str,
+    headers: dict[str, str],
+    sink: Any,
+    timeout: float,
+) -> tuple[int, str, bytes]:
+    """GET ``target``, the body of a success streamed into ``sink``; returns (status,
+    reason, the body of an error). Over a plain socket for http (see _plain_http)."""
+    if scheme == "https":
+        import http.client
+
+        connection = http.client.HTTPSConnection(host, port, timeout=timeout)
+        try:
+            connection.request("GET", target, headers=headers)
+            response = connection.getresponse()
+            if response.status >= 400:
+                return response.status, response.reason, response.read()
+            while chunk := response.read(1 << 20):
+                sink.write(chunk)
+            return response.status, response.reason, b""
+        finally:
+            connection.close()
+    lines = [f"GET {target} HTTP/1.1", f"Host: {host}:{port or 80}", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    with socket.create_connection((host, port or 80), timeout=timeout) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        buffer = b""
+        while b"\r\n\r\n" not in buffer:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                raise ValueError("incomplete HTTP response")
+            buffer += chunk
+        head, _, body = buffer.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        version, _, rest = status_line.partition(" ")
+        code, _, reason = rest.partition(" ")
+        if not version.startswith("HTTP/") or not code.isdigit():
+            raise ValueError(f"not an HTTP response: {status_line[:80]!r}")
+        fields = {}
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            fields[name.strip().lower()] = value.strip()
+        chunked = "chunked" in fields.get("transfer-encoding", "").lower()
+        length = int(fields["content-length"]) if "content-length" in fields else None
+        if int(code) >= 400 or chunked:
+            while chunk := sock.recv(1 << 16):
+                body += chunk
+            if chunked:
+                body = _unchunk(body)
+            if int(code) >= 400:
+                return int(code), reason, body
+            sink.write(body)
+            return int(code), reason, b""
+        received = len(body)
+        sink.write(body)
+        while length is None or received < length:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            sink.write(chunk)
+            received += len(chunk)
+        if length is not None and received < length:
+            raise ValueError("the download ended early")
+        return int(code), reason, b""
 
 
 def _unchunk(body: bytes) -> bytes:

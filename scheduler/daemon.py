@@ -145,6 +145,7 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
     from dcsched.adapters.sqlite_store import SQLiteStore
     from dcsched.core import accounting
     from dcsched.exporters.scheduler import SchedulerMetrics, SchedulerStateCollector
+    from dcsched.inference import models as infer_models
     from dcsched.inputs import InputStore, resolve_payload
     from dcsched.kinds import document_of
     from dcsched.plugins.registry import describe_plugins
@@ -227,14 +228,17 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
 
     def run_document(job: Any) -> dict[str, Any]:
         payload = resolve_payload(job.kind, dict(job.payload), inputs)
-        return document_of(job.request, job.kind, payload)
+        document = document_of(job.request, job.kind, payload)
+        if job.kind == "infer":  # the model version this run scores with
+            document["resolved_model"] = infer_models.resolution(store, payload)
+        return document
 
     service = SchedulerService(
         store=store,
         executor=RemoteExecutor(bridge),
         cluster=cluster_view,
         paths=paths,
-        check_runnable=lambda spec: check_runnable(spec, inputs),
+        check_runnable=lambda spec: check_runnable(spec, inputs, models=store),
         events=metrics,
         run_document=run_document,
     )

@@ -10,7 +10,8 @@ opened, listed or even checked for existence, and no error quotes a file's conte
 
 Which fields of each kind are inputs: ``train``: ``data.source`` (``csv:REF``,
 ``npz:REF``, ``text:REF``);
-``run``: ``run.working_dir`` (a folder, or a zip the CLI made of one). Standard library
+``run``: ``run.working_dir`` (a folder, or a zip the CLI made of one); ``infer``:
+``infer.input`` (a table). Standard library
 only: the CLI imports the names it needs from here.
 """
 
@@ -142,6 +143,9 @@ def input_fields(kind: str, payload: dict[str, Any]) -> list[tuple[str, str]]:
     if kind == "run":
         working_dir = payload.get("run", {}).get("working_dir")
         return [("run.working_dir", str(working_dir))] if working_dir else []
+    if kind == "infer":
+        table = payload.get("infer", {}).get("input")
+        return [("infer.input", str(table))] if table else []
     return []
 
 
@@ -158,6 +162,10 @@ def replace_inputs(
         run = dict(payload["run"])
         run["working_dir"] = new("run.working_dir", str(run["working_dir"]))
         return {**payload, "run": run}
+    if kind == "infer" and input_fields(kind, payload):
+        infer = dict(payload["infer"])
+        infer["input"] = new("infer.input", str(infer["input"]))
+        return {**payload, "infer": infer}
     return payload
 
 

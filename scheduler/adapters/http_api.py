@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -70,6 +70,8 @@ MAX_LIST_LIMIT = 100_000
 MAX_TIMESTAMP = 2**33
 """Largest time (seconds since 1970, about the year 2242) a query may name."""
 MAX_OFFSET = 2**62
+RESULT_TYPES = {"parquet": "application/vnd.apache.parquet", "csv": "text/csv"}
+"""Media types of an infer job's output files."""
 
 
 class SubmitRequest(BaseModel):
@@ -414,6 +416,39 @@ def create_app(
             "offset": start + len(chunk),
             "done": done,
         }
+
+    @app.get(
+        "/v1/jobs/{job_id}/results",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "The output file of an infer job that SUCCEEDED",
+                "content": {RESULT_TYPES["parquet"]: {}, RESULT_TYPES["csv"]: {}},
+            }
+        },
+    )
+    def get_results(job_id: str) -> Response:
+        """The output an infer job published in its own artifacts (streamed). Only once
+        the job SUCCEEDED: its result.json, written after the output, names the file."""
+        job = get_job_or_404(job_id)
+        if job.kind != "infer":
+            raise ApiError(400, f"job {job_id} is a {job.kind} job; only infer jobs have results")
+        if job.state is not JobState.SUCCEEDED:
+            reason = f" ({job.reason})" if job.state.is_terminal() and job.reason else ""
+            raise ApiError(
+                409,
+                f"job {job_id} is {job.state.value}{reason}; its results exist once it "
+                "SUCCEEDED (`dcsched wait JOB`)",
+            )
+        result = job.result if isinstance(job.result, dict) else {}
+        name = str(result.get("output") or "")
+        folder = service.run_files(job.id).path / "artifacts"
+        path = folder / name
+        # The name comes from the job's own result; it must still be a plain file name.
+        if not name or "/" in name or name.startswith(".") or not path.is_file():
+            raise ApiError(404, f"job {job_id} has no output file any more")
+        media = RESULT_TYPES.get(path.suffix.lstrip("."), "application/octet-stream")
+        return FileResponse(path, media_type=media, filename=name)
 
     @app.post("/v1/uploads", status_code=201, response_model=None, responses=m.ok(m.Upload, 201))
     async def upload(request: Request) -> dict[str, Any]:

@@ -197,6 +197,10 @@ class RayExecutor:
             if job.workers > 1 or self.run_in_group(job):
                 return ["-m", "dcsched.runs.gang", str(run_dir), group]
             return ["-m", "dcsched.runs.launch", str(run_dir)]
+        if job.kind == "infer":
+            if job.workers > 1 or self.run_in_group(job):
+                return ["-m", "dcsched.runs.gang", str(run_dir), group]
+            return ["-m", "dcsched.inference.batch", str(run_dir)]
         if job.workers > 1:
             return ["-m", "dcsched.runs.gang", str(run_dir), group]
         if self.run_in_group(job):

@@ -402,6 +402,21 @@ def logs(job_id: str, follow: bool, rank: int | None) -> None:
 
 @cli.command()
 @click.argument("job_id", metavar="JOB")
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False, writable=True),
+    help="Local file to write (the job's output: .csv or .parquet).",
+)
+def results(job_id: str, out: str) -> None:
+    """Fetch the output of an infer job that SUCCEEDED into a local file."""
+    size = _client().job_results(job_id, out)
+    click.echo(f"wrote {out} ({size} bytes)")
+
+
+@cli.command()
+@click.argument("job_id", metavar="JOB")
 def cancel(job_id: str) -> None:
     """Cancel a job; print its new state."""
     job = _client().cancel(job_id)

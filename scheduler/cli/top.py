@@ -157,7 +157,7 @@ def render(
                 _num(measured.get("cpu_seconds")),
                 _bytes(measured.get("memory_rss_bytes")),
                 _since(job.get("started_at") or job.get("admitted_at"), now),
-                progress.get("epoch", "-"),
+                progress.get("epoch", _rows_progress(progress)),
                 "-" if progress.get("loss") is None else f"{progress['loss']:.4f}",
             )
         )
@@ -235,3 +235,13 @@ def top(interval: float, once: bool, rows: int) -> None:
         pass
     finally:
         click.echo(LEAVE_ALT_SCREEN, nl=False)
+
+
+def _rows_progress(progress: dict[str, Any]) -> str:
+    """An infer job's progress: rows done (of all) and rows/s; "-" for other jobs."""
+    done, total = progress.get("rows_done"), progress.get("rows_total")
+    if not isinstance(done, int):
+        return "-"
+    speed = progress.get("rows_per_s")
+    rate = f" {speed:,.0f}/s" if isinstance(speed, int | float) else ""
+    return f"{done:,}/{total:,} rows{rate}" if isinstance(total, int) else f"{done:,} rows{rate}"

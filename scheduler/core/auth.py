@@ -87,7 +87,7 @@ class Call:
     """For a submission, the team its spec names (None if the spec has none)."""
 
 
-_JOB_ACTION = re.compile(r"^/v1/jobs/([^/]+)/(cancel|logs)$")
+_JOB_ACTION = re.compile(r"^/v1/jobs/([^/]+)/(cancel|logs|results)$")
 ADMIN_ONLY_PREFIXES = ("/v1/tokens",)
 VIEWER_READS = ("/v1/audit",)
 
@@ -138,9 +138,11 @@ def authorize(principal: Principal, call: Call) -> None:
     if reading:
         if path.startswith(VIEWER_READS):
             raise Denied(f"the audit log is for admins and viewers; {principal.name!r} is a member")
-        if path.endswith("/logs") and call.job_team is not None and call.job_team != principal.team:
+        own = call.job_team is None or call.job_team == principal.team
+        if path.endswith(("/logs", "/results")) and not own:
+            what = "logs" if path.endswith("/logs") else "results"
             raise Denied(
-                f"the logs of team {call.job_team}'s jobs are for that team; "
+                f"the {what} of team {call.job_team}'s jobs are for that team; "
                 f"{principal.name!r} is a member of team {principal.team}"
             )
         return

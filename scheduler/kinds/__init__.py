@@ -1,7 +1,8 @@
 """Job kinds: each kind's spec, and ``JobSpec``, the one schema over all of them.
 
 A job spec is a ``SchedulingRequest`` (what the core schedules) plus ``kind`` plus the
-kind's own sections, its *payload* (``train``: model, data, train; ``run``: run). Parsing
+kind's own sections, its *payload* (``train``: model, data, train; ``run``: run;
+``infer``: infer). Parsing
 picks the kind's model by ``kind`` and reports every problem as ``field.path: words``.
 The store keeps the validated document; ``Job.request`` is the request part and
 ``Job.payload`` the rest (see ``split``).
@@ -22,12 +23,17 @@ from dcsched.core.spec import (
     load_yaml_mapping,
     request_of,
 )
+from dcsched.kinds.infer import InferJobSpec
 from dcsched.kinds.run import RunJobSpec
 from dcsched.kinds.train import TrainJobSpec
 
-JobSpec = Annotated[TrainJobSpec | RunJobSpec, Field(discriminator="kind")]
-AnyJobSpec = TrainJobSpec | RunJobSpec
-KINDS: dict[str, type[SchedulingRequest]] = {"train": TrainJobSpec, "run": RunJobSpec}
+JobSpec = Annotated[TrainJobSpec | RunJobSpec | InferJobSpec, Field(discriminator="kind")]
+AnyJobSpec = TrainJobSpec | RunJobSpec | InferJobSpec
+KINDS: dict[str, type[SchedulingRequest]] = {
+    "train": TrainJobSpec,
+    "run": RunJobSpec,
+    "infer": InferJobSpec,
+}
 _ADAPTER: TypeAdapter[AnyJobSpec] = TypeAdapter(JobSpec)
 
 
@@ -81,6 +87,7 @@ def job_spec_schema(ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
 __all__ = [
     "KINDS",
     "AnyJobSpec",
+    "InferJobSpec",
     "JobSpec",
     "RunJobSpec",
     "TrainJobSpec",

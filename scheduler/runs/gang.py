@@ -83,9 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     document = files.read_spec()
     resources = document["resources"]
     # A `run` job runs its command; a `train` gang runs the training runner on each rank
-    # (data-parallel, see dcsched.training.distributed).
+    # (data-parallel, see dcsched.training.distributed); an `infer` gang the batch
+    # inference runner (each rank scores its shard, see dcsched.inference.batch).
+    runner = "dcsched.inference.batch" if document.get("kind") == "infer" else None
     run = document.get("run") or {
-        "command": [sys.executable, "-m", "dcsched.training.runner", str(files.path)]
+        "command": [sys.executable, "-m", runner or "dcsched.training.runner", str(files.path)]
     }
     files.checkpoint.mkdir(parents=True, exist_ok=True)
 

@@ -1,0 +1,1 @@
+"""What runs inside an infer job: input tables, model lookup, the batch runner."""
