@@ -23,11 +23,16 @@ from dcsched.core.spec import (
     request_of,
 )
 from dcsched.kinds.run import RunJobSpec
+from dcsched.kinds.serve import ServeJobSpec
 from dcsched.kinds.train import TrainJobSpec
 
-JobSpec = Annotated[TrainJobSpec | RunJobSpec, Field(discriminator="kind")]
-AnyJobSpec = TrainJobSpec | RunJobSpec
-KINDS: dict[str, type[SchedulingRequest]] = {"train": TrainJobSpec, "run": RunJobSpec}
+JobSpec = Annotated[TrainJobSpec | RunJobSpec | ServeJobSpec, Field(discriminator="kind")]
+AnyJobSpec = TrainJobSpec | RunJobSpec | ServeJobSpec
+KINDS: dict[str, type[SchedulingRequest]] = {
+    "train": TrainJobSpec,
+    "run": RunJobSpec,
+    "serve": ServeJobSpec,
+}
 _ADAPTER: TypeAdapter[AnyJobSpec] = TypeAdapter(JobSpec)
 
 
@@ -83,6 +88,7 @@ __all__ = [
     "AnyJobSpec",
     "JobSpec",
     "RunJobSpec",
+    "ServeJobSpec",
     "TrainJobSpec",
     "document_of",
     "job_spec_schema",
