@@ -279,6 +279,7 @@ class MLPModel(TrainedModel):
         mean = np.asarray(scaler.mean, dtype=np.float64)
         scale = np.asarray(scaler.scale, dtype=np.float64)
         layers: list[tuple[str, Any, Any]] = []
+        module: Any
         for module in self._net:
             kind = type(module).__name__
             if kind == "Linear":

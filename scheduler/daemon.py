@@ -217,22 +217,36 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
         max_upload=lambda: service_ref[0].config.max_upload,
     )
 
+    deployments: list[Any] = []  # the serve controller, made once the service exists
+
     def run_document(job: Any) -> dict[str, Any]:
         payload = resolve_payload(job.kind, dict(job.payload), inputs)
+        if job.kind == "serve":
+            payload = deployments[0].run_payload(job, payload)
         return document_of(job.request, job.kind, payload)
+
+    def runnable(spec: Any) -> list[str]:
+        problems = check_runnable(spec, inputs)
+        return problems + (deployments[0].check_replica(spec) if deployments else [])
 
     service = SchedulerService(
         store=store,
         executor=ray_executor.RayExecutor(dashboard_url),
         cluster=ray_executor.RayClusterView(fleet.usage if fleet else None),
         paths=paths,
-        check_runnable=lambda spec: check_runnable(spec, inputs),
+        check_runnable=runnable,
         events=metrics,
         run_document=run_document,
     )
     if config_text is not None:
         service.apply_config(config_text)
     service_ref.append(service)
+    from dcsched.serving.controller import ServeController
+
+    serve_host = os.environ.get(
+        "DCSCHED_SERVE_HOST", "127.0.0.1" if host in ("127.0.0.1", "localhost") else host
+    )
+    deployments.append(ServeController(service, paths, host=serve_host))
     registry.register(SchedulerStateCollector(service))
     url = f"http://{host}:{port}"
     info = {
@@ -252,6 +266,7 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
         fleet.usage if fleet else dict,
         inputs=inputs,
         access=store,
+        deployments=deployments[0],
     )
     stop = threading.Event()
     loop = threading.Thread(target=service.run_forever, args=(stop,), name="scheduler", daemon=True)
@@ -260,6 +275,9 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
         threading.Thread(
             target=fleet.run_forever, args=(stop,), name="exporters", daemon=True
         ).start()
+    threading.Thread(
+        target=deployments[0].run_forever, args=(stop,), name="serving", daemon=True
+    ).start()
     server = uvicorn.Server(server_config(app, host, port))
 
     def announce() -> None:

@@ -229,7 +229,7 @@ class SchedulerService:
             return []
         return [f"name: {ModelNameTaken(spec.name, owner)}"]
 
-    def cancel(self, job_id: str) -> Job:
+    def cancel(self, job_id: str, reason: str = "cancelled by user") -> Job:
         with self._lock:
             job = self.store.get_job(job_id)
             if job is None:
@@ -239,9 +239,7 @@ class SchedulerService:
             if job.state.holds_resources():
                 self.executor.stop(job.run_id)
                 self._release(job.run_id, job.nodes, job.per_worker)
-            job = self.store.transition(
-                job_id, JobState.CANCELLED, self.clock.now(), "cancelled by user"
-            )
+            job = self.store.transition(job_id, JobState.CANCELLED, self.clock.now(), reason)
             self._waiting.pop(job_id, None)
             self.events.finished(job, _run_seconds(job))
             self._wake.set()
