@@ -76,8 +76,10 @@ class ServeSpec(StrictModel):
 
     @model_validator(mode="after")
     def _bounds(self) -> ServeSpec:
-        low = self.min_replicas if self.min_replicas is not None else self.replicas
-        high = self.max_replicas if self.max_replicas is not None else max(self.replicas, 1)
+        high = self.max_replicas
+        if high is None:
+            high = max(self.replicas, self.min_replicas or 0, 1)
+        low = self.min_replicas if self.min_replicas is not None else min(self.replicas, high)
         if low > high:
             raise ValueError(f"min_replicas ({low}) is above max_replicas ({high})")
         if not low <= self.replicas <= high and self.replicas != 0:

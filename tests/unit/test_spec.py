@@ -6,6 +6,7 @@ import pytest
 
 from dcsched.core.spec import REQUEST_FIELDS, SchedulingRequest, SpecError
 from dcsched.kinds import (
+    KINDS,
     RunJobSpec,
     TrainJobSpec,
     job_spec_schema,
@@ -96,7 +97,7 @@ def test_bad_run_specs_are_refused(text: str, expected: str) -> None:
 
 def test_the_schema_has_one_variant_per_kind() -> None:
     schema = job_spec_schema()
-    assert set(schema["discriminator"]["mapping"]) == {"train", "run"}
+    assert set(schema["discriminator"]["mapping"]) == set(KINDS) >= {"train", "run", "serve"}
 
 
 BASE = (EXAMPLES / "train-mlp.yaml").read_text()
