@@ -405,6 +405,11 @@ def stop_background(paths: Paths, stop_ray: bool = True, timeout: float = 30.0) 
     paths.server_pid.unlink(missing_ok=True)
     paths.server_json.unlink(missing_ok=True)
     if stop_ray:
+        from dcsched.serving.haproxy import stop_all
+
+        stopped = stop_all(paths.home / "serve")  # the deployments' load balancers
+        if stopped:
+            messages.append(f"stopped the load balancers of {', '.join(stopped)}")
         if ray_head.stop(paths):
             messages.append("stopped the local Ray head")
     elif ray_head.find_running(paths) is not None:

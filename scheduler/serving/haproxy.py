@@ -247,3 +247,15 @@ class Balancer:
             if row.get("pxname") in (BACKEND, "entry"):
                 rows[row.get("svname", "")] = row
         return rows
+
+
+def stop_all(directory: Path) -> list[str]:
+    """Stop every deployment's HAProxy under ``directory`` (``dcsched down``); each is
+    found by its pid file and checked to be HAProxy running that deployment's config."""
+    stopped = []
+    for config in sorted(Path(directory).glob("*/haproxy.cfg")):
+        balancer = Balancer(config.parent.name, config.parent, "127.0.0.1", 0)
+        if balancer.running():
+            balancer.stop()
+            stopped.append(balancer.name)
+    return stopped
