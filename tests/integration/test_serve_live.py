@@ -147,7 +147,7 @@ def trained(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         model = server.cli_json("models", "show", f"{MODEL}:{version}")
         assert model["version"] == version  # type: ignore[index]
     yield server
-    for name in ("svc", "tiny"):
+    for name in ("svc", "tiny", "auto"):
         server.cli("serve", "stop", name)
 
 
@@ -331,3 +331,29 @@ def test_a_deployment_over_quota_waits_with_the_reason(trained: Server, tmp_path
     assert trained.cli("serve", "stop", "tiny").returncode == 0
     for member in members:
         trained.wait_for_job(member["job"], lambda j: j["state"] == "CANCELLED")
+
+
+def test_autoscaling_adds_a_replica_through_admission_under_load(
+    trained: Server, tmp_path: Path
+) -> None:
+    spec = tmp_path / "auto.yaml"
+    spec.write_text(
+        f"name: auto\nkind: serve\nteam: research\n"
+        f"resources: {{cpus: 0.5, memory: 256MiB}}\n"
+        f"serve: {{model: '{MODEL}:1', replicas: 1, min_replicas: 1, max_replicas: 2,"
+        f" target_in_flight: 0.5}}\n"
+    )
+    created = trained.cli("serve", "apply", str(spec))
+    assert created.returncode == 0, created.stderr
+    first = ready(trained, "auto", 1)
+    assert (first["min_replicas"], first["max_replicas"]) == (1, 2)
+    with Load(first["url"], threads=8) as load:
+        scaled = ready(trained, "auto", 2)
+        count = load.count()
+        await_condition("answers from two replicas", lambda: load.count() > count + 50)
+    assert scaled["replicas"] == 2 and load.failed == []
+    # The added replica is a job like the first: admitted, placed, RUNNING.
+    jobs = {j["id"]: j for j in trained.cli_json("list") if j["name"] == "auto"}  # type: ignore[index, union-attr]
+    assert {m["job"] for m in scaled["members"]} <= set(jobs)
+    assert all(jobs[m["job"]]["state"] == "RUNNING" for m in scaled["members"])
+    assert trained.cli("serve", "stop", "auto").returncode == 0
