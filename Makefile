@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# The tests run a real Prometheus and promtool (Debian package `prometheus`).
+# The tests run a real Prometheus and promtool (Debian package `prometheus`); serving
+# needs HAProxy (each deployment's load balancer) and bench/serve.py wrk.
 system-deps:
 	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then \
 		echo "installing Prometheus (Debian package prometheus) for the tests"; \
@@ -25,7 +26,14 @@ system-deps:
 		$$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	fi
+	@if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ] || ! command -v wrk >/dev/null; then \
+		echo "installing HAProxy and wrk (Debian packages haproxy, wrk) for dcsched serve"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends haproxy wrk >/dev/null; \
+	fi
 	@promtool --version | head -1
+	@/usr/sbin/haproxy -v 2>/dev/null | head -1 || haproxy -v | head -1
 
 lint: install
 	$(BIN)/ruff check .

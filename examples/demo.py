@@ -53,6 +53,10 @@ def main() -> None:
     dcsched("results", infer_id, "--out", predictions)
     dcsched("models", "list")
     dcsched("list")
+    sys.path.insert(0, str(HERE))
+    from serve_demo import serve_and_predict  # the demo ends by serving its model
+
+    serve_url, _ = serve_and_predict()
     elapsed = time.monotonic() - started
     print(
         f"""
@@ -61,6 +65,7 @@ Demo finished in {elapsed:.0f}s. Where to look:
   dcsched API:                 {info["api_url"]}   (bearer token in {home}/token)
   dcsched metrics:             {info["metrics_url"]}
   Node exporter targets:       {info.get("exporters_file_sd") or "-"}  (Prometheus file_sd)
+  Serving (dcsched serve list): {serve_url}/predict   (stop: dcsched serve stop demo-mlp)
   Models and runs:             {home}/models, {home}/runs
   Predictions (infer job):     {predictions}
 

@@ -278,6 +278,50 @@ class MLPModel(TrainedModel):
         values: FloatArray = out[:, 0].numpy() * self._y_std + self._y_mean
         return values
 
+    def numpy_predictor(self) -> Callable[[FloatArray], FloatArray]:
+        """``predict_arrays`` of *raw* feature rows (float64 ``(n, n_features)``, already
+        checked to be finite numbers), computed with numpy alone: the fitted scaler, then
+        the network's layers in float32, then the task's output as in ``predict_arrays``.
+        The serving replicas use it (``dcsched.serving``): for one row it takes ~10 us
+        where torch's per-call overhead costs ~150 us. Inference only; no dropout."""
+        scaler = Preprocessing.from_json(self._preprocessing, self._info)
+        mean = np.asarray(scaler.mean, dtype=np.float64)
+        scale = np.asarray(scaler.scale, dtype=np.float64)
+        layers: list[tuple[str, Any, Any]] = []
+        module: Any
+        for module in self._net:
+            kind = type(module).__name__
+            if kind == "Linear":
+                weight = module.weight.detach().cpu().numpy().astype(np.float32).T.copy()
+                bias = module.bias.detach().cpu().numpy().astype(np.float32).copy()
+                layers.append(("linear", weight, bias))
+            elif kind in ("ReLU", "Tanh"):
+                layers.append((kind.lower(), None, None))
+            # Dropout is the identity at inference.
+        task, y_mean, y_std = self._info.task, self._y_mean, self._y_std
+
+        def forward(rows: FloatArray) -> FloatArray:
+            h = ((rows - mean) / scale).astype(np.float32)
+            for kind, weight, bias in layers:
+                if kind == "linear":
+                    h = h @ weight + bias
+                elif kind == "relu":
+                    np.maximum(h, 0.0, out=h)
+                else:
+                    np.tanh(h, out=h)
+            out = h.astype(np.float64)
+            if task == "binary":
+                positive = 1.0 / (1.0 + np.exp(-out[:, 0]))
+                return np.column_stack([1.0 - positive, positive])
+            if task == "multiclass":
+                shifted = np.exp(out - out.max(axis=1, keepdims=True))
+                probabilities: FloatArray = shifted / shifted.sum(axis=1, keepdims=True)
+                return probabilities
+            values: FloatArray = out[:, 0] * y_std + y_mean
+            return values
+
+        return forward
+
     def save(self, directory: Path) -> None:
         import torch
 

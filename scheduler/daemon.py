@@ -226,25 +226,39 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
         max_upload=lambda: service_ref[0].config.max_upload,
     )
 
+    deployments: list[Any] = []  # the serve controller, made once the service exists
+
     def run_document(job: Any) -> dict[str, Any]:
         payload = resolve_payload(job.kind, dict(job.payload), inputs)
+        if job.kind == "serve":
+            payload = deployments[0].run_payload(job, payload)
         document = document_of(job.request, job.kind, payload)
         if job.kind == "infer":  # the model version this run scores with
             document["resolved_model"] = infer_models.resolution(store, payload)
         return document
+
+    def runnable(spec: Any) -> list[str]:
+        problems = check_runnable(spec, inputs, models=store)
+        return problems + (deployments[0].check_replica(spec) if deployments else [])
 
     service = SchedulerService(
         store=store,
         executor=RemoteExecutor(bridge),
         cluster=cluster_view,
         paths=paths,
-        check_runnable=lambda spec: check_runnable(spec, inputs, models=store),
+        check_runnable=runnable,
         events=metrics,
         run_document=run_document,
     )
     if config_text is not None:
         service.apply_config(config_text)
     service_ref.append(service)
+    from dcsched.serving.controller import ServeController
+
+    serve_host = os.environ.get(
+        "DCSCHED_SERVE_HOST", "127.0.0.1" if host in ("127.0.0.1", "localhost") else host
+    )
+    deployments.append(ServeController(service, paths, host=serve_host))
     registry.register(SchedulerStateCollector(service))
     url = f"http://{host}:{port}"
     info = {
@@ -264,10 +278,14 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
         cluster_view.usage,
         inputs=inputs,
         access=store,
+        deployments=deployments[0],
     )
     stop = threading.Event()
     loop = threading.Thread(target=service.run_forever, args=(stop,), name="scheduler", daemon=True)
     loop.start()
+    threading.Thread(
+        target=deployments[0].run_forever, args=(stop,), name="serving", daemon=True
+    ).start()
     server = uvicorn.Server(server_config(app, host, port))
 
     def announce() -> None:
@@ -396,6 +414,11 @@ def stop_background(paths: Paths, stop_ray: bool = True, timeout: float = 30.0) 
     paths.server_pid.unlink(missing_ok=True)
     paths.server_json.unlink(missing_ok=True)
     if stop_ray:
+        from dcsched.serving.haproxy import stop_all
+
+        stopped = stop_all(paths.home / "serve")  # the deployments' load balancers
+        if stopped:
+            messages.append(f"stopped the load balancers of {', '.join(stopped)}")
         if ray_head.stop(paths):
             messages.append("stopped the local Ray head")
     elif ray_head.find_running(paths) is not None:

@@ -243,7 +243,7 @@ class SchedulerService:
             return []
         return [f"name: {ModelNameTaken(spec.name, owner)}"]
 
-    def cancel(self, job_id: str) -> Job:
+    def cancel(self, job_id: str, reason: str = "cancelled by user") -> Job:
         with self._lock:
             job = self.store.get_job(job_id)
             if job is None:
@@ -258,9 +258,7 @@ class SchedulerService:
                     # Recorded now; the first sweep after Ray returns stops and frees it.
                     logger.warning("job %s cancelled while Ray is unreachable", job_id)
                     self._next_sweep = 0.0
-            job = self.store.transition(
-                job_id, JobState.CANCELLED, self.clock.now(), "cancelled by user"
-            )
+            job = self.store.transition(job_id, JobState.CANCELLED, self.clock.now(), reason)
             self._waiting.pop(job_id, None)
             self.events.finished(job, _run_seconds(job))
             self._wake.set()

@@ -39,6 +39,7 @@ from dcsched.core.auth import (
     action_of,
     authorize,
     check_new_principal,
+    deployment_of,
     job_of,
     new_token,
     token_hash,
@@ -163,11 +164,14 @@ def create_app(
     node_usage: Callable[[], dict[str, dict[str, Any]]] = dict,
     inputs: InputStore | None = None,
     access: AccessStore | None = None,
+    deployments: Any = None,
 ) -> FastAPI:
     """Build the app. ``plugins`` is a callable returning the plugin descriptions;
     ``node_usage`` returns each node's latest measured usage (node id -> the node
     exporter's NodeUsage dict). ``access`` holds the issued tokens and the audit log;
-    without it only the bootstrap ``token`` is accepted and nothing is audited."""
+    without it only the bootstrap ``token`` is accepted and nothing is audited.
+    ``deployments`` (a ``dcsched.serving.controller.ServeController``) adds the serving
+    routes (``dcsched.adapters.serve_api``)."""
     bootstrap = token.encode()
 
     def principal_of(header: str) -> Principal | None:
@@ -194,7 +198,11 @@ def create_app(
             job = store.get_job(job_id)
             job_team = job.team if job is not None else None
         spec_team, target = None, job_id or ""
-        if action in {"submit", "token.create"} and known:
+        deployment = deployment_of(path)
+        if deployment is not None and deployments is not None:
+            job_team = deployments.team_of(deployment) if known else None
+            target = deployment
+        if action in {"submit", "token.create", "serve.create"} and known:
             try:
                 body = orjson.loads(await request.body())
             except ValueError:
@@ -326,6 +334,11 @@ def create_app(
         if job is None:
             raise ApiError(404, str(JobNotFound(job_id)))
         return job
+
+    if deployments is not None:
+        from dcsched.adapters.serve_api import add_serve_routes
+
+        add_serve_routes(app, deployments, ApiError)
 
     app.openapi = lambda: m.openapi_schema(app)  # type: ignore[method-assign]
 

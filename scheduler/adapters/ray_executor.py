@@ -193,6 +193,8 @@ class RayExecutor:
     def entrypoint(self, job: Job, run_dir: Path) -> list[str]:
         """The Python arguments of the run's driver (see the module docstring)."""
         group = placement_group_name(job.run_id)
+        if job.kind == "serve":  # a replica server (dcsched.serving), in the driver
+            return ["-m", "dcsched.serving.replica", str(run_dir)]
         if job.kind == "run":
             if job.workers > 1 or self.run_in_group(job):
                 return ["-m", "dcsched.runs.gang", str(run_dir), group]

@@ -63,6 +63,7 @@ def _restyled(exc: click.UsageError) -> click.UsageError:
 # Their one-line help is here too, so that ``dcsched --help`` imports none of them.
 LAZY_COMMANDS = {
     "exporter": ("dcsched.exporters.cli:exporter", "Serve GPU and host metrics of this node."),
+    "serve": ("dcsched.cli.serve:serve", "Serve a registered model behind one URL (replicas)."),
     "sim": ("dcsched.sim.cli:sim", "Replay a cluster trace through the scheduling policies."),
     "top": ("dcsched.cli.top:top", "Live view of nodes, GPUs, running jobs and the queue."),
 }

@@ -115,6 +115,9 @@ def submit(
             "(dcsched submit --team T -- python train.py)"
         )
     client = _client()
+    if spec.get("kind") == "serve":  # a deployment (dcsched.cli.serve): print its URL
+        click.echo(client.request("POST", "/v1/deployments", body={"spec": spec})["url"])
+        return
     spec = upload_inputs(spec, base, client)
     job = client.submit(spec)
     click.echo(job["id"])

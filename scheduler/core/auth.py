@@ -3,7 +3,7 @@
 A *principal* is a named token holder with a role:
 
 - ``member`` of a team: uploads inputs and submits jobs for its team, cancels its team's
-  jobs, reads the
+  jobs, creates, updates, scales and stops its team's deployments, reads the
   cluster (jobs of every team, their status, teams, usage, nodes, models, plugins,
   config, ``/metrics``) but the logs of its own team's jobs only;
 - ``viewer``: reads everything (the audit log included), changes nothing;
@@ -82,12 +82,14 @@ class Call:
     method: str
     path: str
     job_team: str | None = None
-    """The team of the job the call names (cancel, logs), if it names one that exists."""
+    """The team of the job (cancel, logs) or deployment (stop, update, scale) the call
+    names, if it names one that exists."""
     spec_team: str | None = None
     """For a submission, the team its spec names (None if the spec has none)."""
 
 
 _JOB_ACTION = re.compile(r"^/v1/jobs/([^/]+)/(cancel|logs|results)$")
+_DEPLOYMENT_ACTION = re.compile(r"^/v1/deployments/([^/]+)/(stop|update|scale)$")
 ADMIN_ONLY_PREFIXES = ("/v1/tokens",)
 VIEWER_READS = ("/v1/audit",)
 
@@ -101,6 +103,11 @@ def action_of(method: str, path: str) -> str | None:
         return "cancel"
     if method == "POST" and path == "/v1/uploads":
         return "upload"
+    if method == "POST" and path == "/v1/deployments":
+        return "serve.create"
+    serving = _DEPLOYMENT_ACTION.match(path)
+    if method == "POST" and serving:
+        return "serve." + serving.group(2)
     if method == "PUT" and path == "/v1/config":
         return "config.apply"
     if method == "POST" and path == "/v1/tokens":
@@ -115,6 +122,12 @@ def action_of(method: str, path: str) -> str | None:
 def job_of(path: str) -> str | None:
     """The job id a cancel or logs call names."""
     match = _JOB_ACTION.match(path)
+    return match.group(1) if match else None
+
+
+def deployment_of(path: str) -> str | None:
+    """The deployment a stop, update or scale call names."""
+    match = _DEPLOYMENT_ACTION.match(path)
     return match.group(1) if match else None
 
 
@@ -147,7 +160,7 @@ def authorize(principal: Principal, call: Call) -> None:
             )
         return
     action = action_of(method, path)
-    if action == "submit":
+    if action in {"submit", "serve.create"}:
         if call.spec_team != principal.team:
             raise Denied(
                 f"{principal.name!r} is a member of team {principal.team} and submits for that "
@@ -156,11 +169,12 @@ def authorize(principal: Principal, call: Call) -> None:
         return
     if action == "upload":
         return  # an input for a job of its own; the submit that names it is checked
-    if action == "cancel":
+    if action in {"cancel", "serve.stop", "serve.update", "serve.scale"}:
         if call.job_team is not None and call.job_team != principal.team:
+            what = "job" if action == "cancel" else "deployment"
             raise Denied(
-                f"job belongs to team {call.job_team}; {principal.name!r} is a member of team "
-                f"{principal.team} and cancels that team's jobs only"
+                f"{what} belongs to team {call.job_team}; {principal.name!r} is a member of team "
+                f"{principal.team} and changes that team's {what}s only"
             )
-        return  # an unknown job: the route answers 404
+        return  # an unknown job or deployment: the route answers 404
     raise Denied(f"principal {principal.name!r} (member of {principal.team}) may not do this")

@@ -25,14 +25,18 @@ from dcsched.core.spec import (
 )
 from dcsched.kinds.infer import InferJobSpec
 from dcsched.kinds.run import RunJobSpec
+from dcsched.kinds.serve import ServeJobSpec
 from dcsched.kinds.train import TrainJobSpec
 
-JobSpec = Annotated[TrainJobSpec | RunJobSpec | InferJobSpec, Field(discriminator="kind")]
-AnyJobSpec = TrainJobSpec | RunJobSpec | InferJobSpec
+JobSpec = Annotated[
+    TrainJobSpec | RunJobSpec | InferJobSpec | ServeJobSpec, Field(discriminator="kind")
+]
+AnyJobSpec = TrainJobSpec | RunJobSpec | InferJobSpec | ServeJobSpec
 KINDS: dict[str, type[SchedulingRequest]] = {
     "train": TrainJobSpec,
     "run": RunJobSpec,
     "infer": InferJobSpec,
+    "serve": ServeJobSpec,
 }
 _ADAPTER: TypeAdapter[AnyJobSpec] = TypeAdapter(JobSpec)
 
@@ -90,6 +94,7 @@ __all__ = [
     "InferJobSpec",
     "JobSpec",
     "RunJobSpec",
+    "ServeJobSpec",
     "TrainJobSpec",
     "document_of",
     "job_spec_schema",

@@ -72,7 +72,10 @@ def test_the_config_scrapes_server_exporters_and_ray(tmp_path: Path) -> None:
     )
     config = yaml.safe_load(render.render(settings))
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert set(jobs) == {"dcsched-server", "dcsched-node", "ray"}
+    assert set(jobs) == {"dcsched-server", "dcsched-node", "dcsched-serving", "ray"}
+    assert jobs["dcsched-serving"]["file_sd_configs"][0]["files"] == [
+        "/srv/dcsched/prometheus/serving.json"
+    ]
     server = jobs["dcsched-server"]
     assert server["static_configs"] == [{"targets": ["10.0.0.5:8765"]}]
     assert server["metrics_path"] == "/metrics"
