@@ -230,6 +230,10 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
         events=metrics,
         run_document=run_document,
     )
+    from dcsched.tuning.controller import TuneController
+
+    tuning = TuneController(service, paths.home)
+    service.drivers.append(tuning)
     if config_text is not None:
         service.apply_config(config_text)
     service_ref.append(service)
@@ -252,6 +256,7 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
         fleet.usage if fleet else dict,
         inputs=inputs,
         access=store,
+        tuning=tuning,
     )
     stop = threading.Event()
     loop = threading.Thread(target=service.run_forever, args=(stop,), name="scheduler", daemon=True)

@@ -37,6 +37,7 @@ from dcsched.cli.format import (
     _table,
     _when,
 )
+from dcsched.cli.tuning import study_lines
 from dcsched.client import Client
 from dcsched.core.lifecycle import JobState
 
@@ -356,6 +357,7 @@ def status(job_id: str, output: str) -> None:
         ("REASON", _queue_reason(job) or None),
         ("PROGRESS", _pairs(job.get("progress"))),
     ]
+    fields += study_lines(job.get("tuning"))
     result = job.get("result") if isinstance(job.get("result"), dict) else None
     if result is not None:
         fields.append(("METRICS", _pairs(result.get("metrics"))))

@@ -24,10 +24,15 @@ from dcsched.core.spec import (
 )
 from dcsched.kinds.run import RunJobSpec
 from dcsched.kinds.train import TrainJobSpec
+from dcsched.kinds.tune import TuneJobSpec
 
-JobSpec = Annotated[TrainJobSpec | RunJobSpec, Field(discriminator="kind")]
-AnyJobSpec = TrainJobSpec | RunJobSpec
-KINDS: dict[str, type[SchedulingRequest]] = {"train": TrainJobSpec, "run": RunJobSpec}
+JobSpec = Annotated[TrainJobSpec | RunJobSpec | TuneJobSpec, Field(discriminator="kind")]
+AnyJobSpec = TrainJobSpec | RunJobSpec | TuneJobSpec
+KINDS: dict[str, type[SchedulingRequest]] = {
+    "train": TrainJobSpec,
+    "run": RunJobSpec,
+    "tune": TuneJobSpec,
+}
 _ADAPTER: TypeAdapter[AnyJobSpec] = TypeAdapter(JobSpec)
 
 
@@ -84,6 +89,7 @@ __all__ = [
     "JobSpec",
     "RunJobSpec",
     "TrainJobSpec",
+    "TuneJobSpec",
     "document_of",
     "job_spec_schema",
     "load_job_spec_yaml",
