@@ -238,6 +238,9 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
         service.apply_config(config_text)
     service_ref.append(service)
     registry.register(SchedulerStateCollector(service))
+    from dcsched.tuning.metrics import TuneCollector
+
+    registry.register(TuneCollector(tuning))
     url = f"http://{host}:{port}"
     info = {
         "api_url": url,

@@ -242,7 +242,8 @@ class TuneController:
             study.tell(trial, TrialState.FAIL)
             return True
         if child.state is JobState.RUNNING:
-            epoch = self._report_epochs(study, trial, files, metric)
+            epochs = int((child.payload.get("train") or {}).get("epochs", 0))
+            epoch = self._report_epochs(study, trial, files, metric, last=epochs)
             if epoch is not None:
                 self.service.cancel(
                     child.id, f"{PRUNED} by the tuner at epoch {epoch} ({metric} too low)"
@@ -253,9 +254,10 @@ class TuneController:
         return False
 
     def _report_epochs(
-        self, study: Study, trial: FrozenTrial, files: RunDir, metric: str
+        self, study: Study, trial: FrozenTrial, files: RunDir, metric: str, last: int = 0
     ) -> int | None:
-        """Report every epoch not yet reported; the epoch at which to prune, if any."""
+        """Report every epoch not yet reported; the epoch at which to prune, if any (never
+        the ``last``: a trial that has trained all its epochs is let finish)."""
         for line in tail_lines(files.progress):
             try:
                 entry = json.loads(line)
@@ -265,7 +267,7 @@ class TuneController:
                 continue
             if epoch in trial.intermediate_values:
                 continue
-            if study.report(trial, epoch, value):
+            if study.report(trial, epoch, value) and epoch < last:
                 return epoch
         return None
 

@@ -156,3 +156,13 @@ def test_a_trial_spec_is_a_valid_train_spec() -> None:
     assert isinstance(trial, TrainJobSpec)
     assert trial.model.params == {"hidden": [64, 32]}
     assert (trial.train.lr, trial.train.batch_size, trial.train.epochs) == (0.01, 16, 3)
+
+
+def test_the_example_study_is_accepted(tmp_path: Path) -> None:
+    from dcsched.kinds import load_job_spec_yaml
+    from tests.conftest import EXAMPLES
+
+    spec = load_job_spec_yaml((EXAMPLES / "tune-mlp.yaml").read_text())
+    inputs = InputStore(tmp_path, data_roots=list, max_upload=lambda: 1 << 20)
+    assert isinstance(spec, TuneJobSpec) and check_runnable(spec, inputs) == []
+    assert (spec.tune.trials, spec.tune.parallel) == (6, 2)
