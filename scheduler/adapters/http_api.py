@@ -392,7 +392,12 @@ def create_app(
         job = tune_job_or_404(job_id)
         return {"summary": tuning.summary(job), "trials": tuning.trials(job)}
 
-    @app.get("/v1/jobs/{job_id}/plots/{name}", response_model=None)
+    @app.get(
+        "/v1/jobs/{job_id}/plots/{name}",
+        response_model=None,
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}, "description": "The plot, a PNG."}},
+    )
     def get_plot(job_id: str, name: str) -> Response:
         """A PNG of the study (history, importances, intermediate), drawn into the job's
         artifacts (runs/JOB/plots/) and sent."""

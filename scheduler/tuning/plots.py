@@ -8,9 +8,11 @@ are fixed: a caller picks one, never a path.
 from __future__ import annotations
 
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
+from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from dcsched.tuning.study import Study
@@ -47,7 +49,9 @@ def render(study: Study | None, name: str, folder: Path) -> Path:
             "intermediate": views.plot_intermediate_values,
         }
         try:
-            axes = draw[name](study.study)
+            with warnings.catch_warnings():  # Optuna marks its matplotlib views experimental
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                axes = draw[name](study.study)
         except (ValueError, RuntimeError) as exc:
             raise PlotError(f"cannot draw {name}: {exc}") from None
         figure = axes.figure

@@ -31,6 +31,10 @@ priority_classes:
 """
 
 
+EPOCHS = 150
+"""Of each trial of the preemption test: long enough (tens of seconds) to be preempted."""
+
+
 @pytest.fixture(scope="module")
 def cluster(ray_head: object) -> Iterator[Any]:
     found: Any = start_cluster([{"num_cpus": 2}, {"num_cpus": 2}])
@@ -231,10 +235,12 @@ def test_a_preempted_trial_resumes_and_the_study_completes(cluster: Any, tmp_pat
     home.mkdir()
     server = start_server(home, cluster.address, CONFIG)
     try:
-        spec = tune_spec("preempt-tune", trials=3, parallel=2, pruner="none", epochs=60)
-        spec["priority"] = "low"
+        # Two trials of two CPUs fill both nodes (team prod has no quota).
+        spec = tune_spec("preempt-tune", trials=3, parallel=2, pruner="none", epochs=EPOCHS)
+        spec.update(priority="low", team="prod")
+        spec["resources"]["cpus"] = 2
         spec["tune"]["search_space"] = {"train.lr": {"loguniform": [1e-3, 1e-2]}}
-        spec["train"]["batch_size"] = 16
+        spec["train"]["batch_size"] = 8
         tune_id = submit(server, spec)
         deadline = time.monotonic() + 300
         while True:
@@ -244,15 +250,15 @@ def test_a_preempted_trial_resumes_and_the_study_completes(cluster: Any, tmp_pat
                 break
             assert time.monotonic() < deadline, "no trial got going"
             time.sleep(0.5)
-        # The cluster's four CPUs: two trials of one, plus a high-priority job of three.
+        # A high-priority job of two CPUs: only a trial's node can make room.
         high = submit(
             server,
             {
                 "name": "urgent",
                 "kind": "run",
-                "team": "prod",
+                "team": "research",
                 "priority": "high",
-                "resources": {"cpus": 3, "memory": "64MiB"},
+                "resources": {"cpus": 2, "memory": "64MiB"},
                 "run": {"command": ["sleep", "2"]},
             },
         )
@@ -271,7 +277,7 @@ def test_a_preempted_trial_resumes_and_the_study_completes(cluster: Any, tmp_pat
             # It resumed from its checkpoint: the second run did not start at epoch 1.
             progress = (home / "runs" / trial["id"] / "progress.jsonl").read_text().splitlines()
             epochs = [json.loads(line)["epoch"] for line in progress]
-            assert epochs == list(range(1, 61)), epochs
+            assert epochs == list(range(1, EPOCHS + 1)), epochs
         assert job["tuning"]["done"] == 3
         assert len(trial_jobs(server, tune_id)) == 3
     finally:
