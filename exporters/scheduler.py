@@ -155,6 +155,8 @@ class SchedulerState(Protocol):
 
     def now(self) -> float: ...
 
+    def ray_status(self) -> dict[str, Any]: ...
+
 
 class SchedulerStateCollector(Collector):
     """Queues, quotas, fair share, node capacity and running jobs, read at scrape time.
@@ -177,6 +179,13 @@ class SchedulerStateCollector(Collector):
         yield from _team_families(teams, state.config, cluster)
         yield from _node_families(cluster)
         yield from _job_families(running, state)
+        ray_up = GaugeMetricFamily(
+            "dcsched_ray_up",
+            "1 while the server reaches Ray's cluster; 0 while it is unreachable (jobs stay "
+            "queued and nothing is admitted)",
+        )
+        ray_up.add_metric([], 1.0 if state.ray_status()["reachable"] else 0.0)
+        yield ray_up
 
 
 def _queue_families(

@@ -120,6 +120,12 @@ class Client:
     def nodes(self) -> list[dict[str, Any]]:
         return _items(self.request("GET", "/v1/nodes"), "nodes")
 
+    def nodes_and_ray(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The nodes as last seen, and whether the server reaches Ray now."""
+        body = _mapping(self.request("GET", "/v1/nodes"))
+        ray = body.get("ray")
+        return _items(body, "nodes"), ray if isinstance(ray, dict) else {}
+
     def models(self) -> list[dict[str, Any]]:
         return _items(self.request("GET", "/v1/models"), "models")
 

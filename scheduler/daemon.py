@@ -133,15 +133,22 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
     import uvicorn
     from prometheus_client import CollectorRegistry
 
-    from dcsched.adapters import node_exporters, ray_executor, ray_head
+    from dcsched.adapters import ray_head
     from dcsched.adapters.http_api import create_app
     from dcsched.adapters.http_limits import server_config
+    from dcsched.adapters.ray_bridge import (
+        FleetOptions,
+        RayBridge,
+        RemoteClusterView,
+        RemoteExecutor,
+    )
     from dcsched.adapters.sqlite_store import SQLiteStore
     from dcsched.core import accounting
     from dcsched.exporters.scheduler import SchedulerMetrics, SchedulerStateCollector
     from dcsched.inputs import InputStore, resolve_payload
     from dcsched.kinds import document_of
     from dcsched.plugins.registry import describe_plugins
+    from dcsched.ports import RayUnreachable
     from dcsched.service import SchedulerService
     from dcsched.validation import check_runnable
 
@@ -184,13 +191,22 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
     else:
         gcs_address = ray_address
         dashboard_url = ""
-    reported_dashboard = ray_executor.connect(gcs_address)
-    dashboard_url = dashboard_url or reported_dashboard
-    if not dashboard_url:
-        raise ServerError(
-            f"the Ray cluster at {ray_address} has no dashboard; dcsched submits Ray Jobs "
-            "through it, so start Ray with --include-dashboard=true"
+    fleet_options = None
+    if options.exporters:
+        local = options.ray_address is None
+        fleet_options = FleetOptions(
+            paths.home / "prometheus" / "exporters.json",
+            port=options.exporter_port,
+            host=options.exporter_host or ("127.0.0.1" if local else None),
         )
+    # The Ray driver is a child process (dcsched.adapters.ray_bridge): losing Ray's head
+    # never takes this server down.
+    bridge = RayBridge(gcs_address, dashboard_url, fleet_options)
+    try:
+        dashboard_url = bridge.start()
+    except RayUnreachable as exc:
+        raise ServerError(str(exc)) from None
+    cluster_view = RemoteClusterView(bridge)
     store = SQLiteStore(paths.db, paths.models)
     registry = CollectorRegistry()
     service_ref: list[Any] = []
@@ -203,14 +219,6 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
             return totals.totals(service_ref[0].allocations, time.time())
 
     metrics = SchedulerMetrics(registry, store.counts_by_state, allocated_by_team)
-    fleet = None
-    if options.exporters:
-        local = options.ray_address is None
-        fleet = node_exporters.ExporterFleet(
-            paths.home / "prometheus" / "exporters.json",
-            port=options.exporter_port,
-            host=options.exporter_host or ("127.0.0.1" if local else None),
-        )
     inputs = InputStore(
         paths.uploads,
         data_roots=lambda: service_ref[0].config.data_roots,
@@ -223,8 +231,8 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
 
     service = SchedulerService(
         store=store,
-        executor=ray_executor.RayExecutor(dashboard_url),
-        cluster=ray_executor.RayClusterView(fleet.usage if fleet else None),
+        executor=RemoteExecutor(bridge),
+        cluster=cluster_view,
         paths=paths,
         check_runnable=lambda spec: check_runnable(spec, inputs),
         events=metrics,
@@ -248,7 +256,7 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
         "ray_dashboard_url": dashboard_url,
         "ray_address": gcs_address,
         "home": str(paths.home),
-        "exporters_file_sd": str(fleet.sd_file) if fleet else None,
+        "exporters_file_sd": str(fleet_options.sd_file) if fleet_options else None,
     }
     app = create_app(
         service,
@@ -256,7 +264,7 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
         registry,
         info,
         describe_plugins,
-        fleet.usage if fleet else dict,
+        cluster_view.usage,
         inputs=inputs,
         access=store,
         tuning=tuning,
@@ -264,10 +272,6 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
     stop = threading.Event()
     loop = threading.Thread(target=service.run_forever, args=(stop,), name="scheduler", daemon=True)
     loop.start()
-    if fleet is not None:
-        threading.Thread(
-            target=fleet.run_forever, args=(stop,), name="exporters", daemon=True
-        ).start()
     server = uvicorn.Server(server_config(app, host, port))
 
     def announce() -> None:
@@ -286,6 +290,7 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
         stop.set()
         service.wake()
         loop.join(timeout=10)
+        bridge.close()
         _remove_if_ours(paths.server_json)
         logger.info("dcsched server stopped; the Ray head keeps running (`dcsched down` ends it)")
 

@@ -66,6 +66,11 @@ class AllocationInterval:
     end: float | None
 
 
+class RayUnreachable(RuntimeError):
+    """Ray's cluster cannot be reached now (its head or GCS is gone, or does not answer).
+    Nothing was changed; the scheduling pass leaves every job as it is and tries again."""
+
+
 class StoreFull(RuntimeError):
     """The store could not write (disk or database full); nothing of the change was kept."""
 

@@ -37,7 +37,15 @@ from dcsched.core.spec import SpecError
 from dcsched.core.units import format_duration
 from dcsched.kinds import AnyJobSpec, document_of, parse_job_spec, split
 from dcsched.paths import Paths
-from dcsched.ports import ClusterView, Executor, JobStore, ModelNameTaken, RunPhase, RunStatus
+from dcsched.ports import (
+    ClusterView,
+    Executor,
+    JobStore,
+    ModelNameTaken,
+    RayUnreachable,
+    RunPhase,
+    RunStatus,
+)
 from dcsched.rundir import RunDir
 
 logger = logging.getLogger(__name__)
@@ -166,6 +174,8 @@ class SchedulerService:
         self._next_sweep = 0.0
         self._released: list[tuple[float, str, Resources]] = []
         """(until, node, resources) freed moments ago; see ClusterSnapshot.with_reservations."""
+        self._last_snapshot = ClusterSnapshot(())
+        """Ray's view as last seen: what reads show while Ray is unreachable."""
         self.drivers: list[Driver] = []
 
     # -- configuration -----------------------------------------------------------------
@@ -219,9 +229,13 @@ class SchedulerService:
         problems.extend(self._model_name_problems(spec))
         problems.extend(self.check_runnable(spec))
         selector = spec.node_selector or None
-        too_big = fits_cluster_at_all(
-            spec.resources.per_worker(), spec.resources.workers, self.cluster.snapshot(), selector
-        )
+        # While Ray is unreachable, the cluster as last seen decides (none seen: no check).
+        last_seen = self._known_snapshot()
+        too_big = None
+        if last_seen.nodes:
+            too_big = fits_cluster_at_all(
+                spec.resources.per_worker(), spec.resources.workers, last_seen, selector
+            )
         if too_big is not None:
             problems.append(f"resources: the request can never run here: {too_big}")
         if problems:
@@ -259,8 +273,13 @@ class SchedulerService:
             if job.state.is_terminal():
                 raise JobAlreadyEnded(f"job {job_id} already ended as {job.state}")
             if job.state.holds_resources():
-                self.executor.stop(job.run_id)
-                self._release(job.run_id, job.nodes, job.per_worker)
+                try:
+                    self.executor.stop(job.run_id)
+                    self._release(job.run_id, job.nodes, job.per_worker)
+                except RayUnreachable:
+                    # Recorded now; the first sweep after Ray returns stops and frees it.
+                    logger.warning("job %s cancelled while Ray is unreachable", job_id)
+                    self._next_sweep = 0.0
             job = self.store.transition(job_id, JobState.CANCELLED, self.clock.now(), reason)
             self._waiting.pop(job_id, None)
             self.events.finished(job, _run_seconds(job))
@@ -288,9 +307,39 @@ class SchedulerService:
     def jobs_in(self, states: Sequence[JobState]) -> list[Job]:
         return _holding(self.store.list_jobs(states=states))
 
-    def cluster_snapshot(self, active: list[Job] | None = None) -> ClusterSnapshot:
+    def ray_status(self) -> dict[str, Any]:
+        """Whether Ray answers: ``reachable``, ``since`` (when that last changed) and
+        ``error`` (why not). A cluster view that cannot lose Ray is always reachable."""
+        health = getattr(self.cluster, "health", None)
+        if health is None:
+            return {"reachable": True, "since": None, "error": ""}
+        result: dict[str, Any] = health().as_dict()
+        return result
+
+    def _ray_snapshot(self) -> ClusterSnapshot:
+        """Ray's view now (raises RayUnreachable), remembered for when Ray is unreachable."""
+        snapshot = self.cluster.snapshot()
+        self._last_snapshot = snapshot
+        return snapshot
+
+    def ray_view(self) -> ClusterSnapshot:
+        """Ray's view now (totals and what Ray says is free), or as last seen while Ray is
+        unreachable (``ray_status`` says which)."""
+        return self._known_snapshot()
+
+    def _known_snapshot(self) -> ClusterSnapshot:
+        """Ray's view now, or as last seen while Ray is unreachable."""
+        try:
+            return self._ray_snapshot()
+        except RayUnreachable:
+            return self._last_snapshot
+
+    def cluster_snapshot(
+        self, active: list[Job] | None = None, fresh: bool = False
+    ) -> ClusterSnapshot:
         """The cluster as the policy sees it: Ray's view less dcsched's reservations
-        (those of ``active``, the ADMITTED and RUNNING jobs, read here when not given)."""
+        (those of ``active``, the ADMITTED and RUNNING jobs, read here when not given).
+        ``fresh``: Ray's view now or RayUnreachable; otherwise the last one seen will do."""
         if active is None:
             active = self.store.list_jobs(states=ACTIVE_STATES)
         now = self.monotonic()
@@ -298,7 +347,8 @@ class SchedulerService:
         credit: dict[str, Resources] = {}
         for _, node, resources in self._released:
             credit[node] = credit.get(node, Resources()) + resources
-        return self.cluster.snapshot().with_reservations(_reserved_by_node(active), credit)
+        ray_view = self._ray_snapshot() if fresh else self._known_snapshot()
+        return ray_view.with_reservations(_reserved_by_node(active), credit)
 
     def _release(self, run_id: str, nodes: Sequence[str], per_worker: Resources) -> None:
         """Free a run's reservation, and count it free until the cluster's report does."""
@@ -371,6 +421,13 @@ class SchedulerService:
             busy = True
             try:
                 busy = self.tick()
+            except RayUnreachable as exc:
+                failures += 1
+                error = f"Ray unreachable: {exc}"
+                if error != last_error:
+                    logger.warning("%s; jobs stay as they are until it answers again", error)
+                    last_error = error
+                self._next_sweep = 0.0  # sweep at the first pass that reaches Ray again
             except Exception as exc:
                 failures += 1
                 error = f"{type(exc).__name__}: {exc}"
@@ -397,15 +454,18 @@ class SchedulerService:
     def tick(self) -> bool:
         """One pass; returns whether any job is admitted, running or pending."""
         with self._lock:
+            snapshot = self._ray_snapshot()  # Ray unreachable: this pass changes nothing
             active = _holding(self.store.list_jobs(states=ACTIVE_STATES))
             self._sweep(active)
-            lost = self._lost_nodes(active)
+            lost = self._lost_nodes(active, snapshot)
             for job in active:
                 try:
                     if lost and lost.intersection(job.nodes):
                         self._requeue_after_node_loss(job, lost)
                     else:
                         self._reconcile(job)
+                except RayUnreachable:
+                    raise
                 except Exception:
                     logger.exception("could not reconcile job %s; retrying next pass", job.id)
             for driver in self.drivers:
@@ -431,12 +491,12 @@ class SchedulerService:
             self.executor.stop(run_id)
             self._release(run_id, nodes, owner.per_worker)
 
-    def _lost_nodes(self, active: list[Job]) -> set[str]:
+    def _lost_nodes(self, active: list[Job], snapshot: ClusterSnapshot) -> set[str]:
         """The nodes active jobs hold that the cluster no longer has alive."""
         held = {node for job in active for node in job.nodes}
         if not held:
             return set()
-        alive = {node.id for node in self.cluster.snapshot().nodes if node.alive}
+        alive = {node.id for node in snapshot.nodes if node.alive}
         return held - alive
 
     def _requeue_after_node_loss(self, job: Job, lost: set[str]) -> None:
@@ -453,7 +513,7 @@ class SchedulerService:
         now = self.clock.now()
         config = self.config
         active = _holding(self.store.list_jobs(states=ACTIVE_STATES))
-        snapshot = self.cluster_snapshot(active)
+        snapshot = self.cluster_snapshot(active, fresh=True)
         started = time.perf_counter()
         decisions = plan(
             SchedulingInput(

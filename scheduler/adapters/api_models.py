@@ -65,9 +65,19 @@ class JobEventView(BaseModel):
     reason: str | None
 
 
+class RayStatus(BaseModel):
+    reachable: bool
+    since: float | None = Field(description="Unix time of the last change; null: always.")
+    error: str
+
+
 class JobDetail(JobView):
     spec: dict[str, Any] = Field(description="The job spec as stored (see JobSpec).")
     events: list[JobEventView]
+    ray: RayStatus = Field(
+        description="Whether the server reaches Ray now; while it does not, an active "
+        "job's state is as last seen."
+    )
 
 
 class Logs(BaseModel):

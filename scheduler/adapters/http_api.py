@@ -53,6 +53,7 @@ from dcsched.ports import (
     AuditEntry,
     ModelVersion,
     PrincipalExists,
+    RayUnreachable,
     StoreFull,
     TokenRecord,
 )
@@ -286,6 +287,15 @@ def create_app(
         logger.error("refused a request: %s", exc)
         return JSONResponse({"error": str(exc), "problems": []}, status_code=507)
 
+    @app.exception_handler(RayUnreachable)
+    async def _ray_unreachable(_: Request, exc: RayUnreachable) -> JSONResponse:
+        body = {
+            "error": f"Ray unreachable: {exc}. Jobs are kept and queued; dcsched reconnects "
+            "by itself when Ray answers again",
+            "problems": [],
+        }
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
@@ -330,6 +340,7 @@ def create_app(
             **info,
             "data_roots": list(config.data_roots),
             "max_upload": config.max_upload,
+            "ray": service.ray_status(),
         }
 
     @app.get("/v1/schema/job-spec")
@@ -378,6 +389,7 @@ def create_app(
             }
             for e in store.events(job_id)
         ]
+        body["ray"] = service.ray_status()
         return body
 
     def tune_job_or_404(job_id: str) -> Job:
@@ -516,7 +528,9 @@ def create_app(
             for node in dict.fromkeys(job.nodes):
                 on_node.setdefault(node, []).append(job.id)
         usage = node_usage()
+        snapshot = service.ray_view()
         return {
+            "ray": service.ray_status(),
             "nodes": [
                 {
                     "id": node.id,
@@ -529,8 +543,8 @@ def create_app(
                     "utilization": node.utilization,
                     "usage": usage.get(node.id),
                 }
-                for node in service.cluster.snapshot().nodes
-            ]
+                for node in snapshot.nodes
+            ],
         }
 
     @app.get("/v1/models", response_model=None, responses=m.ok(m.ModelList))

@@ -116,8 +116,12 @@ def start(
     num_cpus: float | None = None,
     num_gpus: float | None = None,
     timeout_s: float = 90.0,
+    gcs_port: int | None = None,
+    dashboard_port: int | None = None,
 ) -> RayHead:
-    """Start (or find) the local Ray head for this DCSCHED_HOME and wait for its dashboard."""
+    """Start (or find) the local Ray head for this DCSCHED_HOME and wait for its dashboard.
+    ``gcs_port``/``dashboard_port``: where a head that replaces a lost one must listen
+    (a server that knew the old one reconnects there); free ports by default."""
     running = find_running(paths)
     if running is not None:
         return running
@@ -125,8 +129,8 @@ def start(
     # Ray's socket paths must stay short: keep its temp dir under /tmp, keyed by home.
     key = hashlib.sha256(str(paths.home.resolve()).encode()).hexdigest()[:10]
     temp_dir = Path(tempfile.gettempdir()) / f"dcsched-ray-{key}"
-    gcs_port = free_port()
-    dashboard_port = free_port(PREFERRED_DASHBOARD_PORT)
+    gcs_port = gcs_port or free_port()
+    dashboard_port = dashboard_port or free_port(PREFERRED_DASHBOARD_PORT)
     cpus = num_cpus if num_cpus is not None else float(os.cpu_count() or 1)
     ray_bin = str(Path(sys.executable).with_name("ray"))
     cmd = [

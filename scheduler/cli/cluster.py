@@ -39,10 +39,16 @@ from dcsched.cli.format import (
 @_output_option
 def nodes(output: str) -> None:
     """List the cluster's nodes with free and total resources."""
-    found = _client().nodes()
+    found, ray = _client().nodes_and_ray()
     if output == "json":
         _print_json(found)
         return
+    if ray and not ray.get("reachable", True):
+        click.echo(
+            f"Ray unreachable: {ray.get('error') or 'no answer'}; nodes as last seen, jobs "
+            "stay queued until it answers again",
+            err=True,
+        )
     headers = ["ID", "ADDRESS", "ALIVE", "CPUS", "GPUS", "MEMORY", "JOBS", "LABELS"]
     rows = []
     for node in found:

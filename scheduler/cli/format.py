@@ -88,6 +88,17 @@ def _queue_reason(job: Mapping[str, Any]) -> str:
     return str(reason)
 
 
+def _ray_warning(job: Mapping[str, Any]) -> str | None:
+    """None while the server reaches Ray; else why not, and what that means for the job."""
+    ray = job.get("ray")
+    if not isinstance(ray, Mapping) or ray.get("reachable", True):
+        return None
+    error = ray.get("error") or "no answer"
+    if job.get("state") in (JobState.ADMITTED, JobState.RUNNING):
+        return f"unreachable ({error}); the state above is as last seen"
+    return f"unreachable ({error}); queued jobs wait until it answers again"
+
+
 def _short(value: Any, width: int = 12) -> str:
     text = "" if value is None else str(value)
     return text[:width]

@@ -32,6 +32,7 @@ from dcsched.cli.format import (
     _pairs,
     _plain,
     _queue_reason,
+    _ray_warning,
     _resources,
     _shorten,
     _table,
@@ -356,6 +357,7 @@ def status(job_id: str, output: str) -> None:
         ("NODES", ", ".join(job.get("nodes") or []) or None),
         ("REASON", _queue_reason(job) or None),
         ("PROGRESS", _pairs(job.get("progress"))),
+        ("RAY", _ray_warning(job)),
     ]
     fields += study_lines(job.get("tuning"))
     result = job.get("result") if isinstance(job.get("result"), dict) else None

@@ -22,7 +22,7 @@ STOP_GRACE_S = 5.0
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """Linux: the child gets SIGKILL if the process that started it dies (a killed Ray
     worker must not leave the user's command running)."""
     try:
@@ -70,7 +70,7 @@ class RankProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         self._pump = threading.Thread(target=self._copy_output, daemon=True)
         self._pump.start()
