@@ -20,6 +20,7 @@ f1 no worse than Ray Tune's by more than 1 point.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -141,7 +142,8 @@ def run_ray_tune(
                 run_config=tune.RunConfig(storage_path=storage, verbose=0),
             )
             began = time.monotonic()
-            results = tuner.fit()
+            with contextlib.redirect_stdout(sys.stderr):  # Ray Tune's tables: not JSON lines
+                results = tuner.fit()
             wall = time.monotonic() - began
             epochs_run = [r.metrics.get("epoch", 0) for r in results if r.metrics]
             completed = sum(1 for e in epochs_run if e >= epochs)
