@@ -1,6 +1,7 @@
 """`make demo`: start a local Ray and the dcsched server, run the example jobs (two training
-jobs and a 2-worker DDP `kind: run` gang), then score patients with the trained model (a
-2-worker `kind: infer` job) and fetch its predictions, say where to look.
+jobs, a 2-worker DDP `kind: run` gang and a small tuning study), then score patients with
+the trained model (a 2-worker `kind: infer` job), fetch its predictions, serve the model
+and call `/predict` once, and say where to look.
 
 Runs the CLI as a user would (each step a `dcsched` command) against DCSCHED_HOME, which the
 Makefile points at ./.dcsched-demo so the demo leaves the rest of the machine alone.
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-EXAMPLE_JOBS = ["train-mlp.yaml", "train-csv.yaml", "run-ddp.yaml"]
+EXAMPLE_JOBS = ["train-mlp.yaml", "train-csv.yaml", "run-ddp.yaml", "tune-mlp.yaml"]
 
 
 def dcsched(*args: str, capture: bool = False) -> subprocess.CompletedProcess[str]:
@@ -41,10 +42,11 @@ def main() -> None:
         print(job_id, flush=True)
         job_ids.append(job_id)
     for job_id in job_ids:
-        dcsched("wait", job_id, "--timeout", "240")
+        dcsched("wait", job_id, "--timeout", "600")
     for job_id in job_ids:
         dcsched("status", job_id)
-    dcsched("logs", job_ids[-1], "--rank", "0")  # the DDP gang's rank 0
+    dcsched("logs", job_ids[2], "--rank", "0")  # the DDP gang's rank 0
+    dcsched("trials", job_ids[3])  # the tuning study's trials
     # Batch inference with the model train-mlp.yaml registered (it exists only now).
     infer_id = dcsched("submit", str(HERE / "infer-mlp.yaml"), capture=True).stdout.strip()
     dcsched("wait", infer_id, "--timeout", "240")

@@ -134,6 +134,15 @@ class Client:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return _mapping(self.request("POST", f"/v1/jobs/{_seg(job_id)}/cancel"))
 
+    def trials(self, job_id: str) -> dict[str, Any]:
+        """A tune job's study: ``summary`` and every trial."""
+        return _mapping(self.request("GET", f"/v1/jobs/{_seg(job_id)}/trials"))
+
+    def plot(self, job_id: str, name: str) -> bytes:
+        """A tune job's plot (``history``, ``importances``, ``intermediate``) as PNG bytes."""
+        path = f"/v1/jobs/{_seg(job_id)}/plots/{_seg(name)}"
+        return bytes(self.request("GET", path, raw_body=True))
+
     # -- cluster, models, plugins ----------------------------------------------------------
 
     def nodes(self) -> list[dict[str, Any]]:
@@ -197,6 +206,7 @@ class Client:
         *,
         query: Mapping[str, object] | None = None,
         body: object = None,
+        raw_body: bool = False,
     ) -> Any:
         """Send one request; return the decoded JSON body or raise ApiError/ServerUnreachable."""
         parts = urlsplit(self.url)
@@ -244,6 +254,8 @@ class Client:
             ) from None
         if status >= 400:
             raise _api_error(status, reason, raw, self.url)
+        if raw_body:  # a file (a plot's PNG): the bytes as sent
+            return raw
         if not raw:
             return {}
         try:

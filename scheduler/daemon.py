@@ -250,6 +250,10 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
         events=metrics,
         run_document=run_document,
     )
+    from dcsched.tuning.controller import TuneController
+
+    tuning = TuneController(service, paths.home)
+    service.drivers.append(tuning)
     if config_text is not None:
         service.apply_config(config_text)
     service_ref.append(service)
@@ -260,6 +264,9 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
     )
     deployments.append(ServeController(service, paths, host=serve_host))
     registry.register(SchedulerStateCollector(service))
+    from dcsched.tuning.metrics import TuneCollector
+
+    registry.register(TuneCollector(tuning))
     url = f"http://{host}:{port}"
     info = {
         "api_url": url,
@@ -279,6 +286,7 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
         inputs=inputs,
         access=store,
         deployments=deployments[0],
+        tuning=tuning,
     )
     stop = threading.Event()
     loop = threading.Thread(target=service.run_forever, args=(stop,), name="scheduler", daemon=True)

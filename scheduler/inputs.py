@@ -136,7 +136,7 @@ class InputStore:
 
 def input_fields(kind: str, payload: dict[str, Any]) -> list[tuple[str, str]]:
     """(field path, reference) of each input of a payload."""
-    if kind == "train":
+    if kind in ("train", "tune"):
         source = str(payload.get("data", {}).get("source", ""))
         scheme, _, location = source.partition(":")
         return [("data.source", location)] if scheme in _FILE_SCHEMES and location else []
@@ -153,7 +153,7 @@ def replace_inputs(
     kind: str, payload: dict[str, Any], new: Callable[[str, str], str]
 ) -> dict[str, Any]:
     """A copy of ``payload`` whose inputs are ``new(field, reference)``."""
-    if kind == "train" and input_fields(kind, payload):
+    if kind in ("train", "tune") and input_fields(kind, payload):
         data = dict(payload["data"])
         scheme, _, location = data["source"].partition(":")
         data["source"] = f"{scheme}:" + new("data.source", location)

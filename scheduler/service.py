@@ -81,6 +81,27 @@ class JobEvents(Protocol):
     def admission_pass(self, seconds: float, pending: int) -> None: ...
 
 
+class Driver(Protocol):
+    """Drives jobs that hold no resources themselves (``kind: tune``: its trials are
+    ordinary jobs); called by the service under its lock (dcsched.tuning.controller)."""
+
+    def step(self) -> None: ...
+
+    def owns(self, job: Job) -> bool:
+        """Whether ``job`` is one the driver made (its result is the driver's to use)."""
+        ...
+
+    def cancelled(self, job: Job) -> None: ...
+
+
+DRIVEN_KINDS = frozenset({"tune"})
+"""Kinds whose jobs hold no resources: never admitted, reconciled or counted as usage."""
+
+
+def _holding(jobs: list[Job]) -> list[Job]:
+    return [job for job in jobs if job.kind not in DRIVEN_KINDS]
+
+
 class _NoEvents:
     def submitted(self, job: Job) -> None:
         pass
@@ -155,6 +176,7 @@ class SchedulerService:
         """(until, node, resources) freed moments ago; see ClusterSnapshot.with_reservations."""
         self._last_snapshot = ClusterSnapshot(())
         """Ray's view as last seen: what reads show while Ray is unreachable."""
+        self.drivers: list[Driver] = []
 
     # -- configuration -----------------------------------------------------------------
 
@@ -234,9 +256,9 @@ class SchedulerService:
         return job
 
     def _model_name_problems(self, spec: AnyJobSpec) -> list[str]:
-        """A ``train`` job's name is its model's: another team's model name is refused
-        (registering would otherwise hand them a new "latest" version of it)."""
-        if spec.kind != "train":
+        """A ``train`` (or ``tune``) job's name is its model's: another team's model name
+        is refused (registering would otherwise hand them a new "latest" version of it)."""
+        if spec.kind not in ("train", "tune"):
             return []
         owner = self.store.model_owner(spec.name)
         if owner is None or owner == spec.team:
@@ -261,6 +283,8 @@ class SchedulerService:
             job = self.store.transition(job_id, JobState.CANCELLED, self.clock.now(), reason)
             self._waiting.pop(job_id, None)
             self.events.finished(job, _run_seconds(job))
+            for driver in self.drivers:
+                driver.cancelled(job)
             self._wake.set()
             return job
 
@@ -281,7 +305,7 @@ class SchedulerService:
         return self.clock.now()
 
     def jobs_in(self, states: Sequence[JobState]) -> list[Job]:
-        return self.store.list_jobs(states=states)
+        return _holding(self.store.list_jobs(states=states))
 
     def ray_status(self) -> dict[str, Any]:
         """Whether Ray answers: ``reachable``, ``since`` (when that last changed) and
@@ -347,10 +371,12 @@ class SchedulerService:
         with pending or active jobs. ``active`` and ``pending`` are read here when not
         given (a caller that has them already saves the queries)."""
         config = self.config
-        if active is None:
-            active = self.store.list_jobs(states=ACTIVE_STATES)
+        active = _holding(
+            active if active is not None else self.store.list_jobs(states=ACTIVE_STATES)
+        )
         if pending is None:
             pending = self.store.list_jobs(states=[JobState.PENDING])
+        pending = _holding(pending)
         names = [t.name for t in config.teams]
         for job in active + pending:
             if job.team not in names:
@@ -429,7 +455,7 @@ class SchedulerService:
         """One pass; returns whether any job is admitted, running or pending."""
         with self._lock:
             snapshot = self._ray_snapshot()  # Ray unreachable: this pass changes nothing
-            active = self.store.list_jobs(states=ACTIVE_STATES)
+            active = _holding(self.store.list_jobs(states=ACTIVE_STATES))
             self._sweep(active)
             lost = self._lost_nodes(active, snapshot)
             for job in active:
@@ -442,6 +468,8 @@ class SchedulerService:
                     raise
                 except Exception:
                     logger.exception("could not reconcile job %s; retrying next pass", job.id)
+            for driver in self.drivers:
+                driver.step()
             pending = self._admit_pending()
             return bool(active) or pending
 
@@ -478,13 +506,13 @@ class SchedulerService:
         self._requeue(job, f"node {names} was lost; requeued to resume from its last checkpoint")
 
     def _admit_pending(self) -> bool:
-        pending = self.store.list_jobs(states=[JobState.PENDING])
+        pending = _holding(self.store.list_jobs(states=[JobState.PENDING]))
         if not pending:
             self._waiting = {}
             return False
         now = self.clock.now()
         config = self.config
-        active = self.store.list_jobs(states=ACTIVE_STATES)
+        active = _holding(self.store.list_jobs(states=ACTIVE_STATES))
         snapshot = self.cluster_snapshot(active, fresh=True)
         started = time.perf_counter()
         decisions = plan(
@@ -658,7 +686,8 @@ class SchedulerService:
         # marked active, which the next pass finishes again (release is idempotent).
         self._release(job.run_id, job.nodes, job.per_worker)
         fault_point("finish:after-release")
-        if status.phase is RunPhase.SUCCEEDED and job.kind == "train":
+        driven = any(driver.owns(job) for driver in self.drivers)
+        if status.phase is RunPhase.SUCCEEDED and job.kind == "train" and not driven:
             job = self._register_model(job, files, now)
         elif status.phase is RunPhase.SUCCEEDED:
             result = files.read_result() or {}

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from dcsched.core.spec import SpecError
 from dcsched.inputs import InputError, InputStore, resolve_payload
-from dcsched.kinds import AnyJobSpec, InferJobSpec, TrainJobSpec, split
+from dcsched.kinds import AnyJobSpec, InferJobSpec, TrainJobSpec, TuneJobSpec, split
 from dcsched.plugins.api import DataError
 from dcsched.plugins.registry import PluginLoadError, UnknownPluginError, load_plugin
 
@@ -42,6 +42,8 @@ def check_runnable(
         )
     if isinstance(spec, InferJobSpec):
         problems.extend(_check_infer(spec, Path(resolved["infer"]["input"]), models))
+    if isinstance(spec, TuneJobSpec):
+        problems.extend(_check_tune(TuneJobSpec.model_validate({**spec.model_dump(), **resolved})))
     working_dir = resolved.get("run", {}).get("working_dir") if kind == "run" else None
     if working_dir and os.path.isfile(working_dir) and not zipfile.is_zipfile(working_dir):
         problems.append("run.working_dir: the upload is not a zip of a folder")
@@ -107,3 +109,18 @@ def _check_infer(spec: InferJobSpec, table: Path, models: ModelRegistry | None) 
             "least one row to score"
         )
     return problems
+
+
+def _check_tune(spec: TuneJobSpec) -> list[str]:
+    """The base train sections as a train job's, then the study (``dcsched.kinds.tune``)."""
+    from dcsched.kinds.tune import check_tune
+    from dcsched.training.data import SKLEARN_DATASETS
+
+    base = {k: v for k, v in spec.model_dump(by_alias=True).items() if k != "tune"}
+    problems = _check_train(TrainJobSpec.model_validate({**base, "kind": "train"}))
+    try:
+        plugin = load_plugin(spec.model.type)
+    except (UnknownPluginError, PluginLoadError):
+        return problems  # said above
+    task = SKLEARN_DATASETS.get(spec.data.location) if spec.data.scheme == "sklearn" else None
+    return problems + check_tune(spec, plugin, task)

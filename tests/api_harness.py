@@ -28,6 +28,7 @@ from dcsched.inputs import InputStore
 from dcsched.paths import Paths
 from dcsched.ports import RunStatus
 from dcsched.service import SchedulerService
+from dcsched.tuning.controller import TuneController
 from dcsched.validation import check_runnable
 
 TOKEN = "t" * 43
@@ -91,8 +92,16 @@ def build_api(home: Path) -> Api:
     )
     service_ref.append(service)
     info: dict[str, Any] = {"api_url": "http://127.0.0.1"}
+    tuning = TuneController(service, home)  # its routes answer; no study runs a trial
     app = create_app(
-        service, TOKEN, CollectorRegistry(), info, lambda: [], inputs=inputs, access=store
+        service,
+        TOKEN,
+        CollectorRegistry(),
+        info,
+        lambda: [],
+        inputs=inputs,
+        access=store,
+        tuning=tuning,
     )
     return Api(app, service, store)
 

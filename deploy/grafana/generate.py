@@ -933,6 +933,30 @@ def jobs() -> Dashboard:
                 ],
                 links=JOB_LINK,
             ),
+            Row("Tuning studies"),
+            Panel(
+                "Trials of each tune job",
+                "Trials of each running tune job by state: COMPLETE, RUNNING (admitted or "
+                "queued like any job), PRUNED (stopped early), FAIL, WAITING (not yet asked "
+                "for; at most `parallel` are unfinished at once).",
+                [
+                    Q(
+                        f"sum by (job_id, state) (dcsched_tune_trials{{{TEAM}}})",
+                        "{{job_id}} {{state}}",
+                    )
+                ],
+                stack=True,
+            ),
+            Panel(
+                "Best value of each tune job",
+                "The best value so far of the metric each running study optimises.",
+                [
+                    Q(
+                        f"max by (job_id, metric) (dcsched_tune_best_value{{{TEAM}}})",
+                        "{{job_id}} {{metric}}",
+                    )
+                ],
+            ),
         ],
     )
 

@@ -165,6 +165,7 @@ def create_app(
     inputs: InputStore | None = None,
     access: AccessStore | None = None,
     deployments: Any = None,
+    tuning: Any = None,
 ) -> FastAPI:
     """Build the app. ``plugins`` is a callable returning the plugin descriptions;
     ``node_usage`` returns each node's latest measured usage (node id -> the node
@@ -392,6 +393,8 @@ def create_app(
         job = get_job_or_404(job_id)
         body = view(job)
         body["spec"] = document_of(job.request, job.kind, dict(job.payload))
+        if tuning is not None and job.kind == "tune":
+            body["tuning"] = tuning.summary(job)
         body["events"] = [
             {
                 "at": iso(e.at),
@@ -403,6 +406,38 @@ def create_app(
         ]
         body["ray"] = service.ray_status()
         return body
+
+    def tune_job_or_404(job_id: str) -> Job:
+        job = get_job_or_404(job_id)
+        if tuning is None or job.kind != "tune":
+            raise ApiError(404, f"job {job_id} is a {job.kind} job; trials belong to tune jobs")
+        return job
+
+    @app.get("/v1/jobs/{job_id}/trials", response_model=None)
+    def get_trials(job_id: str) -> dict[str, Any]:
+        """Every trial of a tune job, and the study's summary."""
+        job = tune_job_or_404(job_id)
+        return {"summary": tuning.summary(job), "trials": tuning.trials(job)}
+
+    @app.get(
+        "/v1/jobs/{job_id}/plots/{name}",
+        response_model=None,
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}, "description": "The plot, a PNG."}},
+    )
+    def get_plot(job_id: str, name: str) -> Response:
+        """A PNG of the study (history, importances, intermediate), drawn into the job's
+        artifacts (runs/JOB/plots/) and sent."""
+        from dcsched.tuning.plots import PLOTS, PlotError, render
+
+        job = tune_job_or_404(job_id)
+        if name not in PLOTS:
+            raise ApiError(404, f"no plot {name!r}; plots: {', '.join(PLOTS)}")
+        try:
+            path = render(tuning.study_of(job), name, service.run_files(job.id).path / "plots")
+        except PlotError as exc:
+            raise ApiError(409, str(exc)) from None
+        return Response(path.read_bytes(), media_type="image/png")
 
     @app.get("/v1/jobs/{job_id}/logs", response_model=None, responses=m.ok(m.Logs))
     def get_logs(

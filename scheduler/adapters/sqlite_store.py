@@ -346,6 +346,7 @@ class SQLiteStore:
             "SELECT e.job_id, e.at, e.to_state, j.spec FROM jobs j JOIN job_events e"
             " ON e.job_id = j.id"
             " WHERE (j.attempt > 0 OR j.admitted_at IS NOT NULL OR j.finished_at IS NOT NULL)"
+            " AND j.kind != 'tune'"  # a tune job holds nothing; its trials are the usage
         )
         args: list[Any] = []
         if since is not None:

@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from dcsched.cli import access, cluster, jobs, server  # noqa: F401  (they add their commands)
+from dcsched.cli import access, cluster, jobs, server, tuning  # noqa: F401  (add commands)
 from dcsched.cli.base import BadInput, Failure, cli
 
 __all__ = ["BadInput", "Failure", "cli", "main"]

@@ -38,6 +38,7 @@ from dcsched.cli.format import (
     _table,
     _when,
 )
+from dcsched.cli.tuning import study_lines
 from dcsched.client import Client
 from dcsched.core.lifecycle import JobState
 
@@ -361,6 +362,7 @@ def status(job_id: str, output: str) -> None:
         ("PROGRESS", _pairs(job.get("progress"))),
         ("RAY", _ray_warning(job)),
     ]
+    fields += study_lines(job.get("tuning"))
     result = job.get("result") if isinstance(job.get("result"), dict) else None
     if result is not None:
         fields.append(("METRICS", _pairs(result.get("metrics"))))

@@ -210,6 +210,7 @@ def _frame(max_rows: int) -> str:
     nodes = client.nodes()
     running = client.list_jobs(state="RUNNING", limit=max_rows * 5)
     running += client.list_jobs(state="ADMITTED", limit=max_rows * 5)
+    running = [j for j in running if j.get("kind") != "tune"]  # holds nothing; trials do
     pending = client.list_jobs(state="PENDING", limit=1000)
     return render(nodes, running, pending, time.time(), max_rows)
 

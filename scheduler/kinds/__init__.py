@@ -27,14 +27,17 @@ from dcsched.kinds.infer import InferJobSpec
 from dcsched.kinds.run import RunJobSpec
 from dcsched.kinds.serve import ServeJobSpec
 from dcsched.kinds.train import TrainJobSpec
+from dcsched.kinds.tune import TuneJobSpec
 
 JobSpec = Annotated[
-    TrainJobSpec | RunJobSpec | InferJobSpec | ServeJobSpec, Field(discriminator="kind")
+    TrainJobSpec | RunJobSpec | TuneJobSpec | InferJobSpec | ServeJobSpec,
+    Field(discriminator="kind"),
 ]
-AnyJobSpec = TrainJobSpec | RunJobSpec | InferJobSpec | ServeJobSpec
+AnyJobSpec = TrainJobSpec | RunJobSpec | TuneJobSpec | InferJobSpec | ServeJobSpec
 KINDS: dict[str, type[SchedulingRequest]] = {
     "train": TrainJobSpec,
     "run": RunJobSpec,
+    "tune": TuneJobSpec,
     "infer": InferJobSpec,
     "serve": ServeJobSpec,
 }
@@ -96,6 +99,7 @@ __all__ = [
     "RunJobSpec",
     "ServeJobSpec",
     "TrainJobSpec",
+    "TuneJobSpec",
     "document_of",
     "job_spec_schema",
     "load_job_spec_yaml",

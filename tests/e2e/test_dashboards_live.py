@@ -6,7 +6,7 @@ server (token from its file) and the real node exporter that the server runs on 
 node, found through the file_sd file the server writes ($DCSCHED_HOME/prometheus/
 exporters.json), and Ray's own metrics agent through Ray's service-discovery file. Jobs
 go through the server so that every kind of series exists: one that finishes, one that
-is preempted and waits, one that runs and reports progress.
+is preempted and waits, one that runs and reports progress, a tuning study.
 
 This machine has no NVIDIA GPU, so the real exporter has no GPU series. To run the GPU
 queries on data all the same, a second exporter process serves the same collector with
@@ -191,6 +191,24 @@ def spec(
     return path
 
 
+def tune_spec(tmp_path: Path) -> Path:
+    text = (EXAMPLES / "tune-mlp.yaml").read_text()
+    text = (
+        text.replace("team: research", "team: vision")
+        .replace("memory: 512MiB", "memory: 64MiB")
+        .replace("epochs: 8", "epochs: 2")
+        .replace("trials: 6", "trials: 50")
+        .replace("parallel: 2", "parallel: 1")
+        .replace("pruner: asha", "pruner: none")
+        # As low as the victim below, which was queued first: the study's next trial
+        # never jumps ahead of it.
+        .replace("priority: normal", "priority: low")
+    )
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    return path
+
+
 def epoch(job: dict) -> int:
     return int((job.get("progress") or {}).get("epoch") or 0)
 
@@ -244,6 +262,12 @@ def live(server: Server, ray_head: Any, tmp_path_factory: pytest.TempPathFactory
             short = server.cli("submit", str(spec(tmp, name, "vision", "normal", 1, 2)))
             done = server.cli("wait", short.stdout.strip(), "--timeout", "240")
             assert done.returncode == 0, done.stdout + done.stderr
+        # A tuning study, one trial at a time, still running at the end (its next trial
+        # waits behind the jobs below) with one trial done: the tuning series exist.
+        study = server.cli("submit", str(tune_spec(tmp))).stdout.strip()
+        server.wait_for_job(
+            study, lambda j: (j.get("tuning") or {}).get("done", 0) >= 1, timeout=300
+        )
         victim = server.cli(
             "submit", str(spec(tmp, "victim", "research", "low", 8, 100000))
         ).stdout.strip()

@@ -47,4 +47,4 @@ def test_the_submit_body_documents_the_job_spec() -> None:
     assert spec["$ref"] == "#/components/schemas/JobSpec"
     job_spec = raw["components"]["schemas"]["JobSpec"]
     assert job_spec["discriminator"]["propertyName"] == "kind"
-    assert set(job_spec["discriminator"]["mapping"]) == {"train", "run", "infer"}
+    assert set(job_spec["discriminator"]["mapping"]) == {"train", "run", "tune", "infer", "serve"}

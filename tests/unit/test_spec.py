@@ -96,7 +96,7 @@ def test_bad_run_specs_are_refused(text: str, expected: str) -> None:
 
 def test_the_schema_has_one_variant_per_kind() -> None:
     schema = job_spec_schema()
-    assert set(schema["discriminator"]["mapping"]) == {"train", "run", "infer", "serve"}
+    assert set(schema["discriminator"]["mapping"]) == {"train", "run", "tune", "infer", "serve"}
 
 
 BASE = (EXAMPLES / "train-mlp.yaml").read_text()
