@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import emit, machine
 
+from dcsched.core.activeset import ActiveSet
 from dcsched.core.admission import Admit, Cancel, Preempt, SchedulingInput, Wait, plan
 from dcsched.core.cluster import ClusterSnapshot, NodeState
 from dcsched.core.config import GPU_TYPE_LABEL, ClusterConfig
@@ -156,17 +157,15 @@ def main() -> None:
                     "teams": team_configs,
                 }
             )
-            inp = SchedulingInput(
-                pending=pending,
-                active=active,
-                cluster=cluster,
-                config=config,
-                now=NOW,
-                past_usage=past if policy == "fair" else {},
-            )
             best = float("inf")
             decisions: list[Any] = []
             for _ in range(args.repeat):
+                inp = SchedulingInput(
+                    pending=pending,
+                    active=ActiveSet(cluster, config, held=active),
+                    now=NOW,
+                    past_usage=past if policy == "fair" else {},
+                )
                 started = time.perf_counter()
                 decisions = plan(inp)
                 best = min(best, time.perf_counter() - started)

@@ -38,11 +38,11 @@ Words:
 from __future__ import annotations
 
 import math
-import weakref
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import Any
 
 from dcsched.core.cluster import ClusterSnapshot, NodeState
 from dcsched.core.config import PlacementPolicy
@@ -77,11 +77,6 @@ class NoFit:
     reason: str
 
 
-def workers_that_fit(per_worker: Resources, free: Resources) -> int:
-    """How many workers of this size fit in ``free``."""
-    return _holds(_vector(per_worker), _vector(free))
-
-
 def _vector(r: Resources) -> _Free:
     return (round(r.gpus, 9), round(r.cpus, 9), int(r.memory))
 
@@ -111,46 +106,72 @@ def _describe_selector(key: _SelectorKey) -> str:
 
 
 class _Pool:
-    """The nodes of one selector, each kept in three lists sorted by (GPUs, CPUs, memory),
-    (CPUs, memory, GPUs) and (memory, CPUs, GPUs) free, then node id."""
+    """The nodes of one selector: kept sorted by (GPUs, CPUs, memory) free, then node id,
+    with counts of each free CPU and memory amount for the component-wise largest free.
+    The lists sorted by CPUs and by memory first (for gangs of CPU-only or memory-only
+    workers split over nodes) are built when asked for and dropped on the next change."""
 
-    __slots__ = ("by_cpu", "by_gpu", "by_mem", "levels", "members")
+    __slots__ = ("_by_cpu", "_by_mem", "by_gpu", "cpus", "levels", "members", "mems", "top")
 
     def __init__(self, free: Mapping[str, _Free], members: Iterable[str]) -> None:
         self.members = frozenset(members)
         self.by_gpu: list[_Entry] = sorted((*free[n], n) for n in self.members)
-        self.by_cpu: list[_Entry] = sorted((f[1], f[2], f[0], n) for n, f in _items(free, self))
-        self.by_mem: list[_Entry] = sorted((f[2], f[1], f[0], n) for n, f in _items(free, self))
+        self.cpus: dict[float, int] = {}
+        self.mems: dict[int, int] = {}
+        for n in self.members:
+            f = free[n]
+            self.cpus[f[1]] = self.cpus.get(f[1], 0) + 1
+            self.mems[f[2]] = self.mems.get(f[2], 0) + 1
+        self.top: list[float] = [max(self.cpus, default=0.0), max(self.mems, default=0)]
+        self._by_cpu: list[_Entry] | None = None
+        self._by_mem: list[_Entry] | None = None
         self.levels: _Levels | None = None
 
     def copy(self) -> _Pool:
         other = _Pool.__new__(_Pool)
         other.members = self.members
-        other.by_gpu, other.by_cpu, other.by_mem = self.by_gpu[:], self.by_cpu[:], self.by_mem[:]
+        other.by_gpu = self.by_gpu[:]
+        other.cpus, other.mems, other.top = dict(self.cpus), dict(self.mems), self.top[:]
+        other._by_cpu, other._by_mem = self._by_cpu, self._by_mem  # never changed in place
         other.levels = None if self.levels is None else self.levels.copy()
         return other
 
     def move(self, node: str, old: _Free, new: _Free) -> None:
         _replace(self.by_gpu, (*old, node), (*new, node))
-        _replace(self.by_cpu, (old[1], old[2], old[0], node), (new[1], new[2], new[0], node))
-        _replace(self.by_mem, (old[2], old[1], old[0], node), (new[2], new[1], new[0], node))
+        if old[1] != new[1]:
+            _recount(self.cpus, self.top, 0, old[1], new[1])
+        if old[2] != new[2]:
+            _recount(self.mems, self.top, 1, old[2], new[2])
+        self._by_cpu = self._by_mem = None
         if self.levels is not None:
             self.levels.move(node, old, new)
+
+    def by_cpu(self) -> list[_Entry]:
+        """(CPUs, memory, GPUs free, node id), sorted."""
+        if self._by_cpu is None:
+            self._by_cpu = sorted((e[1], e[2], e[0], e[3]) for e in self.by_gpu)
+        return self._by_cpu
+
+    def by_mem(self) -> list[_Entry]:
+        """(memory, CPUs, GPUs free, node id), sorted."""
+        if self._by_mem is None:
+            self._by_mem = sorted((e[2], e[1], e[0], e[3]) for e in self.by_gpu)
+        return self._by_mem
 
     def largest(self) -> _Free:
         """Component-wise largest free (each from its own node)."""
         if not self.by_gpu:
             return (0.0, 0.0, 0)
-        return (self.by_gpu[-1][0], self.by_cpu[-1][0], int(self.by_mem[-1][0]))
+        return (self.by_gpu[-1][0], self.top[0], int(self.top[1]))
 
     def may_hold(self, need: _Free) -> bool:
         """False when no node can hold ``need`` (O(1)); True is only a maybe."""
-        top = self.largest()
+        s = self.by_gpu
         return (
-            bool(self.by_gpu)
-            and need[0] <= top[0] + _EPS
-            and need[1] <= top[1] + _EPS
-            and need[2] <= top[2]
+            bool(s)
+            and need[0] <= s[-1][0] + _EPS
+            and need[1] <= self.top[0] + _EPS
+            and need[2] <= self.top[1]
         )
 
     def tightest(self, need: _Free, exclude: AbstractSet[str] = frozenset()) -> str | None:
@@ -192,13 +213,24 @@ class _Pool:
         return None
 
 
-def _items(free: Mapping[str, _Free], pool: _Pool) -> Iterator[tuple[str, _Free]]:
-    return ((n, free[n]) for n in pool.members)
-
-
 def _replace(s: list[_Entry], old: _Entry, new: _Entry) -> None:
     del s[bisect_left(s, old)]
     insort(s, new)
+
+
+def _recount(counts: dict[Any, int], top: list[float], i: int, old: float, new: float) -> None:
+    """Move one node's count from the free amount ``old`` to ``new``; ``top[i]`` stays
+    the largest amount counted."""
+    left = counts[old] - 1
+    if left:
+        counts[old] = left
+    else:
+        del counts[old]
+    counts[new] = counts.get(new, 0) + 1
+    if new > top[i]:
+        top[i] = new
+    elif old == top[i] and not left:
+        top[i] = max(counts)
 
 
 class _Levels:
@@ -306,11 +338,6 @@ class CapacityIndex:
         self._pools: dict[_SelectorKey, _Pool] = {(): _Pool(self._free, self._free)}
         self._reasons: dict[tuple[object, ...], str] = {}
 
-    @classmethod
-    def from_free(cls, free: Mapping[str, Resources]) -> CapacityIndex:
-        """An index over bare free capacities (no labels, no utilization)."""
-        return cls([NodeState(n, "", True, r, r) for n, r in free.items()])
-
     def _add(
         self, node: str, free: Resources, labels: Mapping[str, str], util: float | None
     ) -> None:
@@ -416,9 +443,9 @@ class CapacityIndex:
         if w[0] > _EPS:
             entries, unit, second = pool.by_gpu, w[0], w[1] - _EPS
         elif w[1] > _EPS:
-            entries, unit, second = pool.by_cpu, w[1], float(w[2])
+            entries, unit, second = pool.by_cpu(), w[1], float(w[2])
         else:  # memory only (a worker that asks for nothing fits any node whole)
-            entries, unit, second = pool.by_mem, float(w[2]), -_EPS
+            entries, unit, second = pool.by_mem(), float(w[2]), -_EPS
         classes: dict[int, int] = {}  # workers a node holds -> how many nodes hold that many
         last_bound = -1
         for e, start, end in _groups_descending(entries, unit - _EPS, second):
@@ -563,34 +590,6 @@ def _groups_descending(
         hi = group
 
 
-def place_gang(
-    per_worker: Resources,
-    workers: int,
-    free: Mapping[str, Resources],
-) -> Placement | NoFit:
-    """Place ``workers`` equal workers on nodes with ``free`` capacity (binpack)."""
-    return CapacityIndex.from_free(free).place(per_worker, workers, "binpack")
-
-
-_totals: tuple[weakref.ref[ClusterSnapshot], CapacityIndex] | None = None
-
-
-def _capacity_when_empty(cluster: ClusterSnapshot) -> CapacityIndex:
-    """An index of each alive node's total, remembered for the last snapshot asked about
-    (an admission pass asks once per job)."""
-    global _totals
-    if _totals is not None and _totals[0]() is cluster:
-        return _totals[1]
-    index = CapacityIndex(
-        [
-            NodeState(n.id, n.address, True, n.total, n.total, n.labels, n.utilization)
-            for n in cluster.alive_nodes()
-        ]
-    )
-    _totals = (weakref.ref(cluster), index)
-    return index
-
-
 def fits_cluster_at_all(
     per_worker: Resources,
     workers: int,
@@ -598,24 +597,41 @@ def fits_cluster_at_all(
     selector: Mapping[str, str] | None = None,
 ) -> str | None:
     """Why the request can never run on this cluster even when empty, or None if it can."""
-    index = _capacity_when_empty(cluster)
-    if not index._free:
+    empty = CapacityIndex(
+        [
+            NodeState(n.id, n.address, True, n.total, n.total, n.labels, n.utilization)
+            for n in cluster.alive_nodes()
+        ]
+    )
+    return never_fits(empty, per_worker, workers, selector)
+
+
+def never_fits(
+    empty: CapacityIndex,
+    per_worker: Resources,
+    workers: int,
+    selector: Mapping[str, str] | None = None,
+) -> str | None:
+    """Why the request can never run on the nodes of ``empty`` (an index of each alive
+    node's total), or None if it can."""
+    if not empty._free:
         return "the cluster has no alive nodes"
     key = _selector_key(selector)
-    if not index._pool(key).members:
+    members = empty._pool(key).members
+    if not members:
         return f"no alive node matches node_selector {_describe_selector(key)}"
     where = f" matching {_describe_selector(key)}" if key else ""
-    if isinstance(index.place(per_worker, 1, "binpack", selector), NoFit):
+    if isinstance(empty.place(per_worker, 1, "binpack", selector), NoFit):
         return (
             f"one worker needs {per_worker.describe()}, but no node{where} is that large "
-            f"(largest node: {index.largest_free(selector).describe()}); lower the per-worker "
+            f"(largest node: {empty.largest_free(selector).describe()}); lower the per-worker "
             "request"
         )
-    if isinstance(index.place(per_worker, workers, "binpack", selector), NoFit):
-        matching = [n for n in cluster.alive_nodes() if n.id in index._pool(key).members]
+    if isinstance(empty.place(per_worker, workers, "binpack", selector), NoFit):
+        matching = [n for n in empty._free if n in members]
         total = Resources()
         for n in matching:
-            total = total + n.total
+            total = total + empty.free(n)
         whole = f"the nodes{where} hold" if key else "the whole cluster holds"
         return (
             f"needs {workers} workers of {per_worker.describe()} "

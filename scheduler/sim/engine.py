@@ -384,9 +384,7 @@ class Simulation:
             (decision,) = plan(
                 SchedulingInput(
                     pending=[job],
-                    active=[],
-                    cluster=domain.cluster,
-                    config=domain.config,
+                    active=ActiveSet(domain.cluster, domain.config),
                     now=0.0,
                     estimate_starts=False,
                 )
@@ -505,8 +503,6 @@ class Simulation:
                 SchedulingInput(
                     pending=pending,
                     active=domain.active,
-                    cluster=domain.cluster,
-                    config=domain.config,
                     now=now,
                     past_usage=domain.usage.usage(now) if fair else {},
                     estimate_starts=False,
