@@ -42,6 +42,7 @@ from dcsched.core.job import Job
 from dcsched.core.placement import CapacityIndex, never_fits
 from dcsched.core.quota import QuotaLedger, job_gpu_type
 from dcsched.core.resources import Resources
+from dcsched.core.spec import SchedulingRequest
 
 _SNAP = 1e-9
 
@@ -70,6 +71,19 @@ class RunningJob:
     preemptible: bool
     start: float
     end: float | None
+
+
+_Request = tuple[
+    Resources,  # per worker
+    Resources,  # total
+    str | None,  # GPU type
+    Mapping[str, str] | None,  # selector
+    tuple[tuple[str, str], ...],  # selector key
+    PlacementPolicy,
+    int,  # priority value
+    int,  # shape
+    str | None,  # blocked
+]
 
 
 @dataclass(slots=True)
@@ -153,6 +167,8 @@ class ActiveSet(Sequence[Job]):
         self._never: dict[int, str | None] = {}
         self._empty: CapacityIndex | None = None
         self._sizes: dict[tuple[float, float, int, int], tuple[Resources, Resources]] = {}
+        self._requests: dict[int, tuple[SchedulingRequest, _Request]] = {}
+        """Per request object (by identity, kept alive here): what ``_request`` says."""
         for job in held:
             self.add(job, counted=True)
 
@@ -257,6 +273,35 @@ class ActiveSet(Sequence[Job]):
         if found is not None and found.job is job:
             return found
         spec = job.request
+        known = self._requests.get(id(spec))
+        if known is None or known[0] is not spec:
+            if len(self._requests) >= 50_000:
+                self._requests.clear()  # bounded: many sets keep few distinct requests
+            known = self._requests[id(spec)] = (spec, self._request(job))
+        per_worker, total, gpu_type, selector, key, policy, prio, shape, blocked = known[1]
+        item = QueuedJob(
+            job=job,
+            team=spec.team,
+            per_worker=per_worker,
+            workers=spec.resources.workers,
+            total=total,
+            gpu_type=gpu_type,
+            selector=selector,
+            selector_key=key,
+            policy=policy,
+            prio=prio,
+            runtime=spec.max_runtime,
+            shape=shape,
+            blocked=blocked,
+            fifo_key=(job.submitted_at, job.id),
+            priority_key=(-prio, job.submitted_at, job.id),
+        )
+        self._queued[job.id] = item
+        return item
+
+    def _request(self, job: Job) -> _Request:
+        """What a pass needs of a job's request (the same for every job of that request)."""
+        spec = job.request
         request = spec.resources
         workers = request.workers
         size = (request.cpus, request.gpus, request.memory, workers)
@@ -274,25 +319,8 @@ class ActiveSet(Sequence[Job]):
             shape = self._shapes[shape_key] = len(self._shapes)
         cls = self.classes.get(job.priority)
         prio = cls.value if cls is not None else 0
-        item = QueuedJob(
-            job=job,
-            team=spec.team,
-            per_worker=per_worker,
-            workers=workers,
-            total=total,
-            gpu_type=job_gpu_type(job),
-            selector=selector,
-            selector_key=key,
-            policy=policy,
-            prio=prio,
-            runtime=spec.max_runtime,
-            shape=shape,
-            blocked=self._blocked(spec.team, shape, per_worker, workers, selector),
-            fifo_key=(job.submitted_at, job.id),
-            priority_key=(-prio, job.submitted_at, job.id),
-        )
-        self._queued[job.id] = item
-        return item
+        blocked = self._blocked(spec.team, shape, per_worker, workers, selector)
+        return per_worker, total, job_gpu_type(job), selector, key, policy, prio, shape, blocked
 
     def _blocked(
         self,

@@ -42,7 +42,6 @@ from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Any
 
 from dcsched.core.cluster import ClusterSnapshot, NodeState
 from dcsched.core.config import PlacementPolicy
@@ -137,11 +136,24 @@ class _Pool:
         return other
 
     def move(self, node: str, old: _Free, new: _Free) -> None:
-        _replace(self.by_gpu, (*old, node), (*new, node))
-        if old[1] != new[1]:
-            _recount(self.cpus, self.top, 0, old[1], new[1])
-        if old[2] != new[2]:
-            _recount(self.mems, self.top, 1, old[2], new[2])
+        s = self.by_gpu
+        del s[bisect_left(s, (*old, node))]
+        insort(s, (*new, node))
+        top = self.top
+        for i, counts in ((1, self.cpus), (2, self.mems)):
+            a, b = old[i], new[i]
+            if a == b:
+                continue
+            left = counts[a] - 1
+            if left:
+                counts[a] = left
+            else:
+                del counts[a]
+            counts[b] = counts.get(b, 0) + 1
+            if b > top[i - 1]:
+                top[i - 1] = b
+            elif not left and a == top[i - 1]:
+                top[i - 1] = max(counts)
         self._by_cpu = self._by_mem = None
         if self.levels is not None:
             self.levels.move(node, old, new)
@@ -211,26 +223,6 @@ class _Pool:
                     return next(s[q][3] for q in range(first, k + 1) if s[q][3] not in exclude)
             hi = start
         return None
-
-
-def _replace(s: list[_Entry], old: _Entry, new: _Entry) -> None:
-    del s[bisect_left(s, old)]
-    insort(s, new)
-
-
-def _recount(counts: dict[Any, int], top: list[float], i: int, old: float, new: float) -> None:
-    """Move one node's count from the free amount ``old`` to ``new``; ``top[i]`` stays
-    the largest amount counted."""
-    left = counts[old] - 1
-    if left:
-        counts[old] = left
-    else:
-        del counts[old]
-    counts[new] = counts.get(new, 0) + 1
-    if new > top[i]:
-        top[i] = new
-    elif old == top[i] and not left:
-        top[i] = max(counts)
 
 
 class _Levels:
@@ -519,16 +511,17 @@ class CapacityIndex:
         self, nodes: Sequence[str], per_worker: Resources, sign: int
     ) -> list[tuple[str, _Free]]:
         counts: dict[str, int] = {}
+        free = self._free
         for node in nodes:
-            if node not in self._free:
+            if node not in free:
                 raise KeyError(f"node {node} is not an alive node of this cluster snapshot")
             counts[node] = counts.get(node, 0) + 1
-        w = _vector(per_worker)
+        wg, wc, wm = round(per_worker.gpus, 9), round(per_worker.cpus, 9), int(per_worker.memory)
         moves = []
         for node, k in counts.items():
-            g, c, m = self._free[node]
+            g, c, m = free[node]
             f = sign * k
-            moves.append((node, (round(g + f * w[0], 9), round(c + f * w[1], 9), m + f * w[2])))
+            moves.append((node, (round(g + f * wg, 9), round(c + f * wc, 9), m + f * wm)))
         return moves
 
     def _apply(self, moves: list[tuple[str, _Free]]) -> None:
