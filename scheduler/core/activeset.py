@@ -108,6 +108,7 @@ class QueuedJob:
     blocked: str | None
     fifo_key: tuple[float, str]
     priority_key: tuple[int, float, str]
+    has_dependencies: bool
 
 
 @dataclass(order=True, slots=True)
@@ -295,6 +296,7 @@ class ActiveSet(Sequence[Job]):
             blocked=blocked,
             fifo_key=(job.submitted_at, job.id),
             priority_key=(-prio, job.submitted_at, job.id),
+            has_dependencies=bool(spec.depends_on),
         )
         self._queued[job.id] = item
         return item

@@ -161,7 +161,7 @@ class _Walk:
 
     def _early(self) -> None:
         states: dict[str, JobState] = {}
-        if any(item.job.request.depends_on for item in self.items):
+        if any(item.has_dependencies for item in self.items):
             states.update(self.inp.job_states)
             for job in self.inp.active:
                 states.setdefault(job.id, job.state)
@@ -169,7 +169,7 @@ class _Walk:
                 states.setdefault(job.id, job.state)
         early = self.early
         for item in self.items:
-            if item.job.request.depends_on:
+            if item.has_dependencies:
                 found = _dependencies(item, states)
                 if found is not None:
                     early[item.job.id] = found
@@ -213,15 +213,19 @@ class _Walk:
         results: list[Outcome] = []
         deferred: list[int] = []
         early = self.early
+        strict = not state.queueing.backfill
         for i, item in enumerate(order):
             found = early.get(item.job.id) if early else None
             if found is not None:
                 results.append(found if isinstance(found, Cancel) else (found, False))
                 continue
             fit = state.ledger.check(item.team, item.total, item.gpu_type)
-            if fit.kind == "borrows":
+            kind = fit.kind
+            if kind == "borrows":
                 deferred.append(i)
                 results.append(("", False))  # decided below
+            elif kind == "fits-nominal" and strict and self.head is not None:
+                results.append((self.behind, True))  # as _decide says, without the call
             else:
                 results.append(self._decide(item, fit))
         for i in deferred:

@@ -116,7 +116,7 @@ class _Pool:
         self.members = frozenset(members)
         self.by_gpu: list[_Entry] = sorted((*free[n], n) for n in self.members)
         self.cpus: dict[float, int] = {}
-        self.mems: dict[int, int] = {}
+        self.mems: dict[float, int] = {}  # memory amounts are ints (a float's subtype)
         for n in self.members:
             f = free[n]
             self.cpus[f[1]] = self.cpus.get(f[1], 0) + 1
@@ -140,7 +140,8 @@ class _Pool:
         del s[bisect_left(s, (*old, node))]
         insort(s, (*new, node))
         top = self.top
-        for i, counts in ((1, self.cpus), (2, self.mems)):
+        counted: tuple[tuple[int, dict[float, int]], ...] = ((1, self.cpus), (2, self.mems))
+        for i, counts in counted:
             a, b = old[i], new[i]
             if a == b:
                 continue

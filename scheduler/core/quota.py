@@ -74,6 +74,9 @@ class QuotaFit:
         return self.kind != "blocked"
 
 
+_FITS = QuotaFit("fits-nominal")
+
+
 def job_gpu_type(job: Job) -> str | None:
     """The GPU type a job is pinned to by its node selector, if any."""
     return job.request.node_selector.get(GPU_TYPE_LABEL)
@@ -233,6 +236,9 @@ class QuotaLedger:
     def check(self, team: str, request: Resources, gpu_type: str | None) -> QuotaFit:
         """Whether ``team`` may have ``request`` more (see QuotaFit). Answers are
         remembered until the next ``take`` or ``give``."""
+        quota = self._teams.get(team)
+        if quota is not None and not quota.nominal:
+            return _FITS  # untracked everywhere: unlimited
         key = (team, request, gpu_type)
         answer = self._answers.get(key)
         if answer is None:
