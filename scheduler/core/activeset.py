@@ -202,13 +202,17 @@ class ActiveSet(Sequence[Job]):
 
     def add(self, job: Job, counted: bool = False) -> None:
         """A job now holds ``per_worker`` on each of ``job.nodes``; ``counted``: the
-        cluster snapshot's ``available`` already counts it (its nodes need not be alive)."""
+        cluster snapshot's ``available`` already counts it (as the live service reads
+        it: its nodes need not be alive, and a record without a start counts from its
+        submission rather than stopping every pass)."""
         if job.id in self.runs:
             raise ValueError(f"job {job.id} is already active")
         start = job.started_at if job.started_at is not None else job.admitted_at
+        if start is None and counted:
+            start = job.submitted_at
         if start is None:
             raise ValueError(f"active job {job.id} has neither started_at nor admitted_at")
-        if len(job.nodes) != job.workers:
+        if len(job.nodes) != job.workers and not counted:
             raise ValueError(f"job {job.id} has {job.workers} workers on {len(job.nodes)} nodes")
         run = running_job(job, self.classes, start)
         if not counted:
