@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_HOME ?= $(CURDIR)/.dcsched-demo
 
-.PHONY: install system-deps test lint typecheck unit demo demo-down bench clean
+.PHONY: install system-deps test lint typecheck layers typetree unit demo demo-down bench clean
 
 install: $(STAMP)
 
@@ -41,14 +41,22 @@ lint: install
 
 # mypy follows the installed layout (dcsched, dcsched.plugins, dcsched.exporters) through
 # a tree of symlinks, since setuptools' editable finder is invisible to it.
-typecheck: install
+typetree:
 	rm -rf build/typecheck && mkdir -p build/typecheck/dcsched
 	for f in scheduler/*; do ln -s ../../../$$f build/typecheck/dcsched/; done
 	ln -s ../../../plugins build/typecheck/dcsched/plugins
 	ln -s ../../../exporters build/typecheck/dcsched/exporters
+
+typecheck: install typetree
 	MYPYPATH=build/typecheck $(BIN)/mypy -p dcsched
 
-test: system-deps lint typecheck
+# The layering, by import-linter's contracts in pyproject.toml ([tool.importlinter]): the
+# core imports no ray, sqlite3, fastapi, uvicorn, click or torch, nor the rest of dcsched;
+# exporters do not import the service.
+layers: install typetree
+	PYTHONPATH=build/typecheck $(BIN)/lint-imports
+
+test: system-deps lint typecheck layers
 	$(BIN)/python -m pytest -ra
 
 unit: install system-deps

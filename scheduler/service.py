@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dcsched.core import accounting
+from dcsched.core.activeset import ActiveSet
 from dcsched.core.admission import Admit, Cancel, Preempt, SchedulingInput, Wait, plan
 from dcsched.core.cluster import ClusterSnapshot
 from dcsched.core.config import ClusterConfig, load_config_yaml
@@ -518,9 +519,7 @@ class SchedulerService:
         decisions = plan(
             SchedulingInput(
                 pending=pending,
-                active=active,
-                cluster=snapshot,
-                config=config,
+                active=ActiveSet(snapshot, config, held=active),
                 now=now,
                 past_usage=self._past_usage(now) if config.queueing.policy == "fair" else {},
                 job_states=self._dependency_states(pending),

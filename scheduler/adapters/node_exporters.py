@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -162,14 +161,3 @@ class ExporterFleet:
         tmp = self.sd_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(groups, indent=2) + "\n")
         os.replace(tmp, self.sd_file)
-
-
-def wait_for_targets(fleet: ExporterFleet, count: int, timeout_s: float) -> bool:
-    """Refresh until ``count`` exporters answer (used at start-up and in tests)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        fleet.refresh()
-        if len(fleet.targets()) >= count:
-            return True
-        time.sleep(0.5)
-    return False

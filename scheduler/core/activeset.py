@@ -1,20 +1,21 @@
-"""The active jobs, kept ready for admission passes between passes.
+"""The active jobs, and the pending jobs' requests, kept ready for admission passes.
 
-``plan`` takes the active jobs (ADMITTED and RUNNING: they hold resources) as any
-sequence. Given a plain list it derives, on every pass, the quota ledger, each node's
-free capacity, each team's allocation and the times held resources come back: work in
-proportion to the active jobs and the nodes. A caller that runs many passes over a
-slowly changing set of active jobs (the simulator runs one at every arrival and every
-end) keeps one ``ActiveSet`` instead: it ``add``s each job it admits, ``remove``s each
-that ends or is preempted, and hands the set itself to ``plan`` as
-``SchedulingInput.active``, together with the very ``cluster`` and ``config`` objects the
-set was built with. ``plan`` then copies what it changes (in proportion to the teams and
-nodes, not the jobs) and decides exactly as with a list of the same jobs.
+``plan`` takes its active jobs (ADMITTED and RUNNING: they hold resources) as an
+``ActiveSet``: the jobs with their quota ledger, each node's free capacity, each team's
+allocation and the times held resources come back, kept current as jobs are ``add``ed
+and ``remove``d. A caller that runs many passes over a slowly changing set (the
+simulator runs one at every arrival and every end) keeps one set; a pass copies only
+what it changes, in proportion to the teams and nodes, not the jobs. A caller that
+reads the active jobs afresh each time (the live service) builds one per pass.
 
-One difference of meaning: with a set, a node's free capacity is the set's cluster's
-``available`` less what the set's jobs hold there. So build the set on a snapshot whose
-``available`` does not count them yet (the simulator's: the empty cluster), whereas the
-list path reads ``available`` as it is (the live service's snapshot counts them).
+Free capacity: a node's is its ``available`` in the set's cluster snapshot, less what
+the jobs ``add``ed since hold there. Jobs given as ``held`` when the set is built are
+already counted in ``available`` (the live service's snapshot counts them); the
+simulator builds its set on the empty cluster and ``add``s each job it starts.
+
+The set also keeps each pending job's ``QueuedJob`` (what a pass needs of its request,
+computed once while the ``Job`` value stays the same object) and the answer to "can this
+request ever fit the cluster?" per request shape.
 
 Invariants: a job is in the set at most once and holds ``per_worker`` on each of its
 ``nodes`` (``add`` raises, changing nothing, when a node lacks the room); each job has a
@@ -22,22 +23,26 @@ start (``started_at``, else ``admitted_at``). Everything here is pure and determ
 
 Words:
 - run: an active job with what a pass needs of it (``RunningJob``).
+- queued job: a pending job with what a pass needs of it (``QueuedJob``).
 - release: when and where a run's resources come back, by its ``max_runtime``.
+- shape: what placement depends on (per-worker request, workers, policy, selector),
+  numbered per set so that "does not fit" answers are cached per number.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import overload
 
-from dcsched.core.cluster import ClusterSnapshot
-from dcsched.core.config import ClusterConfig, PriorityClass
+from dcsched.core.cluster import ClusterSnapshot, NodeState
+from dcsched.core.config import ClusterConfig, PlacementPolicy, PriorityClass
 from dcsched.core.job import Job
-from dcsched.core.placement import CapacityIndex
+from dcsched.core.placement import CapacityIndex, never_fits
 from dcsched.core.quota import QuotaLedger, job_gpu_type
 from dcsched.core.resources import Resources
+from dcsched.core.spec import SchedulingRequest
 
 _SNAP = 1e-9
 
@@ -66,6 +71,44 @@ class RunningJob:
     preemptible: bool
     start: float
     end: float | None
+
+
+_Request = tuple[
+    Resources,  # per worker
+    Resources,  # total
+    str | None,  # GPU type
+    Mapping[str, str] | None,  # selector
+    tuple[tuple[str, str], ...],  # selector key
+    PlacementPolicy,
+    int,  # priority value
+    int,  # shape
+    str | None,  # blocked
+]
+
+
+@dataclass(slots=True)
+class QueuedJob:
+    """A pending job with what a pass needs of its request, computed once.
+
+    ``blocked``: why it can never start as things are (its team is refused, or it can
+    never fit the cluster), None if it can; dependencies are checked by each pass."""
+
+    job: Job
+    team: str
+    per_worker: Resources
+    workers: int
+    total: Resources
+    gpu_type: str | None
+    selector: Mapping[str, str] | None
+    selector_key: tuple[tuple[str, str], ...]
+    policy: PlacementPolicy
+    prio: int
+    runtime: float | None
+    shape: int
+    blocked: str | None
+    fifo_key: tuple[float, str]
+    priority_key: tuple[int, float, str]
+    has_dependencies: bool
 
 
 @dataclass(order=True, slots=True)
@@ -100,7 +143,9 @@ class ActiveSet(Sequence[Job]):
     release times kept current (see the module docstring). Iterating yields the jobs in
     the order they were added; indexing is O(n) and meant for tests only."""
 
-    def __init__(self, cluster: ClusterSnapshot, config: ClusterConfig) -> None:
+    def __init__(
+        self, cluster: ClusterSnapshot, config: ClusterConfig, held: Iterable[Job] = ()
+    ) -> None:
         self.cluster = cluster
         self.config = config
         self.classes = {c.name: c for c in config.priority_classes}
@@ -118,11 +163,15 @@ class ActiveSet(Sequence[Job]):
         """Sorted by (at, seq), hence also a heap."""
         self._release_of: dict[str, Release] = {}
         self._seq = 0
-        self.prepared: dict[str, tuple[Job, object]] = {}
-        """Admission's per-job records of pending jobs, kept between passes (keyed by
-        job id, valid while the Job value is the same object)."""
-        self.never: dict[Hashable, str | None] = {}
-        """Admission's "can never fit this cluster" answers per request shape."""
+        self._queued: dict[str, QueuedJob] = {}
+        self._shapes: dict[tuple[object, ...], int] = {}
+        self._never: dict[int, str | None] = {}
+        self._empty: CapacityIndex | None = None
+        self._sizes: dict[tuple[float, float, int, int], tuple[Resources, Resources]] = {}
+        self._requests: dict[int, tuple[SchedulingRequest, _Request]] = {}
+        """Per request object (by identity, kept alive here): what ``_request`` says."""
+        for job in held:
+            self.add(job, counted=True)
 
     # -- the sequence ----------------------------------------------------------------------
 
@@ -151,17 +200,23 @@ class ActiveSet(Sequence[Job]):
 
     # -- changes -------------------------------------------------------------------------
 
-    def add(self, job: Job) -> None:
-        """A job now holds ``per_worker`` on each of ``job.nodes``."""
+    def add(self, job: Job, counted: bool = False) -> None:
+        """A job now holds ``per_worker`` on each of ``job.nodes``; ``counted``: the
+        cluster snapshot's ``available`` already counts it (as the live service reads
+        it: its nodes need not be alive, and a record without a start counts from its
+        submission rather than stopping every pass)."""
         if job.id in self.runs:
             raise ValueError(f"job {job.id} is already active")
         start = job.started_at if job.started_at is not None else job.admitted_at
+        if start is None and counted:
+            start = job.submitted_at
         if start is None:
             raise ValueError(f"active job {job.id} has neither started_at nor admitted_at")
-        if len(job.nodes) != job.workers:
+        if len(job.nodes) != job.workers and not counted:
             raise ValueError(f"job {job.id} has {job.workers} workers on {len(job.nodes)} nodes")
         run = running_job(job, self.classes, start)
-        self.free_index.take(run.nodes, run.per_worker)  # raises, changing nothing, if no room
+        if not counted:
+            self.free_index.take(run.nodes, run.per_worker)  # raises, changing nothing
         self.runs[job.id] = run
         self.by_team.setdefault(run.team, {})[job.id] = run
         self.ledger.take(run.team, run.total, run.gpu_type)
@@ -169,7 +224,7 @@ class ActiveSet(Sequence[Job]):
         if run.preemptible:
             prios = self.preemptible_prios.setdefault(run.team, {})
             prios[run.prio] = prios.get(run.prio, 0) + 1
-        self.prepared.pop(job.id, None)
+        self._queued.pop(job.id, None)
         if run.end is not None:
             nodes = tuple(n for n in run.nodes if n in self.alive)
             if nodes:
@@ -203,7 +258,7 @@ class ActiveSet(Sequence[Job]):
     def forget(self, job_id: str) -> None:
         """Drop what admission remembered of a pending job that left the queue without
         becoming active (cancelled, or given up)."""
-        self.prepared.pop(job_id, None)
+        self._queued.pop(job_id, None)
 
     def _add_alloc(self, team: str, total: Resources, sign: float) -> None:
         a = self.alloc.setdefault(team, [0.0, 0.0, 0.0])
@@ -216,14 +271,84 @@ class ActiveSet(Sequence[Job]):
 
     # -- for plan ------------------------------------------------------------------------
 
-    def check_input(self, cluster: ClusterSnapshot, config: ClusterConfig) -> None:
-        """Raise unless a pass is asked against the cluster and config the set was built
-        with (the set's ledger and capacity are only right for those)."""
-        if cluster is not self.cluster or config is not self.config:
-            raise ValueError(
-                "an ActiveSet must be planned with the same cluster and config objects it "
-                "was built with"
-            )
+    def queued(self, job: Job) -> QueuedJob:
+        """The pending job's ``QueuedJob``: the one computed before while ``job`` is the
+        same object, else a new one."""
+        found = self._queued.get(job.id)
+        if found is not None and found.job is job:
+            return found
+        spec = job.request
+        known = self._requests.get(id(spec))
+        if known is None or known[0] is not spec:
+            if len(self._requests) >= 50_000:
+                self._requests.clear()  # bounded: many sets keep few distinct requests
+            known = self._requests[id(spec)] = (spec, self._request(job))
+        per_worker, total, gpu_type, selector, key, policy, prio, shape, blocked = known[1]
+        item = QueuedJob(
+            job=job,
+            team=spec.team,
+            per_worker=per_worker,
+            workers=spec.resources.workers,
+            total=total,
+            gpu_type=gpu_type,
+            selector=selector,
+            selector_key=key,
+            policy=policy,
+            prio=prio,
+            runtime=spec.max_runtime,
+            shape=shape,
+            blocked=blocked,
+            fifo_key=(job.submitted_at, job.id),
+            priority_key=(-prio, job.submitted_at, job.id),
+            has_dependencies=bool(spec.depends_on),
+        )
+        self._queued[job.id] = item
+        return item
+
+    def _request(self, job: Job) -> _Request:
+        """What a pass needs of a job's request (the same for every job of that request)."""
+        spec = job.request
+        request = spec.resources
+        workers = request.workers
+        size = (request.cpus, request.gpus, request.memory, workers)
+        sizes = self._sizes.get(size)
+        if sizes is None:  # one Resources per distinct request
+            per_worker = request.per_worker()
+            sizes = self._sizes[size] = (per_worker, per_worker.scaled(workers))
+        per_worker, total = sizes
+        selector = spec.node_selector or None
+        key = tuple(sorted(selector.items())) if selector else ()
+        policy = spec.placement or self.config.placement
+        shape_key = (per_worker.cpus, per_worker.gpus, per_worker.memory, workers, policy, key)
+        shape = self._shapes.get(shape_key)
+        if shape is None:
+            shape = self._shapes[shape_key] = len(self._shapes)
+        cls = self.classes.get(job.priority)
+        prio = cls.value if cls is not None else 0
+        blocked = self._blocked(spec.team, shape, per_worker, workers, selector)
+        return per_worker, total, job_gpu_type(job), selector, key, policy, prio, shape, blocked
+
+    def _blocked(
+        self,
+        team: str,
+        shape: int,
+        per_worker: Resources,
+        workers: int,
+        selector: Mapping[str, str] | None,
+    ) -> str | None:
+        if not self.ledger.known(team):
+            return f"team {team} is not a team of this cluster (unlisted teams are refused)"
+        if shape not in self._never:
+            if self._empty is None:  # each alive node's total: the cluster when empty
+                self._empty = CapacityIndex(
+                    [
+                        NodeState(n.id, n.address, True, n.total, n.total, n.labels, n.utilization)
+                        for n in self.cluster.alive_nodes()
+                    ]
+                )
+            self._never[shape] = never_fits(self._empty, per_worker, workers, selector)
+        never = self._never[shape]
+        return None if never is None else f"cannot fit the cluster as it is now: {never}"
 
     def lowest_preemptible_prio(self, team: str) -> int | None:
         """The lowest priority value among the team's preemptible runs; None if none."""

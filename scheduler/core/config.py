@@ -213,9 +213,6 @@ class ClusterConfig(StrictModel):
 
     # -- lookups -------------------------------------------------------------------------
 
-    def priority_values(self) -> dict[str, int]:
-        return {c.name: c.value for c in self.priority_classes}
-
     def priority_class(self, name: str) -> PriorityClass | None:
         return next((c for c in self.priority_classes if c.name == name), None)
 
@@ -230,9 +227,6 @@ class ClusterConfig(StrictModel):
         if found is None and self.unlisted_policy() == "allow":
             return Team(name=name)
         return found
-
-    def cohort_members(self, cohort: str) -> tuple[Team, ...]:
-        return tuple(t for t in self.teams if t.cohort == cohort)
 
 
 def parse_config(document: Any) -> ClusterConfig:

@@ -17,7 +17,18 @@ Words:
   the parts of an interval after ``now`` do not count. Units are resource-seconds (CPU-
   seconds, GPU-seconds, byte-seconds). A team holding ``r`` forever has
   ``U = r * H / ln 2``, so ``U * ln 2 / H`` is its exponentially weighted average
-  allocation; ``admission`` uses exactly that to normalise.
+  allocation; ``fair_order`` uses exactly that to normalise.
+- fair-order share (``fair_order``): a team's weighted dominant share of the cluster,
+  counting its decayed past usage as an allocation:
+
+      share(t) = max over r in {CPUs, GPUs, memory} with C_r > 0 of
+                 (A_t,r + U_t,r * ln 2 / H) / C_r,   divided by weight(t)
+
+  where C is the alive cluster's total, A the team's current allocation (its active
+  jobs, plus the jobs ordered before it in this pass), U its decayed usage and H the
+  half-life; so a team that held half the GPUs for the last few half-lives counts as
+  holding half now. (The exporters' dominant-share metric is the raw, unweighted share
+  of current allocation: a different number.)
 
 Invariants: the result is never negative, never exceeds the undecayed resource-seconds,
 and is additive over intervals (splitting an interval in two gives the same total).
@@ -25,13 +36,16 @@ and is additive over intervals (splitting an interval in two gives the same tota
 
 from __future__ import annotations
 
+import heapq
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from dcsched.core.resources import Resources
 
 _LN2 = math.log(2.0)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +94,56 @@ def decayed_usage(
         acc[1] += interval.resources.gpus * weight
         acc[2] += interval.resources.memory * weight
     return {team: Resources(c, g, round(m)) for team, (c, g, m) in sums.items()}
+
+
+def fair_order(
+    queues: Mapping[str, Sequence[T]],
+    allocation: Mapping[str, Sequence[float]],
+    capacity: Resources,
+    weights: Mapping[str, float],
+    past_usage: Mapping[str, Resources],
+    half_life: float,
+    size: Callable[[T], Resources | None],
+) -> list[T]:
+    """The fair queue order: repeatedly the team with the lowest fair-order share (see the
+    module docstring; ties by name) gives its next job, whose ``size`` is then added to
+    the team's allocation (None: a job that takes nothing, added without changing it).
+
+    ``queues``: each team's jobs in its own order; ``allocation``: CPUs, GPUs and memory
+    each team holds now; ``weights``: each team's weight."""
+    caps = [(i, float(c)) for i, c in enumerate((capacity.cpus, capacity.gpus, capacity.memory))]
+    caps = [(i, c) for i, c in caps if c > 0]
+    scale = _LN2 / half_life
+    alloc = {team: list(a) for team, a in allocation.items()}
+    for team in queues:
+        past = past_usage.get(team, Resources())
+        a = alloc.setdefault(team, [0.0, 0.0, 0.0])
+        a[0] += past.cpus * scale
+        a[1] += past.gpus * scale
+        a[2] += past.memory * scale
+
+    def share(team: str) -> float:
+        a = alloc[team]
+        dominant = max((a[i] / c for i, c in caps), default=0.0)
+        return dominant / weights[team]
+
+    heap = [(share(team), team) for team in queues]
+    heapq.heapify(heap)
+    cursor = dict.fromkeys(queues, 0)
+    order: list[T] = []
+    while heap:
+        _, team = heapq.heappop(heap)
+        queue = queues[team]
+        i = cursor[team]
+        item = queue[i]
+        cursor[team] = i + 1
+        order.append(item)
+        taken = size(item)
+        if taken is not None:
+            a = alloc[team]
+            a[0] += taken.cpus
+            a[1] += taken.gpus
+            a[2] += taken.memory
+        if i + 1 < len(queue):
+            heapq.heappush(heap, (share(team), team))
+    return order

@@ -59,8 +59,7 @@ class QuotaFit:
     """The ledger's answer for one request.
 
     ``borrowed``: per dimension, how much of the request lies beyond the team's nominal
-    quota (empty unless ``kind == "borrows"``); ``lenders``: cohort members whose unused
-    lendable quota covers it, most spare first. ``reason`` explains a block in words.
+    quota (empty unless ``kind == "borrows"``). ``reason`` explains a block in words.
     ``reclaimable``: blocked although the team stays within its nominal quota in every
     dimension, because other members borrowed its lendable part.
     """
@@ -68,12 +67,14 @@ class QuotaFit:
     kind: QuotaKind
     reason: str = ""
     borrowed: Mapping[str, float] = field(default_factory=dict)
-    lenders: tuple[str, ...] = ()
     reclaimable: bool = False
 
     @property
     def ok(self) -> bool:
         return self.kind != "blocked"
+
+
+_FITS = QuotaFit("fits-nominal")
 
 
 def job_gpu_type(job: Job) -> str | None:
@@ -235,6 +236,9 @@ class QuotaLedger:
     def check(self, team: str, request: Resources, gpu_type: str | None) -> QuotaFit:
         """Whether ``team`` may have ``request`` more (see QuotaFit). Answers are
         remembered until the next ``take`` or ``give``."""
+        quota = self._teams.get(team)
+        if quota is not None and not quota.nominal:
+            return _FITS  # untracked everywhere: unlimited
         key = (team, request, gpu_type)
         answer = self._answers.get(key)
         if answer is None:
@@ -307,29 +311,8 @@ class QuotaLedger:
                 "borrows",
                 "borrows " + ", ".join(f"{_fmt(d, a)} {_label(d)}" for d, a in borrowed.items()),
                 borrowed=borrowed,
-                lenders=self._lenders(quota, borrowed),
             )
         return QuotaFit("fits-nominal")
-
-    def _lenders(self, quota: _TeamQuota, borrowed: Mapping[str, float]) -> tuple[str, ...]:
-        names: list[str] = []
-        for dim, amount in borrowed.items():
-            spare = []
-            for member in self._members.get(quota.cohort or "", ()):
-                if member.name == quota.name or dim not in member.nominal:
-                    continue
-                used = self._used.get(member.name, {}).get(dim, 0.0)
-                free = min(member.lendable[dim], member.nominal[dim] - used)
-                if free > _EPS:
-                    spare.append((-free, member.name))
-            need = amount
-            for negative_free, name in sorted(spare):
-                if need <= _EPS:
-                    break
-                if name not in names:
-                    names.append(name)
-                need += negative_free
-        return tuple(names)
 
     def reclaim_dims(self, team: str, request: Resources, gpu_type: str | None) -> list[str]:
         """The request's dimensions in which the cohort's pool is short of it even with the

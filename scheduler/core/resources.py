@@ -37,19 +37,6 @@ class Resources:
             and self.memory <= capacity.memory
         )
 
-    def shortfall(self, capacity: Resources) -> list[str]:
-        """Name each component of ``self`` that exceeds ``capacity``, in words."""
-        missing = []
-        if self.cpus > capacity.cpus + _EPS:
-            missing.append(f"{_num(self.cpus)} CPUs (has {_num(capacity.cpus)})")
-        if self.gpus > capacity.gpus + _EPS:
-            missing.append(f"{_num(self.gpus)} GPUs (has {_num(capacity.gpus)})")
-        if self.memory > capacity.memory:
-            missing.append(
-                f"{format_bytes(self.memory)} memory (has {format_bytes(capacity.memory)})"
-            )
-        return missing
-
     def describe(self) -> str:
         return f"{_num(self.cpus)} CPUs, {_num(self.gpus)} GPUs, {format_bytes(self.memory)}"
 

@@ -232,6 +232,8 @@ class Simulation:
             )
         self.predictor = RuntimePredictor(options.predictor_quantile)
         self._specs: dict[tuple[object, ...], SchedulingRequest | str] = {}
+        self._predicted: dict[tuple[int, float], SchedulingRequest] = {}
+        """Specs with a predicted max_runtime, per (spec in ``_specs``, prediction)."""
         self.records: list[JobRecord] = []
         self._by_id: dict[str, JobRecord] = {}
         first = min((j.submit for j in jobs), default=0.0)
@@ -332,9 +334,11 @@ class Simulation:
         if tj.max_runtime is None and self.options.predictor:
             estimate = self.predictor.estimate(tj.team, record.gpus)
             if estimate is not None:
-                job = dataclasses.replace(
-                    job, request=spec.model_copy(update={"max_runtime": estimate})
-                )
+                predicted = self._predicted.get((id(spec), estimate))
+                if predicted is None:
+                    predicted = spec.model_copy(update={"max_runtime": estimate})
+                    self._predicted[(id(spec), estimate)] = predicted
+                job = dataclasses.replace(job, request=predicted)
         self._enqueue(domain, job)
         return domain.name
 
@@ -384,9 +388,7 @@ class Simulation:
             (decision,) = plan(
                 SchedulingInput(
                     pending=[job],
-                    active=[],
-                    cluster=domain.cluster,
-                    config=domain.config,
+                    active=ActiveSet(domain.cluster, domain.config),
                     now=0.0,
                     estimate_starts=False,
                 )
@@ -505,8 +507,6 @@ class Simulation:
                 SchedulingInput(
                     pending=pending,
                     active=domain.active,
-                    cluster=domain.cluster,
-                    config=domain.config,
                     now=now,
                     past_usage=domain.usage.usage(now) if fair else {},
                     estimate_starts=False,

@@ -22,7 +22,12 @@ def test_the_example_configuration_parses() -> None:
 def test_defaults_without_a_file() -> None:
     config = load_config_yaml("")
     assert config == ClusterConfig()
-    assert config.priority_values() == {"low": 0, "normal": 100, "high": 1000}
+    assert {c.name: c.value for c in config.priority_classes} == {
+        "low": 0,
+        "normal": 100,
+        "high": 1000,
+    }
+    assert config.priority_class("normal") is not None and config.priority_class("x") is None
     assert config.team("anyone") is not None  # unlisted teams run without quota
 
 

@@ -20,8 +20,6 @@ from dcsched.core.placement import (
     NoFit,
     Placement,
     fits_cluster_at_all,
-    place_gang,
-    workers_that_fit,
 )
 from dcsched.core.resources import Resources
 
@@ -207,13 +205,15 @@ def test_fractional_resources_add_up_without_float_noise() -> None:
     assert isinstance(index.place(per, 1, "binpack"), NoFit)
     index.give(placed.nodes[:3], per)
     assert index.place(per, 3, "spread") == Placement(("a",) * 3)
-    assert workers_that_fit(Resources(0.3, 0, 0), Resources(0.9, 0, 0)) == 3
+    tenths = CapacityIndex([node("b", 0.9, memory=0)])
+    assert tenths.place(Resources(0.3, 0, 0), 3, "binpack") == Placement(("b",) * 3)
+    assert isinstance(tenths.place(Resources(0.3, 0, 0), 4, "binpack"), NoFit)
 
 
 def test_a_worker_that_asks_for_nothing_fits_any_node() -> None:
     index = CapacityIndex([node("a", 0, 0, 0)])
     assert index.place(Resources(), 3, "spread") == Placement(("a",) * 3)
-    assert workers_that_fit(Resources(), Resources()) > 1000
+    assert index.place(Resources(), 5000, "binpack") == Placement(("a",) * 5000)
 
 
 # -- selectors ------------------------------------------------------------------------
@@ -349,13 +349,14 @@ def test_copy_carries_the_least_loaded_view() -> None:
     assert one(index.place(per, 1, "least-loaded")) == "b"
 
 
-# -- the old entry points ---------------------------------------------------------------
+# -- reasons ---------------------------------------------------------------------------
 
 
-def test_place_gang_is_binpack_over_free_capacities() -> None:
-    free = {"a": Resources(8, 0, 64 * GiB), "b": Resources(2, 0, 64 * GiB)}
-    assert place_gang(Resources(2, 0, GiB), 1, free) == Placement(("b",))
-    reason = no_fit(place_gang(Resources(1, 4, GiB), 1, {"a": Resources(8, 2, 64 * GiB)}))
+def test_binpack_takes_the_tightest_node_and_says_what_is_short() -> None:
+    index = CapacityIndex([node("a", 8), node("b", 2)])
+    assert index.place(Resources(2, 0, GiB), 1, "binpack") == Placement(("b",))
+    gpus = CapacityIndex([node("a", 8, 2)])
+    reason = no_fit(gpus.place(Resources(1, 4, GiB), 1, "binpack"))
     assert "needs 1 CPUs, 4 GPUs" in reason and "most free on any node is 8 CPUs, 2 GPUs" in reason
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
+from dcsched.core.activeset import ActiveSet
 from dcsched.core.admission import Admit, Decision, Preempt, SchedulingInput, Wait, plan
 from dcsched.core.cluster import ClusterSnapshot
 from dcsched.core.config import GPU_TYPE_LABEL, ClusterConfig
@@ -22,6 +23,7 @@ from dcsched.core.quota import QuotaLedger, dimensions, job_gpu_type
 from tests.unit.test_admission import (
     NOW,
     NodeState,
+    borrowing_in_turn,
     by_id,
     config,
     decide,
@@ -64,11 +66,10 @@ class Loop:
         while self.arrivals and self.arrivals[0].submitted_at <= self.now:
             arrived = self.arrivals.pop(0)
             self.pending[arrived.id] = arrived
+        active = sorted(self.active.values(), key=lambda j: j.id)
         inp = SchedulingInput(
             pending=sorted(self.pending.values(), key=lambda j: j.id),
-            active=sorted(self.active.values(), key=lambda j: j.id),
-            cluster=self.snapshot(),
-            config=self.cfg,
+            active=ActiveSet(self.snapshot(), self.cfg, held=active),
             now=self.now,
         )
         decisions = plan(inp)
@@ -192,7 +193,8 @@ def test_a_team_that_preempted_does_not_borrow_in_the_same_pass() -> None:
     )
     d = by_id(decide([*pending, requeued(a_gpu)], nodes, [], cfg))
     assert isinstance(d["b-big"], Admit)
-    assert isinstance(d["b-cpu"], Admit) and d["b-cpu"].borrowed
+    assert isinstance(d["b-cpu"], Admit)
+    assert borrowing_in_turn(cfg, pending) == [False, True]  # b-cpu borrows
     assert isinstance(d["a-gpu"], Wait)
 
 
@@ -428,7 +430,7 @@ def check_reclaims(inp: SchedulingInput, decisions: Sequence[Decision], ample: b
     preemptor's cohort is short with its team within nominal quota (at the most the pass
     could have used: every admission and beneficiary of the pass taken, no victim
     given back)."""
-    before = QuotaLedger(inp.config, inp.active)
+    before = QuotaLedger(inp.active.config, inp.active)
     most = before.copy()
     pending = {j.id: j for j in inp.pending}
     active = {j.id: j for j in inp.active}

@@ -4,10 +4,13 @@ slices of the real traces, unschedulable jobs, the predictor and decayed usage, 
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -331,3 +334,49 @@ def test_the_simulation_uses_no_oracle_run_times() -> None:
     simulation._enqueue = spy  # type: ignore[method-assign]
     simulation.run()
     assert seen == [None, None, None]
+
+
+# Each layout's results on a slice of the Philly trace (jobs 30,000 to 33,999 by submit
+# time, load factor 6, a pass at every event), as the replay gave them before the core's
+# admission path was unified and sped up (commit 0adc93e): a digest of every job's
+# (id, start, end, state, reason, preemptions, nodes spanned). Any change of a decision
+# changes it.
+_PINNED_SLICE = {
+    ("partition", "fifo", False): "8770b53fdae10268",
+    ("partition", "fair", False): "8770b53fdae10268",
+    ("partition", "fifo", True): "351e1270939aa7cf",
+    ("partition", "fair", True): "351e1270939aa7cf",
+    ("no-borrowing", "fifo", False): "58f8da7257536220",
+    ("no-borrowing", "fair", True): "58f8da7257536220",
+    ("borrowing", "fifo", False): "5203305aed162eb1",
+    ("borrowing", "fair", True): "5203305aed162eb1",
+}
+
+
+@functools.cache
+def _philly_slice() -> tuple[TraceJob, ...]:
+    jobs = read_trace(TRACES / "philly" / "philly.csv", "philly").jobs
+    return tuple(sorted(jobs, key=lambda j: j.submit)[30_000:34_000])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("layout", "policy", "backfill"), sorted(_PINNED_SLICE))
+def test_each_layouts_results_on_a_philly_slice_are_pinned(
+    layout: str, policy: str, backfill: bool
+) -> None:
+    config = load_config_yaml((REPO / "examples" / "clusters" / "philly-helios.yaml").read_text())
+    options: dict[str, Any] = {"partition": layout == "partition"}
+    if layout != "partition":
+        options["borrowing"] = layout == "borrowing"
+    result = Simulation(
+        _philly_slice(),
+        config,
+        SimOptions(policy=policy, backfill=backfill, load_factor=6.0, **options),  # type: ignore[arg-type]
+    ).run()
+    records = [
+        (r.trace.id, r.start, r.end, r.state, r.reason, r.preemptions, r.nodes)
+        for r in result.records
+    ]
+    assert len(records) == 4000 and all(r[3] != "PENDING" for r in records)
+    digest = hashlib.sha256(repr(records).encode()).hexdigest()[:16]
+    assert digest == _PINNED_SLICE[(layout, policy, backfill)]
