@@ -62,7 +62,15 @@ test: system-deps lint typecheck layers
 unit: install system-deps
 	$(BIN)/python -m pytest -ra tests/unit
 
+# The demo ends by serving its model behind HAProxy (Debian package haproxy): installed here
+# when apt is at hand; without it the demo says so and skips that step.
 demo: install
+	@if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ] && command -v apt-get >/dev/null; then \
+		echo "installing HAProxy (Debian package haproxy) for the serving step of the demo"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends haproxy >/dev/null) \
+			|| echo "could not install haproxy; the demo skips serving"; \
+	fi
 	DCSCHED_HOME=$(DEMO_HOME) $(BIN)/python examples/demo.py
 
 demo-down:
