@@ -16,6 +16,7 @@ from dcsched.core.cluster import ClusterSnapshot
 from dcsched.core.job import Job, JobEvent
 from dcsched.core.lifecycle import JobState
 from dcsched.core.spec import SchedulingRequest
+from dcsched.core.waits import WaitReason
 
 
 class Clock(Protocol):
@@ -108,8 +109,9 @@ class JobStore(Protocol):
         """Move a job to ``target`` (checked by the lifecycle) and append the event."""
         ...
 
-    def set_reasons(self, reasons: dict[str, str]) -> None:
-        """Set the waiting reason of many pending jobs at once."""
+    def set_reasons(self, reasons: dict[str, WaitReason]) -> None:
+        """Set why many pending jobs wait at once: each one's ``reason`` (the words) and
+        ``reason_kind``. A transition clears ``reason_kind``."""
         ...
 
     def events(self, job_id: str) -> list[JobEvent]: ...

@@ -534,12 +534,7 @@ class SchedulerService:
             elif isinstance(decision, Preempt):
                 for victim in decision.victims:
                     self._preempt(by_id[victim], decision.reason)
-                waiting[decision.job_id] = Wait(
-                    decision.job_id,
-                    0,
-                    "starting once the jobs it preempted have released their resources: "
-                    + ", ".join(decision.victims),
-                )
+                waiting[decision.job_id] = decision.pending()
             elif isinstance(decision, Cancel):
                 job = self.store.transition(
                     decision.job_id, JobState.CANCELLED, now, decision.reason
@@ -548,7 +543,7 @@ class SchedulerService:
             else:
                 waiting[decision.job_id] = decision
         self._waiting = waiting
-        self.store.set_reasons({job_id: w.reason for job_id, w in waiting.items()})
+        self.store.set_reasons({job_id: w.why for job_id, w in waiting.items()})
         return True
 
     def _past_usage(self, now: float) -> dict[str, Resources]:

@@ -56,6 +56,9 @@ class IdleExecutor:
     def release(self, run_id: str) -> None:
         pass
 
+    def reservations(self) -> dict[str, tuple[str, ...]]:
+        return {}
+
     def logs(self, run_id: str) -> str:
         return ""
 

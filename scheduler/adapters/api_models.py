@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field
 
+from dcsched.core.waits import WaitKind
 from dcsched.kinds import job_spec_schema
 
 State = Literal["PENDING", "ADMITTED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
@@ -47,6 +48,10 @@ class JobView(BaseModel):
     finished_at: str | None
     nodes: list[str]
     reason: str | None
+    reason_kind: WaitKind | None = Field(
+        description="Why a PENDING job waits, as a stable value (`reason` says it in words); "
+        "null when no pass has decided it yet, or the job is not waiting."
+    )
     position: int | None
     estimated_start: str | None
     attempt: int

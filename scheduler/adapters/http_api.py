@@ -133,6 +133,7 @@ def job_view(
         "finished_at": iso(job.finished_at),
         "nodes": list(job.nodes),
         "reason": job.reason,
+        "reason_kind": job.reason_kind.value if job.reason_kind is not None else None,
         "position": position if job.state is JobState.PENDING else None,
         "estimated_start": iso(estimated_start) if job.state is JobState.PENDING else None,
         "attempt": job.attempt,

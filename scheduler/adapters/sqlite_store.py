@@ -26,6 +26,7 @@ from typing import Any
 from dcsched.core.job import Job, JobEvent
 from dcsched.core.lifecycle import JobState, check_transition
 from dcsched.core.spec import REQUEST_FIELDS, SchedulingRequest, request_of
+from dcsched.core.waits import WaitKind, WaitReason
 from dcsched.ports import (
     AllocationInterval,
     AuditEntry,
@@ -120,11 +121,16 @@ MIGRATIONS: tuple[str, ...] = (
         outcome TEXT NOT NULL
     );
     """,
+    # 6: the kind of a pending job's waiting reason (dcsched.core.waits.WaitKind) beside
+    # its words; NULL for rows written before, and whenever the reason is a transition's
+    """
+    ALTER TABLE jobs ADD COLUMN reason_kind TEXT;
+    """,
 )
 
 _JOB_COLUMNS = (
     "id, spec, state, submitted_at, admitted_at, started_at, finished_at, nodes, reason, result,"
-    " attempt"
+    " attempt, reason_kind"
 )
 
 
@@ -280,7 +286,7 @@ class SQLiteStore:
             raise KeyError(job_id)
         current = JobState(row[0])
         check_transition(job_id, current, target)
-        sets = ["state = ?", "reason = ?"]
+        sets = ["state = ?", "reason = ?", "reason_kind = NULL"]
         args: list[Any] = [target.value, reason]
         if target is JobState.ADMITTED:
             sets.extend(["admitted_at = ?", "attempt = attempt + 1", "started_at = NULL"])
@@ -307,14 +313,19 @@ class SQLiteStore:
         fresh = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job_from_row(fresh)
 
-    def set_reasons(self, reasons: dict[str, str]) -> None:
-        """Update many pending jobs' reasons in one transaction (only those that changed)."""
+    def set_reasons(self, reasons: dict[str, WaitReason]) -> None:
+        """Update many pending jobs' reasons and their kinds in one transaction (only
+        those that changed)."""
         if not reasons:
             return
         with self._write() as conn:
             conn.executemany(
-                "UPDATE jobs SET reason = ? WHERE id = ? AND state = 'PENDING' AND reason IS NOT ?",
-                [(reason, job_id, reason) for job_id, reason in reasons.items()],
+                "UPDATE jobs SET reason = ?, reason_kind = ? WHERE id = ? AND state = 'PENDING'"
+                " AND (reason IS NOT ? OR reason_kind IS NOT ?)",
+                [
+                    (why.words, why.kind.value, job_id, why.words, why.kind.value)
+                    for job_id, why in reasons.items()
+                ],
             )
 
     def events(self, job_id: str) -> list[JobEvent]:
@@ -621,6 +632,7 @@ def _job_from_row(row: tuple[Any, ...]) -> Job:
         attempt=int(row[10]),
         kind=kind,
         payload=payload,
+        reason_kind=WaitKind.parse(row[11]),
     )
 
 

@@ -43,6 +43,7 @@ from dcsched.core.placement import CapacityIndex, never_fits
 from dcsched.core.quota import QuotaLedger, job_gpu_type
 from dcsched.core.resources import Resources
 from dcsched.core.spec import SchedulingRequest
+from dcsched.core.waits import WaitKind, WaitReason
 
 _SNAP = 1e-9
 
@@ -82,7 +83,7 @@ _Request = tuple[
     PlacementPolicy,
     int,  # priority value
     int,  # shape
-    str | None,  # blocked
+    WaitReason | None,  # blocked
 ]
 
 
@@ -105,7 +106,7 @@ class QueuedJob:
     prio: int
     runtime: float | None
     shape: int
-    blocked: str | None
+    blocked: WaitReason | None
     fifo_key: tuple[float, str]
     priority_key: tuple[int, float, str]
     has_dependencies: bool
@@ -335,9 +336,12 @@ class ActiveSet(Sequence[Job]):
         per_worker: Resources,
         workers: int,
         selector: Mapping[str, str] | None,
-    ) -> str | None:
+    ) -> WaitReason | None:
         if not self.ledger.known(team):
-            return f"team {team} is not a team of this cluster (unlisted teams are refused)"
+            return WaitReason(
+                WaitKind.UNKNOWN_TEAM,
+                f"team {team} is not a team of this cluster (unlisted teams are refused)",
+            )
         if shape not in self._never:
             if self._empty is None:  # each alive node's total: the cluster when empty
                 self._empty = CapacityIndex(
@@ -348,7 +352,9 @@ class ActiveSet(Sequence[Job]):
                 )
             self._never[shape] = never_fits(self._empty, per_worker, workers, selector)
         never = self._never[shape]
-        return None if never is None else f"cannot fit the cluster as it is now: {never}"
+        if never is None:
+            return None
+        return WaitReason(WaitKind.NEVER_FITS, f"cannot fit the cluster as it is now: {never}")
 
     def lowest_preemptible_prio(self, team: str) -> int | None:
         """The lowest priority value among the team's preemptible runs; None if none."""

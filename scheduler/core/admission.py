@@ -7,9 +7,12 @@ and returns one decision per pending job, in queue order:
 
 - ``Admit(job, nodes)``: start now on these nodes (one per worker).
 - ``Preempt(job, victims, reason)``: evict these active jobs so that ``job`` fits; the
-  job itself is admitted by a later pass once they are gone.
-- ``Wait(job, position, reason, estimated_start)``: not now; ``position`` is 1-based
-  among the waiting jobs in queue order.
+  job itself is admitted by a later pass once they are gone, and waits meanwhile
+  (``Preempt.pending()``: a ``preemption-pending`` wait).
+- ``Wait(job, position, why, estimated_start)``: not now; ``position`` is 1-based
+  among the waiting jobs in queue order; ``why`` is a ``waits.WaitReason``: its kind
+  (dependency, unknown-team, never-fits, quota, quota-held, capacity, behind-head,
+  backfill-shadow) and its words for this job (``Wait.kind``, ``Wait.reason``).
 - ``Cancel(job, reason)``: it can never start (a dependency failed or does not exist).
 
 The pass, in order:
@@ -62,6 +65,7 @@ from dcsched.core.preemption import Preemption
 from dcsched.core.quota import QuotaFit
 from dcsched.core.resources import Resources
 from dcsched.core.timeline import HeadReservation, estimate_starts
+from dcsched.core.waits import WaitKind, WaitReason
 
 
 @dataclass(frozen=True)
@@ -72,10 +76,22 @@ class Admit:
 
 @dataclass(frozen=True)
 class Wait:
+    """Not now. ``position``: 1-based among the waiting jobs in queue order (0: a job
+    that preempted others, which starts before any of them); ``why``: the kind of wait
+    and its words."""
+
     job_id: str
     position: int
-    reason: str
+    why: WaitReason
     estimated_start: float | None = None
+
+    @property
+    def kind(self) -> WaitKind:
+        return self.why.kind
+
+    @property
+    def reason(self) -> str:
+        return self.why.words
 
 
 @dataclass(frozen=True)
@@ -86,6 +102,19 @@ class Preempt:
     job_id: str
     victims: tuple[str, ...]
     reason: str
+
+    def pending(self) -> Wait:
+        """How the job waits until its victims are gone (position 0: it starts before any
+        waiting job)."""
+        return Wait(
+            self.job_id,
+            0,
+            WaitReason(
+                WaitKind.PREEMPTION_PENDING,
+                "starting once the jobs it preempted have released their resources: "
+                + ", ".join(self.victims),
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -121,9 +150,9 @@ _ORDER_WORDS = {
     "fair": "fair-share order",
 }
 
-Outcome = Decision | tuple[str, bool]
-"""A job's outcome in the walk: a decision, or (reason, waits for capacity) to become a
-``Wait`` once positions and estimated starts are known."""
+Outcome = Decision | WaitReason
+"""A job's outcome in the walk: a decision, or why it waits, to become a ``Wait`` once
+positions and estimated starts are known."""
 
 
 # -- public --------------------------------------------------------------------------------
@@ -151,9 +180,9 @@ class _Walk:
             ledger_at_start=active.ledger,
         )
         self.items = [active.queued(job) for job in inp.pending]
-        self.early: dict[str, Cancel | str] = {}
+        self.early: dict[str, Cancel | WaitReason] = {}
         self.head: QueuedJob | None = None
-        self.behind = ""
+        self.behind = WaitReason(WaitKind.BEHIND_HEAD, "")
         self.reservation: HeadReservation | None = None
         self.preemption: Preemption | None = None
 
@@ -217,15 +246,15 @@ class _Walk:
         for i, item in enumerate(order):
             found = early.get(item.job.id) if early else None
             if found is not None:
-                results.append(found if isinstance(found, Cancel) else (found, False))
+                results.append(found)
                 continue
             fit = state.ledger.check(item.team, item.total, item.gpu_type)
             kind = fit.kind
             if kind == "borrows":
                 deferred.append(i)
-                results.append(("", False))  # decided below
+                results.append(self.behind)  # decided below
             elif kind == "fits-nominal" and strict and self.head is not None:
-                results.append((self.behind, True))  # as _decide says, without the call
+                results.append(self.behind)  # as _decide says, without the call
             else:
                 results.append(self._decide(item, fit))
         for i in deferred:
@@ -239,17 +268,17 @@ class _Walk:
             waiting = [
                 item
                 for item, result in zip(order, results, strict=True)
-                if isinstance(result, tuple) and result[1]
+                if isinstance(result, WaitReason) and result.kind.for_capacity
             ]
             if waiting:
                 starts = estimate_starts(state, waiting)
         decisions: list[Decision] = []
         position = 0
         for item, result in zip(order, results, strict=True):
-            if isinstance(result, tuple):
+            if isinstance(result, WaitReason):
                 position += 1
                 job_id = item.job.id
-                decisions.append(Wait(job_id, position, result[0], starts.get(job_id)))
+                decisions.append(Wait(job_id, position, result, starts.get(job_id)))
             else:
                 decisions.append(result)
         return decisions
@@ -261,17 +290,17 @@ class _Walk:
             # Borrowing now would count before the beneficiary in the next pass (it is
             # not running yet) and push it over its nominal quota: it could not start.
             holder = state.holding[item.team]
-            return (
+            return WaitReason(
+                WaitKind.QUOTA_HELD,
                 f"team {item.team} holds quota for {holder}, which preempted jobs to start; "
                 f"its jobs do not borrow until {holder} has started",
-                False,
             )
         if fit.kind == "blocked":
             preempt = None if self.head is not None else self._preempt(item, fit, None)
-            return preempt if preempt is not None else (fit.reason, False)
+            return preempt if preempt is not None else WaitReason(WaitKind.QUOTA, fit.reason)
         if self.head is not None:
             if not state.queueing.backfill:
-                return (self.behind, True)
+                return self.behind
             return self._backfill(item)
         placed = state.place(item)
         if isinstance(placed, Placement):
@@ -280,10 +309,13 @@ class _Walk:
         if preempt is not None:
             return preempt
         self.head = item
-        self.behind = f"queued behind {item.job.id} ({_ORDER_WORDS[state.queueing.policy]})"
+        self.behind = WaitReason(
+            WaitKind.BEHIND_HEAD,
+            f"queued behind {item.job.id} ({_ORDER_WORDS[state.queueing.policy]})",
+        )
         if state.queueing.backfill:
-            self.reservation = HeadReservation(state, item, self.behind)
-        return (placed.reason, True)
+            self.reservation = HeadReservation(state, item, self.behind.words)
+        return WaitReason(WaitKind.CAPACITY, placed.reason)
 
     def _admit(self, item: QueuedJob, placed: Placement) -> Admit:
         state = self.state
@@ -298,15 +330,17 @@ class _Walk:
     def _backfill(self, item: QueuedJob) -> Outcome:
         head = self.head
         assert head is not None
-        behind = self.behind
+        behind = self.behind.words
         if item.runtime is None:
-            return (f"{behind}; it has no max_runtime, so it is not backfilled", True)
+            return WaitReason(
+                WaitKind.BEHIND_HEAD, f"{behind}; it has no max_runtime, so it is not backfilled"
+            )
         reservation = self.reservation
         if reservation is None or reservation.start is None:
-            return (
+            return WaitReason(
+                WaitKind.BEHIND_HEAD,
                 f"{behind}; {head.job.id}'s start cannot be estimated (jobs without "
                 "max_runtime hold what it needs), so nothing is backfilled past it",
-                True,
             )
         if self.state.now + item.runtime <= reservation.start + 1e-9:
             placed = self.state.place(item)
@@ -314,7 +348,7 @@ class _Walk:
             placed = reservation.place(item)
         if isinstance(placed, Placement):
             return self._admit(item, placed)
-        return (reservation.would_delay(), True)
+        return reservation.would_delay()
 
     def _preempt(self, item: QueuedJob, fit: QuotaFit, placed: NoFit | None) -> Preempt | None:
         if not self.state.queueing.preemption:
@@ -333,7 +367,7 @@ def _priority_key(item: QueuedJob) -> tuple[int, float, str]:
     return item.priority_key
 
 
-def _dependencies(item: QueuedJob, states: Mapping[str, JobState]) -> Cancel | str | None:
+def _dependencies(item: QueuedJob, states: Mapping[str, JobState]) -> Cancel | WaitReason | None:
     job_id = item.job.id
     waiting_for = []
     for dependency in item.job.request.depends_on:
@@ -347,5 +381,5 @@ def _dependencies(item: QueuedJob, states: Mapping[str, JobState]) -> Cancel | s
         if state != JobState.SUCCEEDED:
             waiting_for.append(dependency)
     if waiting_for:
-        return f"waiting for {', '.join(waiting_for)} to succeed"
+        return WaitReason(WaitKind.DEPENDENCY, f"waiting for {', '.join(waiting_for)} to succeed")
     return None

@@ -15,6 +15,7 @@ from typing import Any
 from dcsched.core.lifecycle import JobState
 from dcsched.core.resources import Resources
 from dcsched.core.spec import SchedulingRequest
+from dcsched.core.waits import WaitKind
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,10 @@ class Job:
     kind: str = "run"
     payload: Mapping[str, Any] = field(default_factory=dict, compare=False)
     """The kind's sections of the spec (opaque to the core)."""
+    reason_kind: WaitKind | None = None
+    """While the job is PENDING and a pass has decided why it waits: the kind of wait
+    (``reason`` says it in words); None otherwise (``reason`` is then the last
+    transition's)."""
 
     @property
     def run_id(self) -> str:

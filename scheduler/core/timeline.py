@@ -27,6 +27,7 @@ from dcsched.core.passstate import PassState
 from dcsched.core.placement import CapacityIndex, NoFit, Placement
 from dcsched.core.resources import Resources
 from dcsched.core.units import format_duration
+from dcsched.core.waits import WaitKind, WaitReason
 
 
 def releases(state: PassState) -> list[Release]:
@@ -96,11 +97,13 @@ class HeadReservation:
             self.nofit[item.shape] = placed.reason
         return placed
 
-    def would_delay(self) -> str:
+    def would_delay(self) -> WaitReason:
+        """Why a job that cannot be backfilled past the head waits (``backfill-shadow``)."""
         assert self.start is not None
-        return (
+        return WaitReason(
+            WaitKind.BACKFILL_SHADOW,
             f"{self.behind}; backfilling it now would delay {self.head.job.id}'s reserved "
-            f"start (in {format_duration(self.start - self.state.now)})"
+            f"start (in {format_duration(self.start - self.state.now)})",
         )
 
 

@@ -33,6 +33,7 @@ from dcsched.core.placement import CapacityIndex, Placement
 from dcsched.core.quota import QuotaLedger, job_gpu_type
 from dcsched.core.resources import Resources
 from dcsched.core.spec import SchedulingRequest
+from dcsched.core.waits import WaitKind, WaitReason
 
 GiB = 1024**3
 NOW = 1000.0
@@ -508,7 +509,10 @@ def test_team_within_nominal_reclaims_from_a_borrowing_team() -> None:
 @pytest.mark.parametrize(
     ("state", "expected"),
     [
-        (JobState.RUNNING, Wait("j", 1, "waiting for dep to succeed")),
+        (
+            JobState.RUNNING,
+            Wait("j", 1, WaitReason(WaitKind.DEPENDENCY, "waiting for dep to succeed")),
+        ),
         (JobState.FAILED, Cancel("j", "dependency dep failed")),
         (JobState.CANCELLED, Cancel("j", "dependency dep was cancelled")),
         (JobState.SUCCEEDED, Admit("j", ("n",))),
