@@ -6,10 +6,11 @@ executor and cluster view. Tests and the simulator supply their own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from dcsched.core.cluster import ClusterSnapshot
@@ -36,6 +37,43 @@ class RunPhase(StrEnum):
 
     def is_terminal(self) -> bool:
         return self in (RunPhase.SUCCEEDED, RunPhase.FAILED, RunPhase.STOPPED)
+
+
+RUN_PHASE_STATES: Mapping[RunPhase, JobState] = MappingProxyType(
+    {
+        RunPhase.PENDING: JobState.ADMITTED,
+        RunPhase.RUNNING: JobState.RUNNING,
+        RunPhase.SUCCEEDED: JobState.SUCCEEDED,
+        RunPhase.FAILED: JobState.FAILED,
+        RunPhase.STOPPED: JobState.CANCELLED,
+    }
+)
+"""The job state each run phase means; the service's reconciliation moves an active job
+(ADMITTED or RUNNING) there, through ``job_state_of``:
+
+============  ===========  =============================================================
+Ray's run     job state    what the service does
+============  ===========  =============================================================
+(unknown)     --           ADMITTED: (re)reserve and start it; after
+                           ``reservation_timeout_s`` requeue it (PENDING). RUNNING: Ray
+                           lost the run (a restarted cluster): requeue it (PENDING).
+PENDING       ADMITTED     nothing yet (a RUNNING job stays RUNNING; its run-time limit
+                           is still checked)
+RUNNING       RUNNING      ADMITTED -> RUNNING (started_at); RUNNING: fail it past its
+                           ``max_runtime`` (FAILED)
+SUCCEEDED     SUCCEEDED    free the reservation; record the result (``train``: register
+                           the model; no result or model written: FAILED)
+FAILED        FAILED       free the reservation; the run's error (error.txt) is the reason
+STOPPED       CANCELLED    free the reservation; "the Ray job was stopped outside dcsched"
+============  ===========  =============================================================
+
+A run that ended before the service saw it running goes ADMITTED straight to its end
+state (it is counted as started then)."""
+
+
+def job_state_of(phase: RunPhase) -> JobState:
+    """The job state a run phase means (``RUN_PHASE_STATES``)."""
+    return RUN_PHASE_STATES[phase]
 
 
 @dataclass(frozen=True)

@@ -44,14 +44,15 @@ from dcsched.ports import (
     JobStore,
     ModelNameTaken,
     RayUnreachable,
-    RunPhase,
     RunStatus,
+    job_state_of,
 )
 from dcsched.rundir import RunDir
 
 logger = logging.getLogger(__name__)
 
 ACTIVE_STATES = (JobState.ADMITTED, JobState.RUNNING)
+STOPPED_OUTSIDE = "the Ray job was stopped outside dcsched"
 
 
 class SystemClock:
@@ -642,13 +643,14 @@ class SchedulerService:
                 timeout = self.settings.reservation_timeout_s
                 self._requeue(job, f"{problem} within {timeout:g}s; requeued")
             return
-        if status.phase is RunPhase.RUNNING and job.state is JobState.ADMITTED:
+        target = job_state_of(status.phase)  # the table in dcsched.ports
+        if target is JobState.RUNNING and job.state is JobState.ADMITTED:
             now = self.clock.now()
             self._running_since[job.run_id] = self.monotonic()
             job = self.store.transition(job.id, JobState.RUNNING, now)
             self.events.started(job, now - job.submitted_at)
-        elif status.phase.is_terminal():
-            self._finish(job, status)
+        elif target.is_terminal():
+            self._finish(job, status, target)
         elif job.state is JobState.RUNNING and self._over_time(job):
             limit = format_duration(job.request.max_runtime or 0)
             self.executor.stop(job.run_id)
@@ -671,7 +673,8 @@ class SchedulerService:
             self._running_since[job.run_id] = since
         return now - since > limit
 
-    def _finish(self, job: Job, status: RunStatus) -> None:
+    def _finish(self, job: Job, status: RunStatus, target: JobState) -> None:
+        """Record the end of a run as ``target``, the job state its phase means."""
         now = self.clock.now()
         files = self.run_files(job.id)
         if job.state is JobState.ADMITTED:  # ended before we saw it running
@@ -681,22 +684,18 @@ class SchedulerService:
         self._release(job.run_id, job.nodes, job.per_worker)
         fault_point("finish:after-release")
         driven = any(driver.owns(job) for driver in self.drivers)
-        if status.phase is RunPhase.SUCCEEDED and job.kind == "train" and not driven:
+        if target is JobState.SUCCEEDED and job.kind == "train" and not driven:
             job = self._register_model(job, files, now)
-        elif status.phase is RunPhase.SUCCEEDED:
+        elif target is JobState.SUCCEEDED:
             result = files.read_result() or {}
             progress = files.last_progress()
             if progress is not None:
                 result.setdefault("progress", progress)
             job = self.store.transition(job.id, JobState.SUCCEEDED, now, None, result=result)
-        elif status.phase is RunPhase.FAILED:
-            job = self.store.transition(
-                job.id, JobState.FAILED, now, _failure_reason(files, status)
-            )
+        elif target is JobState.FAILED:
+            job = self.store.transition(job.id, target, now, _failure_reason(files, status))
         else:
-            job = self.store.transition(
-                job.id, JobState.CANCELLED, now, "the Ray job was stopped outside dcsched"
-            )
+            job = self.store.transition(job.id, target, now, STOPPED_OUTSIDE)
         self.events.finished(job, _run_seconds(job))
 
     def _register_model(self, job: Job, files: RunDir, now: float) -> Job:

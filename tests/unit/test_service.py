@@ -18,7 +18,7 @@ from dcsched.core.job import Job
 from dcsched.core.lifecycle import JobState
 from dcsched.core.resources import Resources
 from dcsched.paths import Paths
-from dcsched.ports import RunPhase, RunStatus, StoreFull
+from dcsched.ports import RUN_PHASE_STATES, RunPhase, RunStatus, StoreFull, job_state_of
 from dcsched.service import SchedulerService, ServiceSettings, job_id_of
 
 GiB = 1024**3
@@ -279,3 +279,34 @@ def test_room_just_freed_counts_as_free_so_one_preemption_is_enough(world: Any) 
     ]
     assert len(preempted) == 1
     assert service.store.get_job(high.id).state in (JobState.ADMITTED, JobState.RUNNING)
+
+
+def test_the_run_phase_table_covers_every_phase_and_ends_only_on_terminal_ones() -> None:
+    assert set(RUN_PHASE_STATES) == set(RunPhase)
+    for phase in RunPhase:
+        assert job_state_of(phase).is_terminal() == phase.is_terminal()
+
+
+@pytest.mark.parametrize(
+    ("phase", "state", "reason"),
+    [
+        (RunPhase.PENDING, JobState.RUNNING, None),
+        (RunPhase.RUNNING, JobState.RUNNING, None),
+        (RunPhase.SUCCEEDED, JobState.SUCCEEDED, None),
+        (RunPhase.FAILED, JobState.FAILED, "the run failed; see `dcsched logs`"),
+        (RunPhase.STOPPED, JobState.CANCELLED, "the Ray job was stopped outside dcsched"),
+    ],
+)
+def test_a_running_job_follows_its_run_phase_as_the_ports_table_says(
+    world: Any, phase: RunPhase, state: JobState, reason: str | None
+) -> None:
+    service, executor, _, _ = world
+    job = service.submit(spec("a"))
+    service.tick()  # admitted and started
+    service.tick()  # seen running
+    assert service.store.get_job(job.id).state is JobState.RUNNING
+    executor.phase[job.run_id] = phase
+    service.tick()
+    now = service.store.get_job(job.id)
+    assert (now.state, now.reason) == (state, reason)
+    assert (job.run_id in executor.groups) == (not state.is_terminal())  # ended: released
