@@ -217,7 +217,7 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
 
     def allocated_by_team() -> dict[str, Any]:
         with totals_lock:
-            return totals.totals(service_ref[0].allocations, time.time())
+            return totals.totals(service_ref[0].allocations, service_ref[0].now())
 
     metrics = SchedulerMetrics(registry, store.counts_by_state, allocated_by_team)
     inputs = InputStore(

@@ -39,6 +39,7 @@ from dcsched.core.units import format_duration
 from dcsched.kinds import AnyJobSpec, document_of, parse_job_spec, split
 from dcsched.paths import Paths
 from dcsched.ports import (
+    Clock,
     ClusterView,
     Executor,
     JobStore,
@@ -56,6 +57,8 @@ STOPPED_OUTSIDE = "the Ray job was stopped outside dcsched"
 
 
 class SystemClock:
+    """The ``Clock`` port on the system's wall clock."""
+
     def now(self) -> float:
         return time.time()
 
@@ -147,7 +150,7 @@ class SchedulerService:
         cluster: ClusterView,
         paths: Paths,
         check_runnable: Callable[[AnyJobSpec], list[str]],
-        clock: Any = None,
+        clock: Clock | None = None,
         events: JobEvents | None = None,
         settings: ServiceSettings | None = None,
         config: ClusterConfig | None = None,
@@ -162,7 +165,7 @@ class SchedulerService:
         self.cluster = cluster
         self.paths = paths
         self.check_runnable = check_runnable
-        self.clock = clock or SystemClock()
+        self.clock: Clock = clock or SystemClock()
         self.events: JobEvents = events or _NoEvents()
         self.settings = settings or ServiceSettings()
         self._lock = threading.RLock()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -228,7 +227,7 @@ def create_app(
         if access is None:
             return
         remote = request.client.host if request.client else ""
-        entry = AuditEntry(time.time(), who, action, target, remote, outcome[:500])
+        entry = AuditEntry(service.now(), who, action, target, remote, outcome[:500])
         try:
             access.add_audit(entry)
         except Exception:  # the call's outcome stands; the failure is logged
@@ -657,7 +656,7 @@ def create_app(
         token_value = new_token()
         try:
             record = tokens.add_principal(
-                request.name, request.role, team, token_hash(token_value.encode()), time.time()
+                request.name, request.role, team, token_hash(token_value.encode()), service.now()
             )
         except PrincipalExists:
             raise ApiError(
@@ -689,7 +688,7 @@ def create_app(
                 "the bootstrap token is not revoked through the API; to rotate it, delete "
                 "$DCSCHED_HOME/token and restart the server",
             )
-        record = access_or_501().revoke_principal(name, time.time())
+        record = access_or_501().revoke_principal(name, service.now())
         if record is None:
             raise ApiError(404, f"no active token named {name!r}; `dcsched tokens list` shows them")
         logger.info("revoked the token of %s", name)

@@ -310,3 +310,13 @@ def test_a_running_job_follows_its_run_phase_as_the_ports_table_says(
     now = service.store.get_job(job.id)
     assert (now.state, now.reason) == (state, reason)
     assert (job.run_id in executor.groups) == (not state.is_terminal())  # ended: released
+
+
+def test_the_service_reads_time_from_its_clock_port(world: Any) -> None:
+    service, _, _, clocks = world
+    clocks.wall = 1_234_567.0
+    job = service.submit(spec("a"))
+    assert service.now() == 1_234_567.0 and job.submitted_at == 1_234_567.0
+    clocks.wall += 5
+    service.tick()
+    assert service.store.get_job(job.id).admitted_at == 1_234_572.0
