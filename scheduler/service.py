@@ -30,7 +30,7 @@ from dcsched.core.admission import Admit, Cancel, Preempt, SchedulingInput, Wait
 from dcsched.core.cluster import ClusterSnapshot
 from dcsched.core.config import ClusterConfig, load_config_yaml
 from dcsched.core.fairshare import UsageInterval, decayed_usage
-from dcsched.core.job import Job
+from dcsched.core.job import Job, JobEvent
 from dcsched.core.lifecycle import JobState
 from dcsched.core.placement import fits_cluster_at_all
 from dcsched.core.resources import Resources
@@ -44,6 +44,7 @@ from dcsched.ports import (
     Executor,
     JobStore,
     ModelNameTaken,
+    ModelVersion,
     RayUnreachable,
     RunStatus,
     job_state_of,
@@ -303,6 +304,39 @@ class SchedulerService:
 
     def wake(self) -> None:
         self._wake.set()
+
+    # -- read models: what the API reads (dcsched.adapters.http_api) ---------------------
+
+    def job(self, job_id: str) -> Job | None:
+        return self.store.get_job(job_id)
+
+    def jobs(
+        self,
+        states: Sequence[JobState] | None = None,
+        team: str | None = None,
+        limit: int | None = None,
+    ) -> list[Job]:
+        """Jobs of every kind, newest first (``jobs_in`` leaves out driven kinds)."""
+        return self.store.list_jobs(states=states, team=team, limit=limit)
+
+    def history(self, job_id: str) -> list[JobEvent]:
+        """A job's history, oldest first."""
+        return self.store.events(job_id)
+
+    def logs(self, run_id: str) -> str:
+        """What a run's driver wrote, as the executor has it."""
+        return self.executor.logs(run_id)
+
+    def stored_config(self) -> tuple[str, float] | None:
+        """The configuration in force as applied (YAML text, when), if any was."""
+        return self.store.latest_config()
+
+    def model_names(self) -> list[tuple[str, int, int, float]]:
+        """(name, latest version, number of versions, updated_at) per model."""
+        return self.store.model_names()
+
+    def model_versions(self, name: str) -> list[ModelVersion]:
+        return self.store.model_versions(name)
 
     # -- what the metrics read at scrape time (dcsched.exporters.scheduler.SchedulerState)
 

@@ -196,7 +196,7 @@ def create_app(
         job_id = job_of(path)
         job_team = None
         if job_id is not None and known:
-            job = store.get_job(job_id)
+            job = service.job(job_id)
             job_team = job.team if job is not None else None
         spec_team, target = None, job_id or ""
         deployment = deployment_of(path)
@@ -276,7 +276,6 @@ def create_app(
         # scope="function": the audit entry is written before the response is sent.
         dependencies=[Depends(authenticate, scope="function")],
     )
-    store = service.store
     # Bodies are limited before anything reads them (authentication reads a submission's).
     streamed = {"/v1/uploads": inputs.max_upload} if inputs is not None else {}
     app.add_middleware(BodyLimit, json_limit=JSON_BODY_LIMIT, streamed=streamed)
@@ -331,7 +330,7 @@ def create_app(
         )
 
     def get_job_or_404(job_id: str) -> Job:
-        job = store.get_job(job_id)
+        job = service.job(job_id)
         if job is None:
             raise ApiError(404, str(JobNotFound(job_id)))
         return job
@@ -383,7 +382,7 @@ def create_app(
             except ValueError:
                 known = ", ".join(s.value for s in JobState)
                 raise ApiError(400, f"unknown state {state!r}; states: {known}") from None
-        jobs = store.list_jobs(states=states, team=team, limit=limit)
+        jobs = service.jobs(states=states, team=team, limit=limit)
         # orjson directly: FastAPI's generic encoder costs ~0.1 s for 1,000 jobs.
         body = orjson.dumps({"jobs": [view(j) for j in jobs]})
         return Response(body, media_type="application/json")
@@ -402,7 +401,7 @@ def create_app(
                 "to_state": e.to_state.value,
                 "reason": e.reason,
             }
-            for e in store.events(job_id)
+            for e in service.history(job_id)
         ]
         body["ray"] = service.ray_status()
         return body
@@ -455,7 +454,7 @@ def create_app(
                 raise ApiError(400, f"rank {rank} does not exist; the job has {job.workers}")
             data, end = read_range(service.run_files(job.id).rank_log(rank), offset, limit)
             return {"logs": data.decode("utf-8", "replace"), "offset": end, "done": done}
-        text = "" if job.state is JobState.PENDING else service.executor.logs(job.run_id)
+        text = "" if job.state is JobState.PENDING else service.logs(job.run_id)
         raw = text.encode("utf-8", "replace")
         start = min(offset, len(raw))
         chunk = raw[start : start + limit]
@@ -539,7 +538,7 @@ def create_app(
 
     @app.get("/v1/config")
     def get_config() -> dict[str, Any]:
-        stored = store.latest_config()
+        stored = service.stored_config()
         return {
             "text": stored[0] if stored else None,
             "applied_at": iso(stored[1]) if stored else None,
@@ -572,7 +571,7 @@ def create_app(
     @app.get("/v1/nodes")
     def nodes() -> dict[str, Any]:
         on_node: dict[str, list[str]] = {}
-        for job in store.list_jobs(states=[JobState.ADMITTED, JobState.RUNNING]):
+        for job in service.jobs(states=[JobState.ADMITTED, JobState.RUNNING]):
             for node in dict.fromkeys(job.nodes):
                 on_node.setdefault(node, []).append(job.id)
         usage = node_usage()
@@ -600,13 +599,13 @@ def create_app(
         return {
             "models": [
                 {"name": n, "latest_version": latest, "versions": count, "updated_at": iso(at)}
-                for n, latest, count, at in store.model_names()
+                for n, latest, count, at in service.model_names()
             ]
         }
 
     @app.get("/v1/models/{name}", response_model=None, responses=m.ok(m.ModelDetail))
     def model(name: str) -> dict[str, Any]:
-        versions = store.model_versions(name)
+        versions = service.model_versions(name)
         if not versions:
             raise ApiError(404, f"no model named {name!r}; `dcsched models list` shows them")
         return {"name": name, "versions": [model_view(v) for v in versions]}
@@ -617,7 +616,7 @@ def create_app(
         responses=m.ok(m.ModelVersionView),
     )
     def model_version(name: str, version: int) -> dict[str, Any]:
-        for v in store.model_versions(name):
+        for v in service.model_versions(name):
             if v.version == version:
                 return model_view(v)
         raise ApiError(404, f"no version {version} of model {name!r}")

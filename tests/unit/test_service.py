@@ -320,3 +320,31 @@ def test_the_service_reads_time_from_its_clock_port(world: Any) -> None:
     clocks.wall += 5
     service.tick()
     assert service.store.get_job(job.id).admitted_at == 1_234_572.0
+
+
+def test_the_http_adapter_reads_through_the_service_not_its_ports() -> None:
+    import re
+
+    import dcsched.adapters.http_api as http_api
+    import dcsched.adapters.serve_api as serve_api
+
+    for module in (http_api, serve_api):
+        source = Path(module.__file__ or "").read_text()
+        assert "def create_app" in source or "def add_serve_routes" in source
+        reaching = re.findall(r"service\.(?:store|executor|cluster)\b", source)
+        assert reaching == [], f"{module.__name__} reaches past the service: {reaching}"
+
+
+def test_the_read_models_answer_from_the_store_and_the_executor(world: Any) -> None:
+    service, executor, _, _ = world
+    job = service.submit(spec("a"))
+    service.tick()
+    assert service.job(job.id) == service.store.get_job(job.id)
+    assert service.job("nope") is None
+    assert [j.id for j in service.jobs(states=[JobState.ADMITTED])] == [job.id]
+    assert service.jobs(states=[JobState.PENDING]) == []
+    assert [e.to_state for e in service.history(job.id)] == [JobState.PENDING, JobState.ADMITTED]
+    executor.logs = lambda run_id: f"the log of {run_id}"
+    assert service.logs(job.run_id) == f"the log of {job.run_id}"
+    assert service.stored_config() is None and service.model_names() == []
+    assert service.model_versions("none") == []
