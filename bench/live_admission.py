@@ -8,9 +8,13 @@ dcsched's queue and admitted into a placement group; raw, `JobSubmissionClient.s
 (what `ray job submit` calls) of the entrypoint `sleep 1` with 1 CPU as entrypoint
 resources, queued by Ray itself. The jobs are sent in --rounds batches per path,
 alternating (dcsched, raw, raw, dcsched, ...) so machine noise hits both alike; within a
-batch every job is submitted at once. A thread polls the job list every --poll seconds
-while jobs are submitted and run (the same way for both paths): a job counts as RUNNING
-when first seen RUNNING or ended, and finished when first seen ended.
+batch every job is submitted at once. Each batch starts on a quiet cluster: before it,
+the bench waits until the previous batch's Ray jobs, their supervisor actors and drivers,
+its placement groups and the worker processes it added are gone (Ray's state API; the
+worker count back to what it was before the first batch), and reports that wait. A thread
+polls the job list every --poll seconds while jobs are submitted and run (the same way for
+both paths): a job counts as RUNNING when first seen RUNNING or ended, and finished when
+first seen ended.
 
 Per path: jobs finished per second (finished jobs over the time from each batch's first
 submission to its last finish, summed over batches), submit->RUNNING p50/p99,
@@ -95,6 +99,40 @@ class Batch:
             time.sleep(self._poll_s)
 
 
+def cluster_load(dashboard: str) -> dict[str, int]:
+    """What runs on the cluster now: live actors (a Ray job's supervisor is one), placement
+    groups not removed, live drivers and live worker processes."""
+    from ray.util.state import list_actors, list_placement_groups, list_workers
+
+    # Filtered here: the API server's filters count the rows they drop as "missing output".
+    options: dict[str, Any] = {"limit": 10_000, "raise_on_missing_output": False}
+    workers = [w for w in list_workers(dashboard, **options) if w.is_alive]
+    return {
+        "actors": sum(a.state != "DEAD" for a in list_actors(dashboard, **options)),
+        "placement_groups": sum(
+            g.state != "REMOVED" for g in list_placement_groups(dashboard, **options)
+        ),
+        "drivers": sum(w.worker_type == "DRIVER" for w in workers),
+        "workers": sum(w.worker_type == "WORKER" for w in workers),
+    }
+
+
+def await_quiet(dashboard: str, baseline: dict[str, int], timeout_s: float) -> dict[str, Any]:
+    """Until nothing runs beyond ``baseline`` (the load before the first batch); returns
+    how long that took, and whether it got there within ``timeout_s`` (if not, what was
+    left: the next batch then starts anyway, and the output says so)."""
+    started = time.monotonic()
+    while True:
+        load = cluster_load(dashboard)
+        over = {k: v - baseline[k] for k, v in load.items() if v > baseline[k]}
+        waited = round(time.monotonic() - started, 2)
+        if not over:
+            return {"quiet": True, "waited_s": waited}
+        if waited > timeout_s:
+            return {"quiet": False, "waited_s": waited, "left_over_baseline": over}
+        time.sleep(0.5)
+
+
 def dcsched_batch(env: dict[str, str], count: int, poll_s: float, timeout_s: float) -> Batch:
     submitter, poller = client_for(env), client_for(env)
 
@@ -150,25 +188,31 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="batches per path")
     parser.add_argument("--poll", type=float, default=0.25, help="job list poll interval (s)")
     parser.add_argument("--timeout", type=float, default=1800, help="per batch (s)")
+    parser.add_argument(
+        "--quiet-timeout", type=float, default=300, help="most seconds to wait for a quiet cluster"
+    )
     args = parser.parse_args()
     sizes = [args.jobs // args.rounds + (i < args.jobs % args.rounds) for i in range(args.rounds)]
     ours: list[Batch] = []
     theirs: list[Batch] = []
+    waits: dict[str, list[dict[str, Any]]] = {"dcsched": [], "raw": []}
     began = time.monotonic()
     with (
         ray_cluster(args.nodes, args.cpus_per_node) as (address, dashboard),
         server_on(address) as env,
     ):
+        baseline = cluster_load(dashboard)  # the dcsched server's own driver included
         for index, size in enumerate(sizes):
             for path in ("dcsched", "raw") if index % 2 == 0 else ("raw", "dcsched"):
+                waits[path].append(await_quiet(dashboard, baseline, args.quiet_timeout))
                 if path == "dcsched":
                     ours.append(dcsched_batch(env, size, args.poll, args.timeout))
                 else:
                     theirs.append(raw_batch(dashboard, size, args.poll, args.timeout))
     common = {"nodes": args.nodes, "cpu_slots": args.nodes * args.cpus_per_node}
     ours_summary, raw_summary = summarize("dcsched", ours), summarize("raw ray job", theirs)
-    for summary in (ours_summary, raw_summary):
-        emit({**summary, **common, "command": "sleep 1"})
+    for summary, path in ((ours_summary, "dcsched"), (raw_summary, "raw")):
+        emit({**summary, **common, "command": "sleep 1", "quiet_before_each_batch": waits[path]})
     emit(
         {
             "benchmark": "live_admission",

@@ -33,6 +33,20 @@ SESSION_GPUS = 1
 os.environ["RAY_AUTH_MODE"] = "token"
 
 
+def await_condition(what: str, check: Any, timeout: float = 60, interval: float = 0.2) -> Any:
+    """Calls ``check()`` until it returns something true and returns that; fails naming
+    ``what`` and the last value seen when ``timeout`` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = check()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last {last!r}")
+        time.sleep(interval)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -10,20 +10,21 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import REPO, free_port
-from tests.unit.test_node_exporter import promtool_check, wait_exec
+from tests.conftest import REPO, await_condition, free_port
+from tests.unit.test_node_exporter import BURN_THEN_SLEEP, promtool_check, wait_exec
 
 pytestmark = [pytest.mark.e2e]
 
 JOB = "exporter-e2e-job"
 TEAM = "e2e-team"
+BURN_S = 0.3  # CPU seconds the job's process burns before it sleeps
 
 
 def exporter_env() -> dict[str, str]:
@@ -33,11 +34,24 @@ def exporter_env() -> dict[str, str]:
 @pytest.fixture
 def job_process() -> Iterator[subprocess.Popen[bytes]]:
     env = {**exporter_env(), "DCSCHED_JOB_ID": JOB, "DCSCHED_TEAM": TEAM}
-    child = subprocess.Popen(["sleep", "300"], env=env)
+    code = BURN_THEN_SLEEP.format(seconds=BURN_S, sleep=300)
+    child = subprocess.Popen([sys.executable, "-c", code], env=env)
     wait_exec(child.pid)
+    await_condition(
+        f"the job's process to burn {BURN_S}s of CPU",
+        lambda: cpu_seconds(child.pid) >= BURN_S,
+        timeout=60,
+    )
     yield child
     child.kill()
     child.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a live process, from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_exporter(
@@ -66,6 +80,14 @@ def stop(process: subprocess.Popen[str]) -> str:
     return out
 
 
+def samples_of(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
 def scrape(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as response:
         assert response.status == 200
@@ -78,8 +100,8 @@ def test_the_exporter_serves_until_sigterm(job_process: subprocess.Popen[bytes])
     try:
         url = f"http://127.0.0.1:{port}/metrics"
         assert url in line and "e2e-node" in line
+        first = scrape(url)
         text = scrape(url)
-        text = scrape(url)  # the second scrape has a CPU ratio over a real interval
     finally:
         out = stop(process)
     assert process.returncode == 0, process.stderr.read() if process.stderr else ""
@@ -92,14 +114,13 @@ def test_the_exporter_serves_until_sigterm(job_process: subprocess.Popen[bytes])
     else:
         assert float(up.group(1)) == 0.0
         assert "dcsched_gpu_memory_total_bytes{" not in text
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    samples = samples_of(text)
     labels = (("job_id", JOB), ("node", "e2e-node"), ("team", TEAM))
     assert samples[("dcsched_job_memory_rss_bytes", labels)] > 0
-    assert samples[("dcsched_job_cpu_seconds_total", labels)] >= 0
+    # The job's process burnt BURN_S seconds before the scrapes, and no more than it has now.
+    before = samples_of(first)[("dcsched_job_cpu_seconds_total", labels)]
+    burnt = samples[("dcsched_job_cpu_seconds_total", labels)]
+    assert BURN_S <= before <= burnt <= cpu_seconds(job_process.pid), (before, burnt)
     assert samples[("dcsched_node_cpus", (("node", "e2e-node"),))] == os.cpu_count()
 
 
@@ -110,16 +131,14 @@ def test_the_port_comes_from_the_environment_and_a_busy_one_is_an_error() -> Non
     try:
         assert f"http://127.0.0.1:{port}/metrics" in line
         assert socket.gethostname() in line  # the default node name
-        started = time.monotonic()
         second = subprocess.run(
             [sys.executable, "-m", "dcsched.cli", "exporter"],
             env=env,
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=60,  # a busy port is an error at once, not a hang (TimeoutExpired)
             cwd=REPO,
         )
-        assert time.monotonic() - started < 60
     finally:
         stop(first)
     assert second.returncode == 1

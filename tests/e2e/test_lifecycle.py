@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLES, SESSION_CPUS, Server
+from tests.conftest import EXAMPLES, SESSION_CPUS, Server, await_condition
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
@@ -25,16 +24,6 @@ def long_spec(tmp_path: Path, name: str, cpus: int) -> Path:
     return path
 
 
-def wait_state(server: Server, job_id: str, states: set[str], timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = server.cli_json("status", job_id)
-        if job["state"] in states:
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"{job_id} never reached {states}: {job}")
-
-
 def free_cpus(server: Server) -> float:
     return sum(n["available"]["cpus"] for n in server.cli_json("nodes"))
 
@@ -43,10 +32,14 @@ def test_cancel_running_and_pending_jobs_frees_resources(server: Server, tmp_pat
     hog = server.cli("submit", str(long_spec(tmp_path, "hog", SESSION_CPUS))).stdout.strip()
     waiter = server.cli("submit", str(long_spec(tmp_path, "waiter", 1))).stdout.strip()
     try:
-        running = wait_state(server, hog, {"RUNNING"})
-        assert running["progress"] is None or running["progress"]["epoch"] >= 1
-        pending = wait_state(server, waiter, {"PENDING"})
-        assert pending["position"] == 1 and "not enough CPUs" in pending["reason"]
+        # Running, and training: its progress (epoch 1 or later) reaches the server.
+        server.wait_for_job(
+            hog, lambda j: j["state"] == "RUNNING" and (j["progress"] or {}).get("epoch", 0) >= 1
+        )
+        pending = server.wait_for_job(
+            waiter, lambda j: j["state"] == "PENDING" and "not enough CPUs" in (j["reason"] or "")
+        )
+        assert pending["position"] == 1
         assert "needs 1 CPUs, 0 GPUs, 1GiB on one node" in pending["reason"]
         listed = server.cli("list")
         assert "#1 in queue: needs 1 CPUs" in listed.stdout
@@ -63,10 +56,12 @@ def test_cancel_running_and_pending_jobs_frees_resources(server: Server, tmp_pat
     finally:  # never leave the shared cluster busy, whatever failed above
         server.cancel_live_jobs()
 
-    deadline = time.monotonic() + 30
-    while free_cpus(server) < SESSION_CPUS and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert free_cpus(server) == SESSION_CPUS
+    await_condition(
+        f"all {SESSION_CPUS} CPUs free again",
+        lambda: free_cpus(server) == SESSION_CPUS,
+        timeout=30,
+        interval=0.5,
+    )
 
 
 def test_run_that_fails_is_failed_with_its_reason(server: Server, tmp_path: Path) -> None:

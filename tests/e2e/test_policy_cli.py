@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -24,15 +24,8 @@ teams:
 """
 
 
-def wait_state(server: Server, job_id: str, states: set[str], timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    job: dict = {}
-    while time.monotonic() < deadline:
-        job = server.cli_json("status", job_id)  # type: ignore[assignment]
-        if job["state"] in states:
-            return job
-        time.sleep(0.3)
-    raise AssertionError(f"{job_id} never reached {states}: {job}")
+def wait_state(server: Server, job_id: str, states: set[str]) -> dict:
+    return server.wait_for_job(job_id, lambda j: j["state"] in states, timeout=120)
 
 
 def test_a_bad_configuration_is_refused_and_changes_nothing(server: Server, tmp_path: Path) -> None:
@@ -63,8 +56,11 @@ def test_quota_teams_and_usage(server: Server, tmp_path: Path) -> None:
     first = server.cli("submit", str(long)).stdout.strip()
     second = server.cli("submit", str(long)).stdout.strip()
     wait_state(server, first, {"RUNNING"})
-    waiting = wait_state(server, second, {"PENDING"})
-    assert "team research is at its CPU quota 1/1" in waiting["reason"]
+    quota_words = "team research is at its CPU quota 1/1"
+    waiting = server.wait_for_job(
+        second, lambda j: j["state"] == "PENDING" and quota_words in (j["reason"] or "")
+    )
+    assert waiting["position"] == 1
 
     teams = {t["name"]: t for t in server.cli_json("teams")}
     assert teams["research"]["quota"]["cpus"] == 1
@@ -83,7 +79,15 @@ def test_quota_teams_and_usage(server: Server, tmp_path: Path) -> None:
     assert csv_out[0] == "scope,team,job,gpu_seconds,cpu_seconds"
     assert any(line.startswith("job,research," + first) for line in csv_out)
     recent = server.cli_json("usage", "--since", "1s")
-    assert recent["since"] is not None
+    window = (
+        datetime.fromisoformat(recent["until"]) - datetime.fromisoformat(recent["since"])
+    ).total_seconds()
+    assert 1 <= window < 60, recent  # the window is the last second, as the server saw it
+    # Within it a job of 1 CPU holds at most window CPU-seconds; the whole report more.
+    assert all(j["cpu_seconds"] <= window + 0.01 for j in recent["jobs"]), recent
+    assert jobs[first]["cpu_seconds"] > sum(
+        j["cpu_seconds"] for j in recent["jobs"] if j["id"] == first
+    )
 
     status, body = server.api("GET", "/metrics")
     assert status == 200

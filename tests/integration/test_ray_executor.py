@@ -16,7 +16,7 @@ from dcsched.core.job import Job
 from dcsched.core.lifecycle import JobState
 from dcsched.kinds import document_of, load_job_spec_yaml, split
 from dcsched.ports import RunPhase
-from tests.conftest import EXAMPLES, dashboard_url, start_cluster
+from tests.conftest import EXAMPLES, await_condition, dashboard_url, start_cluster
 
 pytestmark = [pytest.mark.ray]
 
@@ -67,14 +67,29 @@ def run_to_end(executor: Any, job: Job, run_dir: Path, timeout: float = 180) -> 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "spec.json").write_text(spec_json(job))
     executor.start(job, run_dir)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def ended() -> RunPhase | None:
         status = executor.status(job.id)
-        assert status is not None
-        if status.phase.is_terminal():
-            return status.phase
-        time.sleep(0.2)
-    raise AssertionError(f"{job.id} did not finish")
+        assert status is not None, f"{job.id} was started but Ray does not know it"
+        return status.phase if status.phase.is_terminal() else None
+
+    phase: RunPhase = await_condition(f"{job.id} to finish", ended, timeout=timeout)
+    return phase
+
+
+def await_released(job_id: str, node: str) -> None:
+    """Until the job's placement group is removed and its node has both CPUs free."""
+    from ray.util import placement_group_table
+
+    from dcsched.adapters.ray_executor import RayClusterView
+
+    def released() -> bool:
+        groups = placement_group_table().values()
+        live = [g for g in groups if g["name"] == f"dcsched-{job_id}" and g["state"] != "REMOVED"]
+        free = {n.id: n.available.cpus for n in RayClusterView().snapshot().nodes}
+        return not live and free[node] == 2
+
+    await_condition(f"{job_id}'s reservation released", released, timeout=30)
 
 
 def test_cluster_view_reports_every_node_with_labels(cluster: Any) -> None:
@@ -91,7 +106,6 @@ def test_cluster_view_reports_every_node_with_labels(cluster: Any) -> None:
 def test_job_runs_where_the_decision_placed_it(
     cluster: Any, tmp_path: Path, in_group: bool
 ) -> None:
-    import ray
     from ray.util import placement_group_table
 
     from dcsched.adapters.ray_executor import RayClusterView, RayExecutor
@@ -118,13 +132,7 @@ def test_job_runs_where_the_decision_placed_it(
     assert result["metrics"]["accuracy"] > 0.8
 
     executor.release(job.id)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if {n.id: n.available.cpus for n in RayClusterView().snapshot().nodes}[target] == 2:
-            break
-        time.sleep(0.2)
-    assert {n.id: n.available.cpus for n in RayClusterView().snapshot().nodes}[target] == 2
-    assert ray.is_initialized()
+    await_released(job.id, target)
 
 
 def test_stop_ends_a_running_job(cluster: Any, tmp_path: Path) -> None:
@@ -140,12 +148,16 @@ def test_stop_ends_a_running_job(cluster: Any, tmp_path: Path) -> None:
     (run_dir / "spec.json").write_text(spec_json(job))
     executor.start(job, run_dir)
     executor.start(job, run_dir)  # idempotent: a second start is a no-op
-    deadline = time.monotonic() + 60
-    while executor.status(job.id).phase is not RunPhase.RUNNING:  # type: ignore[union-attr]
-        assert time.monotonic() < deadline, "the job never started"
-        time.sleep(0.2)
+    ray_jobs = [j for j in executor._client.list_jobs() if j.submission_id == job.id]
+    assert len(ray_jobs) == 1, ray_jobs
+    await_condition(
+        f"{job.id} running",
+        lambda: executor.status(job.id).phase is RunPhase.RUNNING,  # type: ignore[union-attr]
+        timeout=60,
+    )
     executor.stop(job.id)
     status = executor.status(job.id)
     assert status is not None and status.phase is RunPhase.STOPPED
     executor.release(job.id)
-    executor.release(job.id)  # idempotent
+    executor.release(job.id)  # idempotent: no error, and the resources are back
+    await_released(job.id, job.nodes[0])

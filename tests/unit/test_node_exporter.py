@@ -82,6 +82,23 @@ def wait_exec(pid: int) -> None:
     raise AssertionError(f"pid {pid} did not exec")
 
 
+def proc_cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a live process, read from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def network_receive_bytes() -> int:
+    """Bytes received by every interface but loopback, from /proc/net/dev."""
+    total = 0
+    for line in Path("/proc/net/dev").read_text().splitlines()[2:]:
+        nic, counters = line.split(":", 1)
+        if nic.strip() != "lo":
+            total += int(counters.split()[0])
+    return total
+
+
 def value(exporter: NodeExporter, name: str, **labels: str) -> float | None:
     return exporter.registry.get_sample_value(name, {"node": NODE, **labels})
 
@@ -158,8 +175,12 @@ def test_gpu_series_and_jobs_attributed_by_their_environment(
     assert value(exporter, "dcsched_gpu_unattributed_memory_used_bytes", gpu="0") == 0.0
 
     # CPU and memory of the jobs' real processes; the process of no job is in no job.
-    for job in (a, b):
-        assert value(exporter, "dcsched_job_cpu_seconds_total", **job) is not None
+    pids = cluster[1]
+    for job, key in ((a, "job-a"), (b, "job-b")):
+        # The sum over the job's processes, as /proc says before and after the scrape.
+        low = sum(proc_cpu_seconds(pid) for pid in pids[key])
+        cpu = value(exporter, "dcsched_job_cpu_seconds_total", **job)
+        assert cpu is not None and low <= cpu <= sum(proc_cpu_seconds(p) for p in pids[key])
         assert value(exporter, "dcsched_job_memory_rss_bytes", **job) > 0
     jobs = {
         (s.labels["job_id"], s.labels["team"])
@@ -196,7 +217,9 @@ def test_without_nvml_gpu_series_are_absent_and_nothing_crashes(spawn: Spawn) ->
     assert not {n for n in names if n.startswith("dcsched_job_gpu_")}
     assert value(exporter, "dcsched_node_cpus") == os.cpu_count()
     assert value(exporter, "dcsched_node_memory_total_bytes") > 0
-    assert value(exporter, "dcsched_node_network_receive_bytes_total") is not None
+    low = network_receive_bytes()
+    received = value(exporter, "dcsched_node_network_receive_bytes_total")
+    assert received is not None and low <= received <= network_receive_bytes()
     assert value(exporter, "dcsched_job_memory_rss_bytes", job_id="job-a", team="vision") > 0
     snapshot = exporter.snapshot()
     assert snapshot.gpu_collector_up is False and snapshot.gpus == []
@@ -442,11 +465,14 @@ def test_job_cpu_seconds_keep_growing_when_a_process_exits(spawn: Spawn, use_pro
 
 
 def test_cpu_ratio_is_measured_between_scrapes(spawn: Spawn) -> None:
+    started = time.monotonic()
     exporter = NodeExporter(NODE, FakeNvml(available=False))
-    spawn(argv=(sys.executable, "-c", BURN_THEN_SLEEP.format(seconds=0.5, sleep=0)))
-    time.sleep(0.6)
+    burner = spawn(argv=(sys.executable, "-c", BURN_THEN_SLEEP.format(seconds=0.5, sleep=0)))
+    burner.wait(timeout=60)  # it burnt 0.5 CPU-seconds and exited
     ratio = value(exporter, "dcsched_node_cpu_utilization_ratio")
-    assert ratio is not None and 0.0 < ratio <= 1.0
+    elapsed = time.monotonic() - started
+    # At least the burner's 0.5 s over the interval's CPU time (less a tick of rounding).
+    assert ratio is not None and (0.5 - 0.02) / (elapsed * os.cpu_count()) <= ratio <= 1.0
     assert value(exporter, "dcsched_node_memory_used_bytes") <= value(
         exporter, "dcsched_node_memory_total_bytes"
     )

@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from dcsched.core.admission import SchedulingInput
 from dcsched.core.config import load_config_yaml
 from dcsched.core.fairshare import UsageInterval, decayed_usage
 from dcsched.core.resources import Resources
+from dcsched.sim import engine
 from dcsched.sim.cli import sim
 from dcsched.sim.engine import SimOptions, Simulation
 from dcsched.sim.estimates import DecayedUsage, RuntimePredictor
@@ -318,22 +320,48 @@ def test_the_predictor_learns_only_from_the_teams_ended_jobs() -> None:
     assert predictor.estimate("b", 1) is None
 
 
-def test_the_simulation_uses_no_oracle_run_times() -> None:
-    """The job specs the core sees carry the predictor's estimate, never the trace's
-    duration: here the team's first jobs have none at all."""
+def test_the_simulation_uses_no_oracle_run_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every job `plan()` sees, pending or active, carries no run-time estimate or the
+    predictor's: a run time of a job of its team that had already ended, never its own
+    true duration. 40 one-GPU jobs with distinct durations arrive faster than 8 GPUs run
+    them, so a queue forms once the predictor has learned (5 ended jobs) and backfill
+    reads the estimates. The spy wraps the engine's real `plan`, changing nothing."""
     config = load_config_yaml(CLUSTER)
-    jobs = [TraceJob(f"k{i}", "a", i, 1000 + i, gpus=1, cpus=1, memory=GiB) for i in range(3)]
+    durations = [60.0 + 13.0 * ((7 * i) % 40) for i in range(40)]  # a permutation: distinct
+    assert len(set(durations)) == 40
+    jobs = [
+        TraceJob(f"k{i:02d}", "a", 20.0 * i, d, gpus=1, cpus=1, memory=GiB)
+        for i, d in enumerate(durations)
+    ]
+    true_duration = {j.id: j.duration for j in jobs}
     simulation = Simulation(jobs, config, SimOptions(backfill=True))
-    seen = []
-    original = simulation._enqueue
+    real_plan = engine.plan
+    calls = 0
+    estimated: set[str] = set()  # pending jobs plan() saw with an estimate
 
-    def spy(domain, job):  # type: ignore[no-untyped-def]
-        seen.append(job.request.max_runtime)
-        original(domain, job)
+    def spy(given: SchedulingInput) -> Any:
+        nonlocal calls
+        calls += 1
+        ended = {r.run_s for r in simulation.records if r.end is not None and r.end <= given.now}
+        for job, pending in [(j, True) for j in given.pending] + [(j, False) for j in given.active]:
+            seen = job.request.max_runtime
+            if seen is None:
+                continue
+            assert seen != true_duration[job.id], f"{job.id}: plan() saw its true duration"
+            assert seen in ended, f"{job.id}: estimate {seen} is no ended job's run time"
+            if pending:
+                estimated.add(job.id)
+        return real_plan(given)
 
-    simulation._enqueue = spy  # type: ignore[method-assign]
-    simulation.run()
-    assert seen == [None, None, None]
+    monkeypatch.setattr(engine, "plan", spy)
+    result = simulation.run()
+    assert all(r.state == "SUCCEEDED" for r in result.records)
+    assert calls > 40
+    # The check was exercised: a queue formed, most jobs were planned with an estimate
+    # (the first five, before any had ended, without).
+    assert sum(r.start is not None and r.start > r.submit for r in result.records) >= 20
+    assert len(estimated) >= 20, sorted(estimated)
+    assert not {"k00", "k01", "k02", "k03", "k04"} & estimated
 
 
 # Each layout's results on a slice of the Philly trace (jobs 30,000 to 33,999 by submit
