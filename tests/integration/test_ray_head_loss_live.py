@@ -95,10 +95,11 @@ def test_the_server_survives_the_ray_head_and_picks_up_when_it_returns(
     gcs_port = int(head.gcs_address.rsplit(":", 1)[1])
     dashboard_port = int(head.dashboard_url.rsplit(":", 1)[1])
     (tmp_path / "home").mkdir()
-    server = start_server(
-        tmp_path / "home", head.gcs_address, extra_env=launcher.ray_env(head.token_path)
-    )
+    server: Server | None = None
     try:
+        server = start_server(
+            tmp_path / "home", head.gcs_address, extra_env=launcher.ray_env(head.token_path)
+        )
         script = tmp_path / "resumable.py"
         script.write_text(RESUMABLE)
         first = submit(server, "long", ["python", str(script)])
@@ -147,5 +148,7 @@ def test_the_server_survives_the_ray_head_and_picks_up_when_it_returns(
         server.wait_for_job(second, lambda j: j["state"] == "SUCCEEDED", timeout=240)
         assert server.process.poll() is None
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
+        # The head this test started (the first or its replacement): by its pid file.
         launcher.stop(head_paths)
