@@ -59,6 +59,11 @@ _REASONS = {
     500: b"Internal Server Error",
     503: b"Service Unavailable",
 }
+DRAIN_BYTES = 64 * 1024 * 1024
+DRAIN_S = 10.0
+"""After a 413, how much of the refused body is read and dropped (and for how long) before
+the connection closes: closing with unread data makes the kernel reset the connection,
+which can destroy the 413 before the client (or HAProxy) has read it."""
 _JSON = b"application/json"
 _TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 
@@ -260,6 +265,7 @@ class Connection(asyncio.Protocol):
         self.size = 0
         self.too_large = False
         self.closing = False
+        self.drained = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; they behave as one.
@@ -277,6 +283,11 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        if self.too_large:  # the rest of a refused body: dropped, up to a bound
+            self.drained += len(data)
+            if self.drained > DRAIN_BYTES:
+                self.close()
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -310,7 +321,10 @@ class Connection(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        if self.too_large or self.closing:
+        if self.too_large:  # the refused body has been read to its end: close now
+            self.close()
+            return
+        if self.closing:
             return
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         self.app.enqueue(
@@ -326,7 +340,12 @@ class Connection(asyncio.Protocol):
     def _too_large(self) -> None:
         self.too_large = True
         limit = self.app.max_body
-        self._refuse(413, f"the body is larger than {limit} bytes; send fewer instances a request")
+        message = f"the body is larger than {limit} bytes; send fewer instances a request"
+        started = time.perf_counter()
+        self.respond(_response(413, orjson.dumps({"error": message}), keep_alive=False))
+        self.app.metrics.observe(413, time.perf_counter() - started)
+        # Not closed yet: the rest of the body is read and dropped first (see DRAIN_BYTES).
+        asyncio.get_event_loop().call_later(DRAIN_S, self.close)
 
     def _refuse(self, status: int, message: str) -> None:
         started = time.perf_counter()
