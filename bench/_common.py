@@ -10,13 +10,11 @@ from __future__ import annotations
 import json
 import os
 import platform
-import secrets
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -122,71 +120,35 @@ def ray_head_record(env: dict[str, str]) -> dict[str, Any]:
 def ray_cluster(
     nodes: int, cpus_per_node: float, gpus_per_node: float = 0
 ) -> Iterator[tuple[str, str]]:
-    """A ``ray.cluster_utils.Cluster`` on this machine: a head with no CPUs (Ray's own
-    services only) and ``nodes`` worker nodes; token auth, every port explicit. Yields
-    (GCS address, dashboard URL); shut down (by PID, through Cluster) at the end."""
-    from dcsched.processes import free_port
+    """Several Ray nodes on this machine (``dcsched.adapters.local_cluster``, as the tests
+    start them): ``nodes`` worker nodes, token auth on. Yields (GCS address, dashboard
+    URL); shut down (by PID, through Cluster) at the end."""
+    from dcsched.adapters import local_cluster
 
     with tempfile.TemporaryDirectory(prefix="dcsched-bench-ray-") as tmp:
-        token = Path(tmp) / "ray_token"
-        token.write_text(secrets.token_hex(32))
-        os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)})
-        from ray.cluster_utils import Cluster
-
-        cluster = Cluster(
-            initialize_head=True,
-            head_node_args={
-                "num_cpus": 0,
-                "include_dashboard": True,
-                "dashboard_port": free_port(),
-                "dashboard_host": "127.0.0.1",
-                "dashboard_agent_listen_port": free_port(),
-                "metrics_export_port": free_port(),
-                "runtime_env_agent_port": free_port(),
-            },
-        )
-        try:
-            for _ in range(nodes):
-                cluster.add_node(
-                    num_cpus=cpus_per_node,
-                    num_gpus=gpus_per_node,
-                    metrics_export_port=free_port(),
-                    runtime_env_agent_port=free_port(),
-                )
-            cluster.wait_for_nodes()
-            url = str(cluster.webui_url)
-            yield cluster.address, url if url.startswith("http") else "http://" + url
-        finally:
-            cluster.shutdown()
+        local_cluster.token_auth(Path(tmp))
+        workers = [{"num_cpus": cpus_per_node, "num_gpus": gpus_per_node}] * nodes
+        with local_cluster.running(workers) as cluster:
+            yield cluster.address, local_cluster.dashboard_url(cluster)
 
 
 @contextmanager
 def server_on(ray_address: str, timeout_s: float = 120) -> Iterator[dict[str, str]]:
     """`dcsched server --ray-address` (a fresh DCSCHED_HOME, explicit port, node exporters on
-    loopback with free ports, as the tests run it); yields its CLI environment. Stopped
-    with SIGTERM by PID; its log is printed to stderr if it fails to start."""
+    loopback with free ports), started as `dcsched up` starts it
+    (``dcsched.daemon.launch_server``); yields its CLI environment. Stopped with SIGTERM by
+    PID."""
+    from dcsched.daemon import launch_server
+    from dcsched.paths import Paths
     from dcsched.processes import free_port
 
     with tempfile.TemporaryDirectory(prefix="dcsched-bench-") as home:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DCSCHED_")}
         env.update({"DCSCHED_HOME": home, "DCSCHED_PORT": str(free_port())})
-        log_path = Path(home) / "server.log"
-        argv = [sys.executable, "-m", "dcsched.cli", "server", "--ray-address", ray_address]
-        argv += ["--exporter-port", "0", "--exporter-host", "127.0.0.1"]
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                argv,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        args = ["--ray-address", ray_address, "--exporter-port", "0"]
+        args += ["--exporter-host", "127.0.0.1"]
+        process, _ = launch_server(Paths(Path(home)), args, env, timeout_s)
         try:
-            record = Path(home) / "server.json"
-            deadline = time.monotonic() + timeout_s
-            while not record.exists():
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the dcsched server did not start:\n" + log_path.read_text())
-                time.sleep(0.2)
             yield env
         finally:
             if process.poll() is None:

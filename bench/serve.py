@@ -119,10 +119,9 @@ def start_seed(model_dir: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "SEED_MODEL_DIR": model_dir}
     argv = [sys.executable, "-m", "gunicorn", "-w", "3", "-k", "gevent"]
     argv += ["-b", f"127.0.0.1:{port}", "--chdir", str(SEED_DIR), "app:app"]
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    from dcsched.processes import spawn_detached
+
+    return spawn_detached(argv, log, env)
 
 
 @contextmanager

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dcsched.paths import DEFAULT_PORT, Paths
-from dcsched.processes import HomeLocked, lock_home, pid_alive, process_matches
+from dcsched.processes import HomeLocked, lock_home, pid_alive, process_matches, spawn_detached
 
 logger = logging.getLogger(__name__)
 
@@ -371,20 +371,30 @@ def start_background(
             record["already_running"] = True
             return record
     _check_port_free(options.host, options.port)
-    token = ensure_api_token(paths)
-    paths.server_json.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "dcsched.cli", "server", *options.argv()]
+    ensure_api_token(paths)
     env = {**os.environ, "DCSCHED_HOME": str(paths.home)}
-    with paths.server_log.open("ab") as log:
-        process = subprocess.Popen(
-            cmd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env=env,
-        )
-    paths.server_pid.write_text(f"{process.pid}\n")
+    _, record = launch_server(paths, options.argv(), env, timeout, pid_file=True)
+    record["already_running"] = False
+    return record
+
+
+def launch_server(
+    paths: Paths,
+    server_args: list[str],
+    env: dict[str, str],
+    timeout: float = 180.0,
+    pid_file: bool = False,
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """Start ``dcsched server SERVER_ARGS`` detached, with ``env`` (which names the home),
+    logging to the home's server.log; return the process and its server.json once the
+    record is this process's (not one a killed server left behind) and ``/v1/info``
+    answers. ServerError with the log's tail if it exits or does not answer in time.
+    ``dcsched up``, the tests and the benchmarks all start servers this way."""
+    paths.server_json.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "dcsched.cli", "server", *server_args]
+    process = spawn_detached(cmd, paths.server_log, env)
+    if pid_file:
+        paths.server_pid.write_text(f"{process.pid}\n")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -392,11 +402,17 @@ def start_background(
                 f"the server exited with code {process.returncode}:\n{_tail(paths.server_log)}"
             )
         if paths.server_json.exists():
-            record = json.loads(paths.server_json.read_text())
-            if record.get("pid") == process.pid and _info_ok(record["url"], token):
-                record["already_running"] = False
-                return record
-        time.sleep(0.3)
+            try:
+                record: dict[str, Any] = json.loads(paths.server_json.read_text())
+            except ValueError:  # being written
+                record = {}
+            if (
+                record.get("pid") == process.pid
+                and paths.token.exists()
+                and _info_ok(record["url"], paths.token.read_text().strip())
+            ):
+                return process, record
+        time.sleep(0.2)
     raise ServerError(f"the server did not answer within {timeout:g}s; see {paths.server_log}")
 
 

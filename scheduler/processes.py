@@ -1,10 +1,13 @@
-"""Small helpers about local processes and ports, shared by the server daemon and the
-local Ray head launcher. We only ever signal PIDs we started and recorded."""
+"""Small helpers about local processes and ports, shared by the server daemon, the
+local Ray head launcher, the serving load balancer, the tests and the benchmarks. We only
+ever signal PIDs we started and recorded."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
@@ -76,3 +79,20 @@ def free_port(preferred: int | None = None) -> int:
                 continue
             return int(sock.getsockname()[1])
     raise RuntimeError("no free port on 127.0.0.1")
+
+
+def spawn_detached(
+    argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in its own session (a Ctrl-C or a hang-up of the caller's terminal
+    does not reach it), stdin closed, stdout and stderr appended to ``log_path``. The
+    caller keeps the ``Popen`` (its pid) to stop it: nothing here signals anything."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            list(argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=None if env is None else dict(env),
+        )

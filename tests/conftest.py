@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 
 from dcsched.paths import Paths
+from dcsched.processes import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -45,12 +45,6 @@ def await_condition(what: str, check: Any, timeout: float = 60, interval: float 
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last {last!r}")
         time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -150,73 +144,36 @@ def start_server(
     config: str | None = None,
     extra_env: dict[str, str] | None = None,
 ) -> Server:
-    port = free_port()
+    """`dcsched server` on a free port against ``ray_address``, as `dcsched up` starts it
+    (``dcsched.daemon.launch_server``); node exporters on loopback with free ports."""
+    from dcsched.daemon import ServerError, launch_server
+
     env = {**cli_env(home), **(extra_env or {})}
     if config is not None:
         (home / "dcsched.yaml").write_text(config)
-    log = (home / "server.log").open("ab")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dcsched.cli",
-            "server",
-            "--port",
-            str(port),
-            "--ray-address",
-            ray_address,
-            # Node exporters run as Ray actors; several Ray nodes share this host.
-            "--exporter-port",
-            "0",
-            "--exporter-host",
-            "127.0.0.1",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    record = home / "server.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError((home / "server.log").read_text())
-        info = json.loads(record.read_text()) if record.exists() else {}
-        if info.get("pid") == process.pid:  # not a record a killed server left behind
-            token = (home / "token").read_text().strip()
-            return Server(home, info["url"], token, process, env)
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("server did not start: " + (home / "server.log").read_text())
+    args = ["--port", str(free_port()), "--ray-address", ray_address]
+    # Node exporters run as Ray actors; several Ray nodes share this host.
+    args += ["--exporter-port", "0", "--exporter-host", "127.0.0.1"]
+    try:
+        process, record = launch_server(Paths(home), args, env, timeout=120)
+    except ServerError as exc:
+        raise RuntimeError(f"server did not start: {exc}") from None
+    token = (home / "token").read_text().strip()
+    return Server(home, record["url"], token, process, env)
 
 
 def start_cluster(workers: list[dict[str, object]]) -> object:
-    """A ray.cluster_utils.Cluster: a head with no CPUs (it only runs Ray's own services)
-    and the given worker nodes; every port explicit, token auth as the session head."""
-    from ray.cluster_utils import Cluster
+    """Several Ray nodes on this machine (``dcsched.adapters.local_cluster``), with the
+    session head's token auth."""
+    from dcsched.adapters import local_cluster
 
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 0,
-            "include_dashboard": True,
-            "dashboard_port": free_port(),
-            "dashboard_host": "127.0.0.1",
-            "dashboard_agent_listen_port": free_port(),
-            "metrics_export_port": free_port(),
-            "runtime_env_agent_port": free_port(),
-        },
-    )
-    for node in workers:
-        cluster.add_node(
-            metrics_export_port=free_port(), runtime_env_agent_port=free_port(), **node
-        )
-    cluster.wait_for_nodes()
-    return cluster
+    return local_cluster.start(workers)
 
 
 def dashboard_url(cluster: object) -> str:
-    url = str(cluster.webui_url)  # type: ignore[attr-defined]
-    return url if url.startswith("http") else "http://" + url
+    from dcsched.adapters import local_cluster
+
+    return local_cluster.dashboard_url(cluster)
 
 
 @pytest.fixture(scope="module")

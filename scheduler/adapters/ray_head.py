@@ -20,7 +20,6 @@ import logging
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dcsched.paths import Paths
-from dcsched.processes import free_port, pid_alive, process_matches
+from dcsched.processes import free_port, pid_alive, process_matches, spawn_detached
 from dcsched.secretfile import SecretFileError, create_secret, read_secret
 
 logger = logging.getLogger(__name__)
@@ -161,16 +160,8 @@ def start(
     if num_gpus is not None:
         cmd.append(f"--num-gpus={num_gpus:g}")
     paths.ray.mkdir(parents=True, exist_ok=True)
-    log = (paths.ray / "head.log").open("ab")
     env = {**os.environ, **ray_env(token)}  # loopback: see ray_env
-    process = subprocess.Popen(
-        cmd,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        env=env,
-    )
+    process = spawn_detached(cmd, paths.ray / "head.log", env)
     dashboard_url = f"http://127.0.0.1:{dashboard_port}"
     head = RayHead(
         pid=process.pid,

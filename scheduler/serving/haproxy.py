@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dcsched.processes import spawn_detached
+
 logger = logging.getLogger(__name__)
 
 SLOTS = 32
@@ -170,15 +172,8 @@ class Balancer:
         if check.returncode != 0:
             raise HAProxyError(f"HAProxy refused the configuration: {check.stderr.strip()[:500]}")
         self.socket_path.unlink(missing_ok=True)
-        with open(self.log_path, "ab") as log:
-            process = subprocess.Popen(
-                [binary, "-D", "-f", str(self.config_path), "-p", str(self.pid_path)],
-                stdout=log,
-                stderr=log,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            code = process.wait(timeout=30)
+        argv = [binary, "-D", "-f", str(self.config_path), "-p", str(self.pid_path)]
+        code = spawn_detached(argv, self.log_path).wait(timeout=30)
         if code != 0:
             raise HAProxyError(
                 f"HAProxy for deployment {self.name} did not start (exit {code}); "
