@@ -957,6 +957,271 @@ def jobs() -> Dashboard:
                     )
                 ],
             ),
+            Row("Batch inference"),
+            Panel(
+                "Inference progress",
+                "Rows each running `kind: infer` job has scored over the rows of its input "
+                "(all workers; shown once every worker has read its shard).",
+                [
+                    Q(
+                        f"max by (job_id, team) (dcsched_job_inference_rows_done{{{TEAM}}}) "
+                        "/ on (job_id, team) max by (job_id, team) "
+                        f"(dcsched_job_inference_rows{{{TEAM}}})",
+                        "{{job_id}} ({{team}})",
+                    )
+                ],
+                unit="percentunit",
+                width=8,
+                min=0,
+                max=1,
+                links=JOB_LINK,
+            ),
+            Panel(
+                "Inference rows: scored and total",
+                "Rows each running infer job has scored, beside the rows it scores in all.",
+                [
+                    Q(
+                        f"max by (job_id, team) (dcsched_job_inference_rows_done{{{TEAM}}})",
+                        "{{job_id}} scored",
+                    ),
+                    Q(
+                        f"max by (job_id, team) (dcsched_job_inference_rows{{{TEAM}}})",
+                        "{{job_id}} total",
+                    ),
+                ],
+                width=8,
+                links=JOB_LINK,
+            ),
+            Panel(
+                "Inference throughput",
+                "Rows per second each running infer job scores (all workers, since its first "
+                "batch).",
+                [
+                    Q(
+                        f"max by (job_id, team) (dcsched_job_inference_rows_per_second{{{TEAM}}})",
+                        "{{job_id}} ({{team}})",
+                    )
+                ],
+                unit="suffix: rows/s",
+                width=8,
+                links=JOB_LINK,
+            ),
+        ],
+    )
+
+
+SERVE = 'deployment=~"$deployment"'
+SERVE_RATE = f"rate(dcsched_serve_requests_total{{{SERVE}}}[$__rate_interval])"
+SERVE_BUCKETS = f"rate(dcsched_serve_request_duration_seconds_bucket{{{SERVE}}}[$__rate_interval])"
+
+
+def _errors(by: str, codes: str) -> str:
+    """Share of the requests answered with ``codes`` (a regex), per ``by``."""
+    return (
+        f'sum by ({by}) (rate(dcsched_serve_requests_total{{{SERVE}, code=~"{codes}"}}'
+        f"[$__rate_interval])) / sum by ({by}) ({SERVE_RATE})"
+    )
+
+
+def _latency(quantile: float, by: str) -> str:
+    return f"histogram_quantile({quantile}, sum by ({by}, le) ({SERVE_BUCKETS}))"
+
+
+# DcschedServeErrors fires above 1% of 5xx, DcschedServeSlow above a p99 of 100 ms.
+ERROR_MARK: list[tuple[float | None, str]] = [(0.01, "red")]
+SLOW_MARK: list[tuple[float | None, str]] = [(0.1, "orange")]
+
+
+def serving() -> Dashboard:
+    return Dashboard(
+        uid="dcsched-serving",
+        title="dcsched / Serving",
+        description="Online serving deployments (`dcsched serve`): requests, errors and "
+        "latency as each replica measures them (scrape job dcsched-serving), replicas by "
+        "state as the server sees them, and the model version each replica serves.",
+        variables=[
+            query_variable(
+                "deployment",
+                "Deployment",
+                "label_values(dcsched_serve_model_info, deployment)",
+                description="A serving deployment (`dcsched serve list`).",
+            )
+        ],
+        time_from="now-1h",
+        items=[
+            Row("Deployments"),
+            Panel(
+                "Replicas ready / wanted",
+                "Replicas in the load balancer and passing its health check, and the "
+                "count each deployment aims for.",
+                [
+                    Q(
+                        f'sum by (deployment) (dcsched_serve_replicas{{{SERVE}, state="ready"}})',
+                        "{{deployment}} ready",
+                    ),
+                    Q(
+                        f"max by (deployment) (dcsched_serve_replicas_wanted{{{SERVE}}})",
+                        "{{deployment}} wanted",
+                    ),
+                ],
+                kind="stat",
+                width=6,
+                height=4,
+            ),
+            Panel(
+                "Requests per second",
+                "Requests all replicas of the selected deployments answer, any code.",
+                [Q(f"sum({SERVE_RATE})")],
+                kind="stat",
+                unit="reqps",
+                width=6,
+                height=4,
+            ),
+            Panel(
+                "5xx ratio",
+                "Share of requests the replicas failed (HTTP 5xx: the model raised). Over "
+                "1% for 5 minutes raises DcschedServeErrors; bad input is a 4xx and does "
+                "not count.",
+                [
+                    Q(
+                        f'sum(rate(dcsched_serve_requests_total{{{SERVE}, code=~"5.."}}'
+                        f"[$__rate_interval])) / sum({SERVE_RATE})"
+                    )
+                ],
+                kind="stat",
+                unit="percentunit",
+                width=6,
+                height=4,
+                thresholds=ERROR_MARK,
+            ),
+            Panel(
+                "p99 latency",
+                "99th percentile of the replicas' answer time, all selected deployments. "
+                "Over 100 ms for 10 minutes raises DcschedServeSlow.",
+                [Q(f"histogram_quantile(0.99, sum by (le) ({SERVE_BUCKETS}))")],
+                kind="stat",
+                unit="s",
+                width=6,
+                height=4,
+                thresholds=SLOW_MARK,
+            ),
+            Row("Requests"),
+            Panel(
+                "Request rate by code",
+                "Requests answered per second, by deployment and HTTP status code.",
+                [Q(f"sum by (deployment, code) ({SERVE_RATE})", "{{deployment}} {{code}}")],
+                unit="reqps",
+                stack=True,
+            ),
+            Panel(
+                "Error ratio",
+                "Share of requests answered 5xx (the replica failed; DcschedServeErrors "
+                "above 1%) and 4xx (the request was refused: malformed, wrong features, "
+                "too large).",
+                [
+                    Q(_errors("deployment", "5.."), "{{deployment}} 5xx"),
+                    Q(_errors("deployment", "4.."), "{{deployment}} 4xx"),
+                ],
+                unit="percentunit",
+                min=0,
+                thresholds=ERROR_MARK,
+            ),
+            Panel(
+                "Latency p50, p99",
+                "From a request's last byte to its answer being written, as the replicas "
+                "measure it (the load balancer's hop is not in it). p99 over 100 ms for 10 "
+                "minutes raises DcschedServeSlow.",
+                [
+                    Q(_latency(0.5, "deployment"), "{{deployment}} p50"),
+                    Q(_latency(0.99, "deployment"), "{{deployment}} p99"),
+                ],
+                unit="s",
+                min=0,
+                thresholds=SLOW_MARK,
+            ),
+            Panel(
+                "p99 latency by replica",
+                "The same p99, each replica on its own: one slow replica (a busy node) "
+                "stands out here.",
+                [Q(_latency(0.99, "deployment, replica"), "{{replica}} ({{deployment}})")],
+                unit="s",
+                min=0,
+                thresholds=SLOW_MARK,
+            ),
+            Row("Replicas"),
+            Panel(
+                "Requests per second by replica",
+                "How the load balancer spreads requests over each deployment's replicas.",
+                [
+                    Q(
+                        f"sum by (deployment, replica) ({SERVE_RATE})",
+                        "{{replica}} ({{deployment}})",
+                    )
+                ],
+                unit="reqps",
+            ),
+            Panel(
+                "In flight per replica",
+                "Requests each replica has received and not yet answered (autoscaling "
+                "follows the balancer's own count of these toward `target_in_flight`).",
+                [
+                    Q(
+                        f"sum by (deployment, replica) (dcsched_serve_requests_in_flight"
+                        f"{{{SERVE}}})",
+                        "{{replica}} ({{deployment}})",
+                    )
+                ],
+                min=0,
+            ),
+            Panel(
+                "Replicas by state",
+                "Each deployment's live replica jobs (server): pending (waiting for "
+                "admission: `dcsched serve status` says why), starting (admitted or "
+                "running, not passing the balancer's health check), ready, draining "
+                "(retired by an update or a scale-down); and the count it aims for.",
+                [
+                    Q(
+                        f"sum by (deployment, state) (dcsched_serve_replicas{{{SERVE}}})",
+                        "{{deployment}} {{state}}",
+                    ),
+                    Q(
+                        f"max by (deployment) (dcsched_serve_replicas_wanted{{{SERVE}}})",
+                        "{{deployment}} wanted",
+                    ),
+                ],
+                min=0,
+            ),
+            Panel(
+                "Replicas answering Prometheus",
+                "Replicas listed in serving.json (the server writes every replica that "
+                "has a balancer slot) and those whose /metrics answered the last scrape.",
+                [
+                    Q(
+                        f'count by (deployment) (up{{job="dcsched-serving", {SERVE}}})',
+                        "{{deployment}} listed",
+                    ),
+                    Q(
+                        f'sum by (deployment) (up{{job="dcsched-serving", {SERVE}}})',
+                        "{{deployment}} up",
+                    ),
+                ],
+                min=0,
+            ),
+            Panel(
+                "Model version served",
+                "Replicas serving each model version: one version normally, two during a "
+                "rolling update (`dcsched serve update`).",
+                [
+                    Q(
+                        f"count by (deployment, model, version) (dcsched_serve_model_info"
+                        f"{{{SERVE}}})",
+                        "{{deployment}}: {{model}}:{{version}}",
+                    )
+                ],
+                min=0,
+                width=24,
+                stack=True,
+            ),
         ],
     )
 
@@ -1258,7 +1523,7 @@ def job() -> Dashboard:
     )
 
 
-DASHBOARDS = (overview, gpus, jobs, teams, job)
+DASHBOARDS = (overview, gpus, jobs, teams, job, serving)
 
 
 def files() -> dict[str, str]:
