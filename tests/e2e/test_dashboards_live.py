@@ -463,7 +463,11 @@ def live(server: Server, ray_head: Any, tmp_path_factory: pytest.TempPathFactory
 
 def test_every_panel_query_returns_data(live: Live) -> None:
     prometheus = live.prometheus
-    values = {**GRAFANA_BUILTINS, "node": ".*", "gpu": ".*", "team": ".*", "job": live.running_job}
+    values = {
+        **GRAFANA_BUILTINS,
+        **{"node": ".*", "gpu": ".*", "team": ".*", "deployment": ".*"},
+        "job": live.running_job,
+    }
     missing, errors = [], []
     ran = 0
     for uid, board in dashboards().items():
