@@ -48,9 +48,10 @@ DCGM_PANELS = {
 def test_the_committed_json_is_what_generate_writes() -> None:
     written = generate.files()
     on_disk = {path.name: path.read_text() for path in DASHBOARDS_DIR.glob("*.json")}
-    assert set(on_disk) == set(written), "run python3 deploy/grafana/generate.py"
+    regenerate = "run .venv/bin/python deploy/grafana/generate.py"
+    assert set(on_disk) == set(written), regenerate
     for name, text in written.items():
-        assert on_disk[name] == text, f"{name} is stale: run python3 deploy/grafana/generate.py"
+        assert on_disk[name] == text, f"{name} is stale: {regenerate}"
 
 
 def test_the_six_dashboards_exist() -> None:
