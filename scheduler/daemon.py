@@ -264,6 +264,9 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
     )
     deployments.append(ServeController(service, paths, host=serve_host))
     registry.register(SchedulerStateCollector(service))
+    from dcsched.serving.metrics import DeploymentCollector
+
+    registry.register(DeploymentCollector(deployments[0].replica_counts))
     from dcsched.tuning.metrics import TuneCollector
 
     registry.register(TuneCollector(tuning))

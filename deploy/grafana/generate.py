@@ -1,17 +1,25 @@
 #!/usr/bin/env python3
-"""Write the Grafana dashboards of dcsched: ``python3 deploy/grafana/generate.py``.
+"""Write the Grafana dashboards of dcsched: ``.venv/bin/python deploy/grafana/generate.py``.
 
 The dashboards (``dashboards/*.json``) are generated from the definitions below, so that
 every panel uses the same datasource variable, gets a unique id and a place on the grid,
 and carries its description; a test checks the committed JSON is what this script
-writes. Edit here, run it, commit both. Standard library only.
+writes. Edit here, run it, commit both.
+
+The panels are built with Grafana's typed builders, ``grafana-foundation-sdk`` (its
+Grafana 10.1 build, pinned in the ``test`` extra of pyproject.toml, which ``make install``
+puts in .venv; never a runtime dependency). The definitions below say what each panel
+shows; ``panel_of`` and ``render`` turn them into the SDK's panels and dashboard, and the
+SDK's encoder writes the JSON. Where the SDK's 10.1 schema lacks a field Grafana writes
+(a query variable's ``definition``), ``QueryVariableModel`` adds it.
 
 PromQL conventions (see deploy/prometheus/render.py): ``job`` is the scrape job
-(dcsched-server, dcsched-node, ray), ``job_id`` the dcsched job, ``node`` the Ray node
-id. Series are those of docs/metrics.md and the recording rules of
-deploy/prometheus/rules/recording.yml. Every dashboard has a ``datasource`` variable;
-the provisioned datasource (provisioning/datasources/prometheus.yml) has the uid
-``dcsched-prometheus``, which is the variable's default.
+(dcsched-server, dcsched-node, dcsched-serving, ray), ``job_id`` the dcsched job, ``node``
+the Ray node id, ``deployment`` a serving deployment. Series are those of docs/metrics.md
+and the recording rules of deploy/prometheus/rules/recording.yml. Every dashboard has a
+``datasource`` variable; the provisioned datasource
+(provisioning/datasources/prometheus.yml) has the uid ``dcsched-prometheus``, which is the
+variable's default.
 """
 
 from __future__ import annotations
@@ -22,11 +30,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grafana_foundation_sdk.builders import (
+    bargauge,
+    gauge,
+    prometheus,
+    stat,
+    table,
+    text,
+    timeseries,
+)
+from grafana_foundation_sdk.builders import common as cb
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.cog import builder as cogbuilder
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as cm
+from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models import prometheus as pm
+from grafana_foundation_sdk.models import text as tm
+
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "dashboards"
 DATASOURCE_UID = "dcsched-prometheus"
-DS = {"type": "prometheus", "uid": "${datasource}"}
+DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 TAG = "dcsched"
+# Grafana 10's dashboard schema (the SDK's default is 36): what Grafana itself writes.
+SCHEMA_VERSION = 39
 
 
 @dataclass(frozen=True)
@@ -53,7 +81,7 @@ class Panel:
     stack: bool = False
     content: str = ""  # text panels
     links: list[dict[str, Any]] = field(default_factory=list)
-    mappings: list[dict[str, Any]] = field(default_factory=list)
+    mappings: list[dm.ValueMap] = field(default_factory=list)
 
 
 @dataclass
@@ -67,213 +95,260 @@ class Dashboard:
     title: str
     description: str
     items: list[Panel | Row]
-    variables: list[dict[str, Any]] = field(default_factory=list)
+    variables: list[cogbuilder.Builder[dm.VariableModel]] = field(default_factory=list)
     time_from: str = "now-6h"
 
 
 # -- templating -------------------------------------------------------------------------
 
 
-def datasource_variable() -> dict[str, Any]:
-    return {
-        "name": "datasource",
-        "label": "Data source",
-        "type": "datasource",
-        "query": "prometheus",
-        "current": {"selected": False, "text": "Prometheus", "value": DATASOURCE_UID},
-        "hide": 0,
-        "refresh": 1,
-        "regex": "",
-        "skipUrlSync": False,
-        "options": [],
-    }
+class Built(cogbuilder.Builder[dm.VariableModel]):
+    """A variable model made whole, where the SDK's builder lacks a setter (the
+    datasource variable's ``refresh`` and ``options``)."""
+
+    def __init__(self, model: dm.VariableModel):
+        self._model = model
+
+    def build(self) -> dm.VariableModel:
+        return self._model
+
+
+def datasource_variable() -> Built:
+    return Built(
+        dm.VariableModel(
+            type_val=dm.VariableType.DATASOURCE,
+            name="datasource",
+            label="Data source",
+            query="prometheus",
+            current=dm.VariableOption(selected=False, text="Prometheus", value=DATASOURCE_UID),
+            hide=dm.VariableHide.DONT_HIDE,
+            refresh=dm.VariableRefresh.ON_DASHBOARD_LOAD,
+            regex="",
+            options=[],
+        )
+    )
+
+
+class QueryVariableModel(dm.VariableModel):
+    """The SDK's variable model plus what Grafana writes for a query variable and Grafana
+    10.1's schema (the SDK's) lacks: ``definition``, the query as the variable list shows
+    it, and an empty ``current`` (Grafana picks the value when the dashboard loads)."""
+
+    def __init__(self, definition: str, **fields: Any):
+        super().__init__(**fields)
+        self.definition = definition
+
+    def to_json(self) -> dict[str, object]:
+        return {**super().to_json(), "definition": self.definition, "current": {}}
 
 
 def query_variable(
     name: str, label: str, query: str, multi: bool = True, description: str = ""
-) -> dict[str, Any]:
+) -> Built:
     """A variable from ``label_values(series, label)``; multi-value ones offer All (.*)."""
-    variable: dict[str, Any] = {
-        "name": name,
-        "label": label,
-        "description": description,
-        "type": "query",
-        "datasource": DS,
-        "definition": query,
-        "query": {"query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
-        "refresh": 2,  # on time range change
-        "sort": 1,
-        "multi": multi,
-        "includeAll": multi,
-        "current": {},
-        "options": [],
-        "hide": 0,
-        "regex": "",
-        "skipUrlSync": False,
-    }
-    if multi:
-        variable["allValue"] = ".*"
-    return variable
+    return Built(
+        QueryVariableModel(
+            definition=query,
+            type_val=dm.VariableType.QUERY,
+            name=name,
+            label=label,
+            description=description,
+            datasource=DS,
+            query={"query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
+            refresh=dm.VariableRefresh.ON_TIME_RANGE_CHANGED,
+            sort=dm.VariableSort.ALPHABETICAL_ASC,
+            multi=multi,
+            include_all=multi,
+            all_value=".*" if multi else None,
+            options=[],
+            hide=dm.VariableHide.DONT_HIDE,
+            regex="",
+        )
+    )
 
 
 # -- rendering --------------------------------------------------------------------------
 
+PanelBuilder = (
+    timeseries.Panel | stat.Panel | gauge.Panel | bargauge.Panel | table.Panel | text.Panel
+)
+REDUCE = cb.ReduceDataOptions().calcs(["lastNotNull"]).fields("").values(False)
 
-def _field_config(panel: Panel) -> dict[str, Any]:
-    defaults: dict[str, Any] = {"unit": panel.unit, "mappings": panel.mappings}
-    if panel.min is not None:
-        defaults["min"] = panel.min
-    if panel.max is not None:
-        defaults["max"] = panel.max
-    # (None, colour) first sets the base colour (default green).
-    marks = list(panel.thresholds or [])
-    base = marks.pop(0)[1] if marks and marks[0][0] is None else "green"
-    steps: list[dict[str, Any]] = [{"color": base, "value": None}]
-    for value, color in marks:
-        steps.append({"color": color, "value": value})
-    defaults["thresholds"] = {"mode": "absolute", "steps": steps}
+
+def _builder(panel: Panel) -> PanelBuilder:
+    """The typed builder of the panel's kind, with its kind's display options."""
     if panel.kind == "timeseries":
-        defaults["color"] = {"mode": "palette-classic"}
-        defaults["custom"] = {
-            "drawStyle": "line",
-            "lineWidth": 1,
-            "fillOpacity": 10,
-            "showPoints": "never",
-            "spanNulls": False,
-            "stacking": {"mode": "normal" if panel.stack else "none", "group": "A"},
-            "thresholdsStyle": {"mode": "line" if panel.thresholds else "off"},
-        }
-    else:
-        defaults["color"] = {"mode": "thresholds"}
-    if panel.links:
-        defaults["links"] = panel.links
-    return {"defaults": defaults, "overrides": []}
-
-
-def _options(panel: Panel) -> dict[str, Any]:
-    reduce = {"calcs": ["lastNotNull"], "fields": "", "values": False}
-    if panel.kind == "timeseries":
-        return {
-            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-            "tooltip": {"mode": "multi", "sort": "desc"},
-        }
+        return (
+            timeseries.Panel()
+            .legend(
+                cb.VizLegendOptions()
+                .display_mode(cm.LegendDisplayMode.LIST)
+                .placement(cm.LegendPlacement.BOTTOM)
+                .show_legend(True)
+            )
+            .tooltip(
+                cb.VizTooltipOptions()
+                .mode(cm.TooltipDisplayMode.MULTI)
+                .sort(cm.SortOrder.DESCENDING)
+            )
+            .color_scheme(db.FieldColor().mode(dm.FieldColorModeId.PALETTE_CLASSIC))
+            .draw_style(cm.GraphDrawStyle.LINE)
+            .line_width(1)
+            .fill_opacity(10)
+            .show_points(cm.VisibilityMode.NEVER)
+            .span_nulls(False)
+            .stacking(
+                cb.StackingConfig()
+                .mode(cm.StackingMode.NORMAL if panel.stack else cm.StackingMode.NONE)
+                .group("A")
+            )
+            .thresholds_style(
+                cb.GraphThresholdsStyleConfig().mode(
+                    cm.GraphTresholdsStyleMode.LINE
+                    if panel.thresholds
+                    else cm.GraphTresholdsStyleMode.OFF
+                )
+            )
+        )
     if panel.kind == "stat":
-        return {
-            "reduceOptions": reduce,
-            "colorMode": "value",
-            "graphMode": "area",
-            "textMode": "auto",
-            "justifyMode": "auto",
-            "orientation": "auto",
-        }
+        return (
+            stat.Panel()
+            .reduce_options(REDUCE)
+            .color_mode(cm.BigValueColorMode.VALUE)
+            .graph_mode(cm.BigValueGraphMode.AREA)
+            .text_mode(cm.BigValueTextMode.AUTO)
+            .justify_mode(cm.BigValueJustifyMode.AUTO)
+            .orientation(cm.VizOrientation.AUTO)
+        )
     if panel.kind == "gauge":
-        return {"reduceOptions": reduce, "showThresholdMarkers": True, "orientation": "auto"}
+        return (
+            gauge.Panel()
+            .reduce_options(REDUCE)
+            .show_threshold_markers(True)
+            .orientation(cm.VizOrientation.AUTO)
+        )
     if panel.kind == "bargauge":
-        return {
-            "reduceOptions": reduce,
-            "displayMode": "gradient",
-            "orientation": "horizontal",
-            "showUnfilled": True,
-        }
+        return (
+            bargauge.Panel()
+            .reduce_options(REDUCE)
+            .display_mode(cm.BarGaugeDisplayMode.GRADIENT)
+            .orientation(cm.VizOrientation.HORIZONTAL)
+            .show_unfilled(True)
+        )
     if panel.kind == "table":
-        return {"showHeader": True, "cellHeight": "sm", "footer": {"show": False}}
+        return (
+            table.Panel()
+            .show_header(True)
+            .cell_height(cm.TableCellHeight.SM)
+            .footer(cb.TableFooterOptions().show(False))
+            .with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
+            .with_transformation(
+                dm.DataTransformerConfig(
+                    id_val="organize", options={"excludeByName": {"Time": True}}
+                )
+            )
+        )
     if panel.kind == "text":
-        return {"mode": "markdown", "content": panel.content}
+        return text.Panel().mode(tm.TextMode.MARKDOWN).content(panel.content)
     raise ValueError(f"unknown panel kind {panel.kind}")
 
 
-def _targets(panel: Panel) -> list[dict[str, Any]]:
-    targets = []
-    for index, query in enumerate(panel.queries):
-        instant = query.instant or panel.kind == "table"
-        target: dict[str, Any] = {
-            "datasource": DS,
-            "refId": chr(ord("A") + index),
-            "expr": query.expr,
-            "legendFormat": query.legend or "__auto",
-            "range": not instant,
-            "instant": instant,
-            "editorMode": "code",
-        }
-        if panel.kind == "table":
-            target["format"] = "table"
-        targets.append(target)
-    return targets
+def _query(panel: Panel, index: int, query: Q) -> prometheus.Dataquery:
+    instant = query.instant or panel.kind == "table"
+    target = (
+        prometheus.Dataquery()
+        .datasource(DS)
+        .ref_id(chr(ord("A") + index))
+        .expr(query.expr)
+        .legend_format(query.legend or "__auto")
+        .editor_mode(pm.QueryEditorMode.CODE)
+    )
+    target = target.instant() if instant else target.range()
+    if panel.kind == "table":
+        target.format(pm.PromQueryFormat.TABLE)
+    return target
 
 
-def render(board: Dashboard) -> dict[str, Any]:
-    panels: list[dict[str, Any]] = []
+def _thresholds(panel: Panel) -> db.ThresholdsConfig:
+    # (None, colour) first sets the base colour (default green).
+    marks = list(panel.thresholds or [])
+    base = marks.pop(0)[1] if marks and marks[0][0] is None else "green"
+    steps = [dm.Threshold(value=None, color=base)]
+    steps += [dm.Threshold(value=value, color=color) for value, color in marks]
+    return db.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE).steps(steps)
+
+
+def panel_of(panel: Panel, panel_id: int, grid: dm.GridPos) -> PanelBuilder:
+    """The panel, typed: its kind's builder with the shared field config and queries."""
+    built = (
+        _builder(panel)
+        .id(panel_id)
+        .title(panel.title)
+        .description(panel.description)
+        .grid_pos(grid)
+    )
+    if panel.kind == "text":
+        return built
+    built = built.datasource(DS).unit(panel.unit).mappings(panel.mappings)
+    if panel.min is not None:
+        built.min(panel.min)
+    if panel.max is not None:
+        built.max(panel.max)
+    built.thresholds(_thresholds(panel))
+    if panel.kind != "timeseries":
+        built.color_scheme(db.FieldColor().mode(dm.FieldColorModeId.THRESHOLDS))
+    if panel.links:
+        built.data_links([db.DashboardLink(link["title"]).url(link["url"]) for link in panel.links])
+    return built.targets([_query(panel, i, q) for i, q in enumerate(panel.queries)])
+
+
+def render(board: Dashboard) -> dm.Dashboard:
+    """The dashboard, laid out left to right and wrapped at 24 columns; a row starts a
+    new line."""
+    builder = (
+        db.Dashboard(board.title)
+        .uid(board.uid)
+        .description(board.description)
+        .tags([TAG])
+        .editable()
+        .tooltip(dm.DashboardCursorSync.CROSSHAIR)
+        .version(1)
+        .refresh("30s")
+        .time(board.time_from, "now")
+        .timezone("browser")
+        .link(
+            db.DashboardLink("dcsched")
+            .type(dm.DashboardLinkType.DASHBOARDS)
+            .tags([TAG])
+            .as_dropdown(True)
+            .include_vars(False)
+            .keep_time(True)
+        )
+        .variables([datasource_variable(), *board.variables])
+        .annotations([])
+    )
     x = y = 0
     row_height = 0
-    next_id = 1
-    for item in board.items:
+    for panel_id, item in enumerate(board.items, start=1):
         if isinstance(item, Row):
             if x:
                 x, y = 0, y + row_height
-            panels.append(
-                {
-                    "id": next_id,
-                    "type": "row",
-                    "title": item.title,
-                    "collapsed": False,
-                    "panels": [],
-                    "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
-                }
+            builder.with_row(
+                db.Row(item.title).id(panel_id).grid_pos(dm.GridPos(h=1, w=24, x=0, y=y))
             )
-            next_id += 1
             y += 1
             row_height = 0
             continue
         if x + item.width > 24:
             x, y = 0, y + row_height
             row_height = 0
-        panel: dict[str, Any] = {
-            "id": next_id,
-            "type": item.kind,
-            "title": item.title,
-            "description": item.description,
-            "gridPos": {"h": item.height, "w": item.width, "x": x, "y": y},
-            "options": _options(item),
-        }
-        if item.kind != "text":
-            panel["datasource"] = DS
-            panel["fieldConfig"] = _field_config(item)
-            panel["targets"] = _targets(item)
-        if item.kind == "table":
-            panel["transformations"] = [
-                {"id": "merge", "options": {}},
-                {"id": "organize", "options": {"excludeByName": {"Time": True}}},
-            ]
-        panels.append(panel)
-        next_id += 1
+        grid = dm.GridPos(h=item.height, w=item.width, x=x, y=y)
+        builder.with_panel(panel_of(item, panel_id, grid))
         x += item.width
         row_height = max(row_height, item.height)
-    return {
-        "uid": board.uid,
-        "title": board.title,
-        "description": board.description,
-        "tags": [TAG],
-        "editable": True,
-        "graphTooltip": 1,
-        "schemaVersion": 39,
-        "version": 1,
-        "refresh": "30s",
-        "time": {"from": board.time_from, "to": "now"},
-        "timezone": "browser",
-        "annotations": {"list": []},
-        "links": [
-            {
-                "title": "dcsched",
-                "type": "dashboards",
-                "tags": [TAG],
-                "asDropdown": True,
-                "includeVars": False,
-                "keepTime": True,
-            }
-        ],
-        "templating": {"list": [datasource_variable(), *board.variables]},
-        "panels": panels,
-    }
+    dashboard = builder.build()
+    dashboard.schema_version = SCHEMA_VERSION
+    return dashboard
 
 
 # -- the dashboards ---------------------------------------------------------------------
@@ -287,10 +362,12 @@ JOB_LINK = [
 # Under 10% of the allocated GPUs used: red (DcschedGPUAllocatedIdle's threshold).
 IDLE_MARK: list[tuple[float | None, str]] = [(None, "red"), (0.1, "green")]
 UP_MAPPING = [
-    {
-        "type": "value",
-        "options": {"0": {"text": "down", "color": "red"}, "1": {"text": "up", "color": "green"}},
-    }
+    dm.ValueMap(
+        options={
+            "0": dm.ValueMappingResult(text="down", color="red"),
+            "1": dm.ValueMappingResult(text="up", color="green"),
+        }
+    )
 ]
 
 
@@ -957,6 +1034,271 @@ def jobs() -> Dashboard:
                     )
                 ],
             ),
+            Row("Batch inference"),
+            Panel(
+                "Inference progress",
+                "Rows each running `kind: infer` job has scored over the rows of its input "
+                "(all workers; shown once every worker has read its shard).",
+                [
+                    Q(
+                        f"max by (job_id, team) (dcsched_job_inference_rows_done{{{TEAM}}}) "
+                        "/ on (job_id, team) max by (job_id, team) "
+                        f"(dcsched_job_inference_rows{{{TEAM}}})",
+                        "{{job_id}} ({{team}})",
+                    )
+                ],
+                unit="percentunit",
+                width=8,
+                min=0,
+                max=1,
+                links=JOB_LINK,
+            ),
+            Panel(
+                "Inference rows: scored and total",
+                "Rows each running infer job has scored, beside the rows it scores in all.",
+                [
+                    Q(
+                        f"max by (job_id, team) (dcsched_job_inference_rows_done{{{TEAM}}})",
+                        "{{job_id}} scored",
+                    ),
+                    Q(
+                        f"max by (job_id, team) (dcsched_job_inference_rows{{{TEAM}}})",
+                        "{{job_id}} total",
+                    ),
+                ],
+                width=8,
+                links=JOB_LINK,
+            ),
+            Panel(
+                "Inference throughput",
+                "Rows per second each running infer job scores (all workers, since its first "
+                "batch).",
+                [
+                    Q(
+                        f"max by (job_id, team) (dcsched_job_inference_rows_per_second{{{TEAM}}})",
+                        "{{job_id}} ({{team}})",
+                    )
+                ],
+                unit="suffix: rows/s",
+                width=8,
+                links=JOB_LINK,
+            ),
+        ],
+    )
+
+
+SERVE = 'deployment=~"$deployment"'
+SERVE_RATE = f"rate(dcsched_serve_requests_total{{{SERVE}}}[$__rate_interval])"
+SERVE_BUCKETS = f"rate(dcsched_serve_request_duration_seconds_bucket{{{SERVE}}}[$__rate_interval])"
+
+
+def _errors(by: str, codes: str) -> str:
+    """Share of the requests answered with ``codes`` (a regex), per ``by``."""
+    return (
+        f'sum by ({by}) (rate(dcsched_serve_requests_total{{{SERVE}, code=~"{codes}"}}'
+        f"[$__rate_interval])) / sum by ({by}) ({SERVE_RATE})"
+    )
+
+
+def _latency(quantile: float, by: str) -> str:
+    return f"histogram_quantile({quantile}, sum by ({by}, le) ({SERVE_BUCKETS}))"
+
+
+# DcschedServeErrors fires above 1% of 5xx, DcschedServeSlow above a p99 of 100 ms.
+ERROR_MARK: list[tuple[float | None, str]] = [(0.01, "red")]
+SLOW_MARK: list[tuple[float | None, str]] = [(0.1, "orange")]
+
+
+def serving() -> Dashboard:
+    return Dashboard(
+        uid="dcsched-serving",
+        title="dcsched / Serving",
+        description="Online serving deployments (`dcsched serve`): requests, errors and "
+        "latency as each replica measures them (scrape job dcsched-serving), replicas by "
+        "state as the server sees them, and the model version each replica serves.",
+        variables=[
+            query_variable(
+                "deployment",
+                "Deployment",
+                "label_values(dcsched_serve_model_info, deployment)",
+                description="A serving deployment (`dcsched serve list`).",
+            )
+        ],
+        time_from="now-1h",
+        items=[
+            Row("Deployments"),
+            Panel(
+                "Replicas ready / wanted",
+                "Replicas in the load balancer and passing its health check, and the "
+                "count each deployment aims for.",
+                [
+                    Q(
+                        f'sum by (deployment) (dcsched_serve_replicas{{{SERVE}, state="ready"}})',
+                        "{{deployment}} ready",
+                    ),
+                    Q(
+                        f"max by (deployment) (dcsched_serve_replicas_wanted{{{SERVE}}})",
+                        "{{deployment}} wanted",
+                    ),
+                ],
+                kind="stat",
+                width=6,
+                height=4,
+            ),
+            Panel(
+                "Requests per second",
+                "Requests all replicas of the selected deployments answer, any code.",
+                [Q(f"sum({SERVE_RATE})")],
+                kind="stat",
+                unit="reqps",
+                width=6,
+                height=4,
+            ),
+            Panel(
+                "5xx ratio",
+                "Share of requests the replicas failed (HTTP 5xx: the model raised). Over "
+                "1% for 5 minutes raises DcschedServeErrors; bad input is a 4xx and does "
+                "not count.",
+                [
+                    Q(
+                        f'sum(rate(dcsched_serve_requests_total{{{SERVE}, code=~"5.."}}'
+                        f"[$__rate_interval])) / sum({SERVE_RATE})"
+                    )
+                ],
+                kind="stat",
+                unit="percentunit",
+                width=6,
+                height=4,
+                thresholds=ERROR_MARK,
+            ),
+            Panel(
+                "p99 latency",
+                "99th percentile of the replicas' answer time, all selected deployments. "
+                "Over 100 ms for 10 minutes raises DcschedServeSlow.",
+                [Q(f"histogram_quantile(0.99, sum by (le) ({SERVE_BUCKETS}))")],
+                kind="stat",
+                unit="s",
+                width=6,
+                height=4,
+                thresholds=SLOW_MARK,
+            ),
+            Row("Requests"),
+            Panel(
+                "Request rate by code",
+                "Requests answered per second, by deployment and HTTP status code.",
+                [Q(f"sum by (deployment, code) ({SERVE_RATE})", "{{deployment}} {{code}}")],
+                unit="reqps",
+                stack=True,
+            ),
+            Panel(
+                "Error ratio",
+                "Share of requests answered 5xx (the replica failed; DcschedServeErrors "
+                "above 1%) and 4xx (the request was refused: malformed, wrong features, "
+                "too large).",
+                [
+                    Q(_errors("deployment", "5.."), "{{deployment}} 5xx"),
+                    Q(_errors("deployment", "4.."), "{{deployment}} 4xx"),
+                ],
+                unit="percentunit",
+                min=0,
+                thresholds=ERROR_MARK,
+            ),
+            Panel(
+                "Latency p50, p99",
+                "From a request's last byte to its answer being written, as the replicas "
+                "measure it (the load balancer's hop is not in it). p99 over 100 ms for 10 "
+                "minutes raises DcschedServeSlow.",
+                [
+                    Q(_latency(0.5, "deployment"), "{{deployment}} p50"),
+                    Q(_latency(0.99, "deployment"), "{{deployment}} p99"),
+                ],
+                unit="s",
+                min=0,
+                thresholds=SLOW_MARK,
+            ),
+            Panel(
+                "p99 latency by replica",
+                "The same p99, each replica on its own: one slow replica (a busy node) "
+                "stands out here.",
+                [Q(_latency(0.99, "deployment, replica"), "{{replica}} ({{deployment}})")],
+                unit="s",
+                min=0,
+                thresholds=SLOW_MARK,
+            ),
+            Row("Replicas"),
+            Panel(
+                "Requests per second by replica",
+                "How the load balancer spreads requests over each deployment's replicas.",
+                [
+                    Q(
+                        f"sum by (deployment, replica) ({SERVE_RATE})",
+                        "{{replica}} ({{deployment}})",
+                    )
+                ],
+                unit="reqps",
+            ),
+            Panel(
+                "In flight per replica",
+                "Requests each replica has received and not yet answered (autoscaling "
+                "follows the balancer's own count of these toward `target_in_flight`).",
+                [
+                    Q(
+                        f"sum by (deployment, replica) (dcsched_serve_requests_in_flight"
+                        f"{{{SERVE}}})",
+                        "{{replica}} ({{deployment}})",
+                    )
+                ],
+                min=0,
+            ),
+            Panel(
+                "Replicas by state",
+                "Each deployment's live replica jobs (server): pending (waiting for "
+                "admission: `dcsched serve status` says why), starting (admitted or "
+                "running, not passing the balancer's health check), ready, draining "
+                "(retired by an update or a scale-down); and the count it aims for.",
+                [
+                    Q(
+                        f"sum by (deployment, state) (dcsched_serve_replicas{{{SERVE}}})",
+                        "{{deployment}} {{state}}",
+                    ),
+                    Q(
+                        f"max by (deployment) (dcsched_serve_replicas_wanted{{{SERVE}}})",
+                        "{{deployment}} wanted",
+                    ),
+                ],
+                min=0,
+            ),
+            Panel(
+                "Replicas answering Prometheus",
+                "Replicas listed in serving.json (the server writes every replica that "
+                "has a balancer slot) and those whose /metrics answered the last scrape.",
+                [
+                    Q(
+                        f'count by (deployment) (up{{job="dcsched-serving", {SERVE}}})',
+                        "{{deployment}} listed",
+                    ),
+                    Q(
+                        f'sum by (deployment) (up{{job="dcsched-serving", {SERVE}}})',
+                        "{{deployment}} up",
+                    ),
+                ],
+                min=0,
+            ),
+            Panel(
+                "Model version served",
+                "Replicas serving each model version: one version normally, two during a "
+                "rolling update (`dcsched serve update`).",
+                [
+                    Q(
+                        f"count by (deployment, model, version) (dcsched_serve_model_info"
+                        f"{{{SERVE}}})",
+                        "{{deployment}}: {{model}}:{{version}}",
+                    )
+                ],
+                min=0,
+                width=24,
+                stack=True,
+            ),
         ],
     )
 
@@ -1258,7 +1600,7 @@ def job() -> Dashboard:
     )
 
 
-DASHBOARDS = (overview, gpus, jobs, teams, job)
+DASHBOARDS = (overview, gpus, jobs, teams, job, serving)
 
 
 def files() -> dict[str, str]:
@@ -1266,14 +1608,16 @@ def files() -> dict[str, str]:
     out = {}
     for make in DASHBOARDS:
         board = make()
-        out[f"{board.uid}.json"] = json.dumps(render(board), indent=2, ensure_ascii=False) + "\n"
+        encoded = JSONEncoder(sort_keys=False).encode(render(board))
+        text = json.dumps(json.loads(encoded), indent=2, ensure_ascii=False)
+        out[f"{board.uid}.json"] = text + "\n"
     return out
 
 
 def main() -> int:
     OUT.mkdir(exist_ok=True)
-    for name, text in files().items():
-        (OUT / name).write_text(text)
+    for name, body in files().items():
+        (OUT / name).write_text(body)
         print(f"wrote {OUT / name}")
     return 0
 

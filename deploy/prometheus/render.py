@@ -10,7 +10,7 @@ it runs on the Prometheus host as well as in the repository:
     python3 deploy/prometheus/render.py --dcsched-home /srv/dcsched \\
         --server-url http://10.0.0.5:8765 --ray-temp-dir /tmp/ray -o /etc/prometheus/dcsched.yml
 
-Three scrape jobs (their names are what the alert rules and dashboards select on):
+Four scrape jobs (their names are what the alert rules and dashboards select on):
 
 - ``dcsched-server``: the server's ``/metrics``, with the API's bearer token read from
   ``$DCSCHED_HOME/token`` (``authorization.credentials_file``; Prometheus re-reads it at
@@ -18,6 +18,9 @@ Three scrape jobs (their names are what the alert rules and dashboards select on
 - ``dcsched-node``: every node exporter (``dcsched exporter``), found through the
   file_sd file that the dcsched server keeps, ``$DCSCHED_HOME/prometheus/exporters.json``
   (``[{"targets": ["host:port"], "labels": {"node": "<Ray node id>"}}]``);
+- ``dcsched-serving``: every serving replica (``dcsched serve``), found through the
+  file_sd file the server keeps, ``$DCSCHED_HOME/prometheus/serving.json`` (labels
+  ``deployment``, ``replica``, ``team``);
 - ``ray``: Ray's own metrics agents, found through Ray's service-discovery file
   ``<Ray temp dir>/prom_metrics_service_discovery.json``, which the Ray head writes
   (Ray 2.60 keeps it in the session dir and links it there). It exists on the head node
@@ -163,6 +166,11 @@ def render(settings: Settings) -> str:
         "    file_sd_configs:",
         f"      - files: [{_q(settings.dcsched_home.rstrip('/') + '/prometheus/serving.json')}]",
         "        refresh_interval: 15s",
+        "    metric_relabel_configs:",
+        "      # The replicas label their series with the same deployment and replica as",
+        "      # the file does; drop the copies Prometheus would keep as exported_*.",
+        "      - regex: exported_(deployment|replica)",
+        "        action: labeldrop",
         "",
         "  # Ray's own metrics agents (one per Ray node), from the file the Ray head writes.",
         "  - job_name: ray",

@@ -49,6 +49,7 @@ from dcsched.kinds.serve import ServeJobSpec, parse_model_ref
 from dcsched.paths import Paths
 from dcsched.rundir import write_text_atomically
 from dcsched.serving.haproxy import SLOTS, Balancer, HAProxyError, Slot
+from dcsched.serving.metrics import REPLICA_STATES, replica_state
 
 logger = logging.getLogger(__name__)
 
@@ -608,6 +609,28 @@ class ServeController:
     def names(self) -> list[str]:
         with self._lock:
             return sorted(self._deployments)
+
+    def replica_counts(self) -> list[dict[str, Any]]:
+        """Every active deployment's wanted count and live replicas by state (what the
+        server's ``/metrics`` shows, ``dcsched.serving.metrics.DeploymentCollector``)."""
+        with self._lock:
+            out = []
+            for name in sorted(self._deployments):
+                if self._deployments[name].state != "active":
+                    continue
+                view = self.view(name)
+                counts = dict.fromkeys(REPLICA_STATES, 0)
+                for member in view["members"]:
+                    counts[replica_state(member["state"], member["balancer"])] += 1
+                out.append(
+                    {
+                        "deployment": name,
+                        "team": view["team"],
+                        "wanted": view["replicas"],
+                        "replicas": counts,
+                    }
+                )
+            return out
 
 
 def _version(job: Job) -> int | None:

@@ -6,7 +6,17 @@ server (token from its file) and the real node exporter that the server runs on 
 node, found through the file_sd file the server writes ($DCSCHED_HOME/prometheus/
 exporters.json), and Ray's own metrics agent through Ray's service-discovery file. Jobs
 go through the server so that every kind of series exists: one that finishes, one that
-is preempted and waits, one that runs and reports progress, a tuning study.
+is preempted and waits, one that runs and reports progress, a tuning study, a batch
+inference job and a serving deployment.
+
+The serving deployment (one replica of a model trained here, behind its HAProxy) gets a
+light steady load for the whole module; Prometheus scrapes its replica as the
+``dcsched-serving`` job through the file_sd file the server writes
+($DCSCHED_HOME/prometheus/serving.json), as in production. The batch inference job
+(``kind: infer``, one row per batch over 300,000 rows) is paused with SIGSTOP once it has
+reported progress, so that it is still RUNNING with its progress series when the queries
+run, without burning a CPU for the rest of the module; it is resumed before it is
+cancelled.
 
 This machine has no NVIDIA GPU, so the real exporter has no GPU series. To run the GPU
 queries on data all the same, a second exporter process serves the same collector with
@@ -25,12 +35,16 @@ the helper processes are stopped by PID.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -39,9 +53,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import psutil
 import pytest
 
-from tests.conftest import EXAMPLES, Server, free_port
+from tests.conftest import EXAMPLES, Server, await_condition, free_port
 from tests.deploy_files import (
     GRAFANA_BUILTINS,
     PROMETHEUS_DIR,
@@ -213,12 +229,130 @@ def epoch(job: dict) -> int:
     return int((job.get("progress") or {}).get("epoch") or 0)
 
 
+# -- serving and batch inference ------------------------------------------------------------
+
+DEPLOYMENT = "dash"
+MODEL = "short"  # registered by the first train job below
+INFER_ROWS = 300_000
+
+
+class Trickle:
+    """One keep-alive client that posts a prediction every 50 ms until stopped, counting
+    the answers by status (a failed connection counts as 0)."""
+
+    def __init__(self, url: str):
+        self.url = urllib.parse.urlsplit(url)
+        self.codes: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        body = json.dumps({"features": [0.5] * 30}).encode()
+        conn: http.client.HTTPConnection | None = None
+        while not self._stop.wait(0.05):
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection(self.url.hostname, self.url.port, timeout=10)
+                conn.request("POST", "/predict", body=body)
+                response = conn.getresponse()
+                response.read()
+                code = response.status
+            except (OSError, http.client.HTTPException):
+                if conn is not None:
+                    conn.close()
+                conn, code = None, 0
+            self.codes[code] = self.codes.get(code, 0) + 1
+        if conn is not None:
+            conn.close()
+
+
+def serve_deployment(server: Server) -> dict[str, Any]:
+    """One replica of MODEL:1 for team vision; its status once the balancer has it up."""
+    created = server.cli(
+        "serve", f"{MODEL}:1", "--name", DEPLOYMENT, "--team", "vision", "--replicas", "1",
+        "--cpus", "0.5", "--memory", "256MiB",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stdout + created.stderr
+
+    def up() -> dict[str, Any] | None:
+        view: dict[str, Any] = server.cli_json("serve", "status", DEPLOYMENT)  # type: ignore[assignment]
+        members = view["members"]
+        if len(members) == 1 and str(members[0]["balancer"]).startswith("UP"):
+            return view
+        return None
+
+    return dict(await_condition("the deployment's replica to be up", up, timeout=240))
+
+
+def infer_spec(tmp: Path) -> Path:
+    """A ``kind: infer`` job over INFER_ROWS rows of zeros (a parquet file of a few KB) with
+    MODEL:1, one row per batch."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sklearn.datasets import load_breast_cancer
+
+    names = [str(n) for n in load_breast_cancer().feature_names]
+    zeros = pa.array(np.zeros(INFER_ROWS))
+    pq.write_table(pa.table({name: zeros for name in names}), tmp / "rows.parquet")
+    document = {
+        "name": "score",
+        "kind": "infer",
+        "team": "research",
+        "priority": "normal",
+        "resources": {"workers": 1, "cpus": 1, "memory": "512MiB"},
+        "infer": {
+            "model": f"{MODEL}:1",
+            "input": "rows.parquet",
+            "output": "scores.parquet",
+            "batch_size": 1,
+        },
+    }
+    path = tmp / "score.yaml"
+    path.write_text(json.dumps(document))  # JSON is YAML
+    return path
+
+
+def pause_mid_run(server: Server, job_id: str) -> psutil.Process:
+    """SIGSTOP the infer job's process once its progress has rows done and rows in all,
+    and not all of them done; the process, to resume it."""
+    progress = server.home / "runs" / job_id / "progress.jsonl"
+
+    def mid_run() -> dict[str, Any] | None:
+        try:
+            lines = progress.read_text().splitlines()
+        except OSError:
+            return None
+        last = json.loads(lines[-1]) if lines and lines[-1].strip() else {}
+        total, done = last.get("rows_total"), last.get("rows_done") or 0
+        return last if total and 0 < done < total else None
+
+    await_condition("the infer job to report progress", mid_run, timeout=240, interval=0.1)
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info["cmdline"] or []
+        if "dcsched.inference.batch" in command and any(job_id in arg for arg in command):
+            process.send_signal(signal.SIGSTOP)
+            last = mid_run()
+            assert last is not None, "the infer job finished before it could be paused"
+            return process
+    raise AssertionError(f"no process of infer job {job_id}")
+
+
 @dataclass
 class Live:
     prometheus: Prometheus
     server: Server
     running_job: str
     node: str
+    infer_job: str
+    replica: str
+    trickle: Trickle
 
 
 @pytest.fixture(scope="module")
@@ -247,6 +381,8 @@ def live(server: Server, ray_head: Any, tmp_path_factory: pytest.TempPathFactory
 
     prometheus = start_prometheus(config, tmp / "data", tmp / "prometheus.log")
     helpers: list[subprocess.Popen[bytes]] = []
+    paused: list[psutil.Process] = []
+    trickles: list[Trickle] = []
     try:
         # The server's exporter on the Ray node, through the server's file_sd file.
         assert prometheus.wait_for('up{job="dcsched-server"} == 1', 60), prometheus.get(
@@ -269,18 +405,28 @@ def live(server: Server, ray_head: Any, tmp_path_factory: pytest.TempPathFactory
             study, lambda j: (j.get("tuning") or {}).get("done", 0) >= 1, timeout=300
         )
         victim = server.cli(
-            "submit", str(spec(tmp, "victim", "research", "low", 8, 100000))
+            "submit", str(spec(tmp, "victim", "research", "low", 6, 100000))
         ).stdout.strip()
         server.wait_for_job(
             victim, lambda j: j["state"] == "RUNNING" and epoch(j) >= 1, timeout=240
         )
         urgent = server.cli(
-            "submit", str(spec(tmp, "urgent", "research", "high", 8, 100000, gpus=1))
+            "submit", str(spec(tmp, "urgent", "research", "high", 6, 100000, gpus=1))
         ).stdout.strip()
         server.wait_for_job(
             urgent, lambda j: j["state"] == "RUNNING" and epoch(j) >= 1, timeout=240
         )
         assert server.cli_json("status", victim)["state"] == "PENDING"  # type: ignore[index]
+
+        # In the 2 CPUs urgent leaves (normal priority: ahead of the waiting victim), a
+        # serving deployment under load and a batch inference job, paused mid-run.
+        submitted = server.cli("submit", str(infer_spec(tmp)))
+        assert submitted.returncode == 0, submitted.stderr
+        infer_job = submitted.stdout.strip()
+        view = serve_deployment(server)
+        trickles.append(Trickle(view["url"]))
+        trickles[0].start()
+        paused.append(pause_mid_run(server, infer_job))
 
         helpers += stand_in_exporter(stand_in_sd, urgent, "research", tmp)
         assert prometheus.wait_for(f'dcsched_gpu_collector_up{{node="{STAND_IN_NODE}"}} == 1', 60)
@@ -290,14 +436,25 @@ def live(server: Server, ray_head: Any, tmp_path_factory: pytest.TempPathFactory
             f'dcsched_job_training_epoch{{job_id="{urgent}"}}',
             "dcsched_preemptions_total",
             f'dcsched_job_cpu_seconds_total{{job_id="{urgent}"}}',
+            f'dcsched_job_inference_rows{{job_id="{infer_job}"}}',
+            f'dcsched_serve_replicas{{deployment="{DEPLOYMENT}", state="ready"}} == 1',
+            f'dcsched_serve_requests_total{{deployment="{DEPLOYMENT}", code="200"}} > 0',
         ):
             prometheus.wait_for(expr, 60)  # what is still missing shows below
         time.sleep(5)  # a few more samples for the rate() windows
-        yield Live(prometheus, server, urgent, node)
+        yield Live(
+            prometheus, server, urgent, node, infer_job, view["members"][0]["job"], trickles[0]
+        )
     finally:
         stop(prometheus.process)
+        for trickle in trickles:
+            trickle.stop()
         for helper in helpers:
             stop(helper)
+        for process in paused:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.send_signal(signal.SIGCONT)
+        server.cli("serve", "stop", DEPLOYMENT)  # its HAProxy would outlive the server
         server.cancel_live_jobs()
 
 
@@ -306,7 +463,11 @@ def live(server: Server, ray_head: Any, tmp_path_factory: pytest.TempPathFactory
 
 def test_every_panel_query_returns_data(live: Live) -> None:
     prometheus = live.prometheus
-    values = {**GRAFANA_BUILTINS, "node": ".*", "gpu": ".*", "team": ".*", "job": live.running_job}
+    values = {
+        **GRAFANA_BUILTINS,
+        **{"node": ".*", "gpu": ".*", "team": ".*", "deployment": ".*"},
+        "job": live.running_job,
+    }
     missing, errors = [], []
     ran = 0
     for uid, board in dashboards().items():
@@ -372,7 +533,7 @@ def test_labels_join_server_and_exporter_on_node_and_job_id(live: Live) -> None:
     server_side = prometheus.query(
         f'dcsched_job_allocated_cpus{{job="dcsched-server", job_id="{job}", team="research"}}'
     )
-    assert server_side and float(server_side[0]["value"][1]) == 8
+    assert server_side and float(server_side[0]["value"][1]) == 6
     measured = prometheus.query(
         f'dcsched_job_cpu_seconds_total{{job="dcsched-node", job_id="{job}", node="{live.node}"}}'
     )
@@ -397,3 +558,40 @@ def test_ray_metrics_are_scraped_through_rays_discovery_file(live: Live) -> None
     ray = [t for t in targets if t["labels"]["job"] == "ray"]
     assert ray, "no target from Ray's service-discovery file"
     assert live.prometheus.wait_for('up{job="ray"} == 1', 30)
+
+
+def test_serving_series_join_the_deployment_its_replica_job_and_the_server(live: Live) -> None:
+    """The replica's series carry the deployment, the replica's job id and the team from
+    serving.json (no exported_* copies), the model version it serves, and the server's
+    count of the deployment's replicas agrees; the load got only 200s."""
+    prometheus = live.prometheus
+    info = prometheus.query(f'dcsched_serve_model_info{{deployment="{DEPLOYMENT}"}}')
+    assert len(info) == 1, info
+    labels = info[0]["metric"]
+    assert labels["job"] == "dcsched-serving" and labels["replica"] == live.replica
+    assert (labels["team"], labels["model"], labels["version"]) == ("vision", MODEL, "1")
+    assert not prometheus.query('{exported_deployment=~".+"}')
+    assert not prometheus.query('{exported_replica=~".+"}')
+    ready = prometheus.query(f'dcsched_serve_replicas{{deployment="{DEPLOYMENT}", state="ready"}}')
+    wanted = prometheus.query(f'dcsched_serve_replicas_wanted{{deployment="{DEPLOYMENT}"}}')
+    assert [r["metric"]["job"] for r in ready] == ["dcsched-server"]
+    assert float(ready[0]["value"][1]) == float(wanted[0]["value"][1]) == 1
+    answered = prometheus.query(
+        f'sum(dcsched_serve_requests_total{{deployment="{DEPLOYMENT}", code="200"}})'
+    )
+    assert answered and float(answered[0]["value"][1]) > 0
+    assert set(live.trickle.codes) == {200}, live.trickle.codes
+
+
+def test_the_paused_infer_jobs_progress_is_what_it_reported(live: Live) -> None:
+    job = live.server.cli_json("status", live.infer_job)
+    assert isinstance(job, dict) and job["state"] == "RUNNING", job
+    progress = job["progress"]
+    assert 0 < progress["rows_done"] < progress["rows_total"] == INFER_ROWS
+    for series, value in (
+        ("dcsched_job_inference_rows_done", progress["rows_done"]),
+        ("dcsched_job_inference_rows", INFER_ROWS),
+        ("dcsched_job_inference_rows_per_second", progress["rows_per_s"]),
+    ):
+        found = live.prometheus.query(f'{series}{{job_id="{live.infer_job}", team="research"}}')
+        assert found and float(found[0]["value"][1]) == value, (series, found)

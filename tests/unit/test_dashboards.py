@@ -7,6 +7,7 @@ against a real Prometheus."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -47,18 +48,20 @@ DCGM_PANELS = {
 def test_the_committed_json_is_what_generate_writes() -> None:
     written = generate.files()
     on_disk = {path.name: path.read_text() for path in DASHBOARDS_DIR.glob("*.json")}
-    assert set(on_disk) == set(written), "run python3 deploy/grafana/generate.py"
+    regenerate = "run .venv/bin/python deploy/grafana/generate.py"
+    assert set(on_disk) == set(written), regenerate
     for name, text in written.items():
-        assert on_disk[name] == text, f"{name} is stale: run python3 deploy/grafana/generate.py"
+        assert on_disk[name] == text, f"{name} is stale: {regenerate}"
 
 
-def test_the_five_dashboards_exist() -> None:
+def test_the_six_dashboards_exist() -> None:
     assert set(BOARDS) == {
         "dcsched-overview",
         "dcsched-gpus",
         "dcsched-jobs",
         "dcsched-teams",
         "dcsched-job",
+        "dcsched-serving",
     }
     assert len({board["title"] for board in BOARDS.values()}) == len(BOARDS)
 
@@ -143,6 +146,49 @@ def test_the_job_dashboard_is_templated_by_job_id() -> None:
     assert job["multi"] is False and "job_id" in job["query"]["query"]
     for title, ref, expr in panel_queries(board):
         assert 'job_id="$job"' in expr, f"{title} {ref} is not about the selected job"
+
+
+def test_the_serving_dashboard_is_about_the_selected_deployments() -> None:
+    board = BOARDS["dcsched-serving"]
+    deployment = next(v for v in board["templating"]["list"] if v["name"] == "deployment")
+    assert deployment["multi"] is True and "deployment)" in deployment["query"]["query"]
+    for title, ref, expr in panel_queries(board):
+        # every selector of the expression, not just one of them
+        for selector in re.findall(r"\b(\w+)\{([^}]*)\}", expr):
+            assert 'deployment=~"$deployment"' in selector[1], f"{title} {ref}: {selector}"
+        assert "{" in expr, f"{title} {ref} selects nothing"
+    titles = {panel["title"] for panel in board["panels"]}
+    assert {
+        "Request rate by code",
+        "Error ratio",
+        "Latency p50, p99",
+        "In flight per replica",
+        "Replicas by state",
+        "Model version served",
+    } <= titles
+
+
+def test_the_serving_thresholds_are_those_of_the_serving_alerts() -> None:
+    """The red line of the error panels is DcschedServeErrors' ratio, the orange one of
+    the latency panels DcschedServeSlow's p99."""
+    alerts = {rule["alert"]: rule["expr"] for rule in alert_rules()}
+    errors = float(alerts["DcschedServeErrors"].rsplit(">", 1)[1])
+    slow = float(alerts["DcschedServeSlow"].rsplit(">", 1)[1])
+    panels = {p["title"]: p for p in BOARDS["dcsched-serving"]["panels"]}
+
+    def marks(title: str) -> list[float]:
+        steps = panels[title]["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        return [step["value"] for step in steps if step["value"] is not None]
+
+    assert marks("Error ratio") == marks("5xx ratio") == [errors]
+    assert marks("Latency p50, p99") == marks("p99 latency") == [slow]
+
+
+def test_the_jobs_dashboard_shows_batch_inference_progress() -> None:
+    queries = {title: expr for title, _, expr in panel_queries(BOARDS["dcsched-jobs"])}
+    assert "dcsched_job_inference_rows_done" in queries["Inference progress"]
+    assert "dcsched_job_inference_rows{" in queries["Inference progress"]
+    assert "dcsched_job_inference_rows_per_second" in queries["Inference throughput"]
 
 
 def test_job_links_lead_to_the_job_dashboard() -> None:

@@ -90,6 +90,9 @@ def test_the_config_scrapes_server_exporters_and_ray(tmp_path: Path) -> None:
     # the exporter's own `node` yields to the target's (the Ray node id)
     relabel = jobs["dcsched-node"]["metric_relabel_configs"]
     assert relabel == [{"regex": "exported_node", "action": "labeldrop"}]
+    # a replica's own deployment and replica labels are the file's (no exported_* copies)
+    relabel = jobs["dcsched-serving"]["metric_relabel_configs"]
+    assert relabel == [{"regex": "exported_(deployment|replica)", "action": "labeldrop"}]
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["am:9093"]
 
 
