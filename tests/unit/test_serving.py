@@ -142,7 +142,9 @@ def test_the_numpy_forward_pass_answers_as_the_plugins_predict(model: Any) -> No
     for a, b in zip(ours, theirs, strict=True):
         assert a["label"] == b["label"]
         for label, p in a["probabilities"].items():
-            assert abs(p - b["probabilities"][label]) < 1e-6
+            # Both compute in float32 but sum in different orders (numpy's BLAS, torch's
+            # kernels): differences of a few 1e-6 are rounding, not a different model.
+            assert abs(p - b["probabilities"][label]) < 1e-5
 
 
 @pytest.fixture
