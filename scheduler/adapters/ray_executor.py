@@ -157,9 +157,6 @@ class RayExecutor:
             "DCSCHED_JOB_ID": job.id,
             "DCSCHED_TEAM": job.team,
             "DCSCHED_RUN_ATTEMPT": str(job.attempt),
-            # Ray pipes the entrypoint's output to a file: unbuffered, so `dcsched logs -f`
-            # shows each line as it is printed rather than 8 KiB at a time.
-            "PYTHONUNBUFFERED": "1",
         }
         runtime_env: dict[str, Any] = {"env_vars": env_vars}
         if job.kind == "run":
