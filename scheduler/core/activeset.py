@@ -215,7 +215,24 @@ class ActiveSet(Sequence[Job]):
             raise ValueError(f"active job {job.id} has neither started_at nor admitted_at")
         if len(job.nodes) != job.workers and not counted:
             raise ValueError(f"job {job.id} has {job.workers} workers on {len(job.nodes)} nodes")
-        run = running_job(job, self.classes, start)
+        known = self._requests.get(id(job.request))
+        if known is not None and known[0] is job.request:  # computed when it was queued
+            per_worker, total, gpu_type, _, _, _, prio, _, _ = known[1]
+            runtime = job.request.max_runtime
+            run = RunningJob(
+                job=job,
+                team=job.team,
+                per_worker=per_worker,
+                nodes=job.nodes,
+                total=total,
+                gpu_type=gpu_type,
+                prio=prio,
+                preemptible=is_preemptible(job, self.classes),
+                start=start,
+                end=None if runtime is None else start + runtime,
+            )
+        else:
+            run = running_job(job, self.classes, start)
         if not counted:
             self.free_index.take(run.nodes, run.per_worker)  # raises, changing nothing
         self.runs[job.id] = run

@@ -512,24 +512,29 @@ class Simulation:
                     estimate_starts=False,
                 )
             )
-            by_id = {job.id: job for job in pending}
+            # Each decided job is still in ``domain.pending`` when its decision is applied
+            # (victims requeued by a Preempt are not among this pass's jobs).
+            queued = domain.pending
             preempted = False
             waiting = set()
             for decision in decisions:
-                if isinstance(decision, Admit):
-                    self._start(domain, by_id[decision.job_id], decision.nodes, now)
+                if type(decision) is Wait:
+                    if truncated:
+                        waiting.add(queued[decision.job_id].team)
+                elif isinstance(decision, Admit):
+                    self._start(domain, queued[decision.job_id], decision.nodes, now)
                 elif isinstance(decision, Preempt):
                     for victim in decision.victims:
                         self._preempt(domain, victim, decision.reason, now)
                     preempted = True
                 elif isinstance(decision, Cancel):
-                    job = by_id[decision.job_id]
+                    job = queued[decision.job_id]
                     self._dequeue(domain, job)
                     domain.active.forget(job.id)
                     record = self._by_id[job.id]
                     record.state, record.reason = "UNSCHEDULABLE", decision.reason
                 else:
-                    waiting.add(by_id[decision.job_id].team)
+                    waiting.add(queued[decision.job_id].team)
             # Again at once after preemptions, and when a team cut short had its whole
             # window started: its next jobs come within reach.
             if not (preempted or truncated - waiting):
