@@ -92,7 +92,10 @@ class QueuedJob:
     """A pending job with what a pass needs of its request, computed once.
 
     ``blocked``: why it can never start as things are (its team is refused, or it can
-    never fit the cluster), None if it can; dependencies are checked by each pass."""
+    never fit the cluster), None if it can; dependencies are checked by each pass.
+    ``behind``: the wait of the jobs queued behind this one while it is the head, and
+    ``decided``: the last wait a pass gave it; both kept so that a caller that runs many
+    passes (the simulator) gets the same values again rather than equal new ones."""
 
     job: Job
     team: str
@@ -110,6 +113,8 @@ class QueuedJob:
     fifo_key: tuple[float, str]
     priority_key: tuple[int, float, str]
     has_dependencies: bool
+    behind: WaitReason | None = None
+    decided: object = None
 
 
 @dataclass(order=True, slots=True)

@@ -387,7 +387,11 @@ class CapacityBase:
             for node in nodes:
                 if node in free:
                     counts[node] = counts.get(node, 0) + 1
-            wg, wc, wm = round(per_worker.gpus, 9), round(per_worker.cpus, 9), int(per_worker.memory)
+            wg, wc, wm = (
+                round(per_worker.gpus, 9),
+                round(per_worker.cpus, 9),
+                int(per_worker.memory),
+            )
             for node, k in counts.items():
                 g, c, m = old = free[node]
                 if node not in before:
