@@ -1,6 +1,6 @@
 """One admission pass (``dcsched.core.admission.plan``) over 10,000 pending jobs from 50
 teams on a 1,000-node, 8,000-GPU cluster snapshot, for each queueing policy with and
-without backfill. Prints one JSON line per policy. Floor: 5,000 decisions/s for every one.
+without backfill. Prints one JSON line per policy (floors below).
 
 The snapshot: 1,000 nodes of 8 GPUs, 64 CPUs and 512 GiB (half labelled A100, half
 H100); a third of them partly used by ~500 active jobs (most with max_runtime). The
@@ -18,8 +18,10 @@ admitted), 50 teams without quotas. Both report ``admissions_per_s`` beside
 
 Timing covers ``plan()`` only: the input (an ``ActiveSet`` of the active jobs on the
 live snapshot, as the service builds it) is built beforehand, afresh for each of the
-``--repeat`` passes (median kept). Floors: 20,000 decisions/s for every policy on the
-mixed input, 5,000 admissions/s on the admitting one.
+``--repeat`` passes (median kept), as wall time and as the process's CPU time (on a
+shared machine the steadier of the two: ``decisions_per_cpu_s``). Floors: 20,000
+decisions/s for every policy on the mixed input, 5,000 admissions/s on the admitting one
+(``meets_floor`` is judged on wall time).
 
 Usage: python bench/admission.py [--pending N] [--nodes N] [--repeat N]
 """
@@ -203,6 +205,7 @@ def main() -> None:
                     }
                 )
                 times = []
+                cpu_times = []
                 decisions: list[Any] = []
                 for _ in range(args.repeat):
                     inp = SchedulingInput(
@@ -212,9 +215,12 @@ def main() -> None:
                         past_usage=past if policy == "fair" else {},
                     )
                     started = time.perf_counter()
+                    cpu_started = time.process_time()
                     decisions = plan(inp)
+                    cpu_times.append(time.process_time() - cpu_started)
                     times.append(time.perf_counter() - started)
                 seconds = statistics.median(times)
+                cpu_seconds = statistics.median(cpu_times)
                 counts = {
                     kind.__name__.lower(): sum(isinstance(d, kind) for d in decisions)
                     for kind in (Admit, Wait, Preempt, Cancel)
@@ -237,6 +243,9 @@ def main() -> None:
                         "min_s": round(min(times), 4),
                         "decisions_per_s": round(rate, 1),
                         "admissions_per_s": round(admit_rate, 1),
+                        "cpu_median_s": round(cpu_seconds, 4),
+                        "decisions_per_cpu_s": round(len(decisions) / cpu_seconds, 1),
+                        "admissions_per_cpu_s": round(counts["admit"] / cpu_seconds, 1),
                         "floor_decisions_per_s": FLOOR if name == "mixed" else None,
                         "floor_admissions_per_s": ADMIT_FLOOR if name == "admitting" else None,
                         "meets_floor": rate >= FLOOR

@@ -92,7 +92,10 @@ class QueuedJob:
     """A pending job with what a pass needs of its request, computed once.
 
     ``blocked``: why it can never start as things are (its team is refused, or it can
-    never fit the cluster), None if it can; dependencies are checked by each pass."""
+    never fit the cluster), None if it can; dependencies are checked by each pass.
+    ``behind``: the wait of the jobs queued behind this one while it is the head, and
+    ``decided``: the last wait a pass gave it; both kept so that a caller that runs many
+    passes (the simulator) gets the same values again rather than equal new ones."""
 
     job: Job
     team: str
@@ -110,6 +113,8 @@ class QueuedJob:
     fifo_key: tuple[float, str]
     priority_key: tuple[int, float, str]
     has_dependencies: bool
+    behind: WaitReason | None = None
+    decided: object = None
 
 
 @dataclass(order=True, slots=True)
@@ -215,7 +220,24 @@ class ActiveSet(Sequence[Job]):
             raise ValueError(f"active job {job.id} has neither started_at nor admitted_at")
         if len(job.nodes) != job.workers and not counted:
             raise ValueError(f"job {job.id} has {job.workers} workers on {len(job.nodes)} nodes")
-        run = running_job(job, self.classes, start)
+        known = self._requests.get(id(job.request))
+        if known is not None and known[0] is job.request:  # computed when it was queued
+            per_worker, total, gpu_type, _, _, _, prio, _, _ = known[1]
+            runtime = job.request.max_runtime
+            run = RunningJob(
+                job=job,
+                team=job.team,
+                per_worker=per_worker,
+                nodes=job.nodes,
+                total=total,
+                gpu_type=gpu_type,
+                prio=prio,
+                preemptible=is_preemptible(job, self.classes),
+                start=start,
+                end=None if runtime is None else start + runtime,
+            )
+        else:
+            run = running_job(job, self.classes, start)
         if not counted:
             self.free_index.take(run.nodes, run.per_worker)  # raises, changing nothing
         self.runs[job.id] = run

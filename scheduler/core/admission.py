@@ -219,6 +219,9 @@ class _Walk:
         queues: dict[str, list[QueuedJob]] = {}
         for item in sorted(self.items, key=_priority_key):
             queues.setdefault(item.team, []).append(item)
+        if len(queues) == 1:  # one team: its own order (as fair_order gives it)
+            (queue,) = queues.values()
+            return queue
         weights = {}
         for team in queues:
             settings = self.state.config.team(team)
@@ -277,8 +280,18 @@ class _Walk:
         for item, result in zip(order, results, strict=True):
             if isinstance(result, WaitReason):
                 position += 1
-                job_id = item.job.id
-                decisions.append(Wait(job_id, position, result, starts.get(job_id)))
+                start = starts.get(item.job.id) if starts else None
+                last = item.decided  # the same wait as in the last pass: reuse it
+                if (
+                    isinstance(last, Wait)
+                    and last.position == position
+                    and last.why is result
+                    and last.estimated_start == start
+                ):
+                    decisions.append(last)
+                else:
+                    wait = item.decided = Wait(item.job.id, position, result, start)
+                    decisions.append(wait)
             else:
                 decisions.append(result)
         return decisions
@@ -309,10 +322,12 @@ class _Walk:
         if preempt is not None:
             return preempt
         self.head = item
-        self.behind = WaitReason(
-            WaitKind.BEHIND_HEAD,
-            f"queued behind {item.job.id} ({_ORDER_WORDS[state.queueing.policy]})",
-        )
+        if item.behind is None:
+            item.behind = WaitReason(
+                WaitKind.BEHIND_HEAD,
+                f"queued behind {item.job.id} ({_ORDER_WORDS[state.queueing.policy]})",
+            )
+        self.behind = item.behind
         if state.queueing.backfill:
             self.reservation = HeadReservation(state, item, self.behind.words)
         return WaitReason(WaitKind.CAPACITY, placed.reason)

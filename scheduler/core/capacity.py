@@ -360,6 +360,58 @@ class CapacityBase:
         there is gone with it)."""
         self._apply(self._moves([n for n in nodes if n in self._free], per_worker, 1))
 
+    def take_back(self, nodes: Sequence[str], per_worker: Resources) -> None:
+        """Undo a ``give``: ``take`` on the listed nodes that are alive here."""
+        self.take([n for n in nodes if n in self._free], per_worker)
+
+    def whole(self, nodes: Iterable[str]) -> bool:
+        """Whether the free capacity of each of ``nodes`` alive here is in whole numbers
+        below 2**52 (so sums on them do not depend on their order)."""
+        free = self._free
+        for node in nodes:
+            v = free.get(node)
+            if v is not None:
+                for x in v:
+                    if not (float(x).is_integer() and abs(x) < 2.0**52):
+                        return False
+        return True
+
+    def give_all(self, runs: Iterable[tuple[Sequence[str], Resources]]) -> None:
+        """``give`` each (nodes, per-worker) in turn; the same result as one ``give`` per
+        pair, with each changed node moved once in its pools (or the pool rebuilt when
+        most of its nodes changed) instead of once per pair."""
+        free = self._free
+        before: dict[str, _Free] = {}
+        for nodes, per_worker in runs:
+            counts: dict[str, int] = {}
+            for node in nodes:
+                if node in free:
+                    counts[node] = counts.get(node, 0) + 1
+            wg, wc, wm = (
+                round(per_worker.gpus, 9),
+                round(per_worker.cpus, 9),
+                int(per_worker.memory),
+            )
+            for node, k in counts.items():
+                g, c, m = old = free[node]
+                if node not in before:
+                    before[node] = old
+                free[node] = (
+                    max(round(g + k * wg, 9), 0.0),
+                    max(round(c + k * wc, 9), 0.0),
+                    m + k * wm,
+                )
+        if not before:
+            return
+        for key, pool in self._pools.items():
+            members = pool.members
+            changed = [n for n in before if n in members]
+            if len(changed) * 4 > len(members):
+                self._pools[key] = _Pool(free, members)
+            else:
+                for node in changed:
+                    pool.move(node, before[node], free[node])
+
     def _moves(
         self, nodes: Sequence[str], per_worker: Resources, sign: int
     ) -> list[tuple[str, _Free]]:

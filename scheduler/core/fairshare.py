@@ -111,6 +111,9 @@ def fair_order(
 
     ``queues``: each team's jobs in its own order; ``allocation``: CPUs, GPUs and memory
     each team holds now; ``weights``: each team's weight."""
+    if len(queues) == 1:  # one team: its own order, whatever the shares
+        (queue,) = queues.values()
+        return list(queue)
     caps = [(i, float(c)) for i, c in enumerate((capacity.cpus, capacity.gpus, capacity.memory))]
     caps = [(i, c) for i, c in caps if c > 0]
     scale = _LN2 / half_life

@@ -78,7 +78,23 @@ class Preemption:
         return self._claim(item, victims, placement, now_fits)
 
     def _candidates(self, item: QueuedJob, fit: QuotaFit, placed: NoFit | None) -> list[RunningJob]:
-        """Every run that may be a victim for ``item``, in victim order."""
+        """Every run that may be a victim for ``item``, in victim order; none when even
+        all of them could not make room within the team's nominal quota."""
+        matching: set[str] | None = None
+        if item.selector:
+            key = item.selector_key
+            matching = self._matching.get(key)
+            if matching is None:
+                matching = self._matching[key] = {
+                    n.id
+                    for n in self.state.active.cluster.alive_nodes()
+                    if all(n.labels.get(k) == v for k, v in key)
+                }
+        out: list[RunningJob] = sorted(
+            self._own_candidates(item, fit, matching), key=self._victim_rank
+        )
+        if self._stays_over(item, out):
+            return []  # only its own runs count against its quota: none of the others help
         contested = self._contested(item, placed)
         # Teams that borrow a contested dimension, before this pass and still (not ones
         # that borrow only by this pass's admissions: those jobs are not running yet).
@@ -91,17 +107,6 @@ class Preemption:
                 borrowed = frozenset(now & self.state.ledger_at_start.borrowing(team).keys())
                 if borrowed:
                     lenders[team] = borrowed
-        matching: set[str] | None = None
-        if item.selector:
-            key = item.selector_key
-            matching = self._matching.get(key)
-            if matching is None:
-                matching = self._matching[key] = {
-                    n.id
-                    for n in self.state.active.cluster.alive_nodes()
-                    if all(n.labels.get(k) == v for k, v in key)
-                }
-        out: list[RunningJob] = list(self._own_candidates(item, fit, matching))
         for team in sorted(lenders):
             out.extend(self._reclaim_candidates(item, fit, team, lenders[team], matching))
         out.sort(key=self._victim_rank)
@@ -194,18 +199,17 @@ class Preemption:
         within its team's nominal quota (the rule against livelock: a job that would
         borrow never preempts); ``as_victims``: and they are a valid victim set (see
         ``_victims_would_borrow``)."""
-        index = self.state.index.copy() if now_fits is None else None
         ledger = self.state.ledger.copy()
         for run in victims:
             ledger.give(run.team, run.total, run.gpu_type)
-            if index is not None:
-                index.give(run.nodes, run.per_worker)
         if ledger.check(item.team, item.total, item.gpu_type).kind != "fits-nominal":
             return None
         if as_victims and not self._victims_would_borrow(ledger, item, victims):
             return None
-        if index is None:
+        if now_fits is not None:
             return now_fits
+        index = self.state.index.copy()
+        index.give_all((run.nodes, run.per_worker) for run in victims)
         placed = index.place(item.per_worker, item.workers, item.policy, item.selector)
         return placed if isinstance(placed, Placement) else None
 
@@ -226,6 +230,18 @@ class Preemption:
             ):
                 return False
         return True
+
+    def _stays_over(self, item: QueuedJob, candidates: Sequence[RunningJob]) -> bool:
+        """Whether the job's team would exceed its nominal quota with the job even with
+        all of ``candidates`` (its own runs, in victim order) gone: then no victim set
+        makes it fit within nominal quota, since only the team's own runs count against
+        it. A quick, exact "no" before gathering every other team's candidates."""
+        ledger = self.state.ledger
+        if candidates:
+            ledger = ledger.copy()
+            for run in candidates:
+                ledger.give(run.team, run.total, run.gpu_type)
+        return ledger.over_nominal(item.team, item.total, item.gpu_type)
 
     def _choose_victims(
         self, item: QueuedJob, candidates: list[RunningJob], now_fits: Placement | None
@@ -250,15 +266,69 @@ class Preemption:
             ):
                 break
         # ... then drop any that turned out not to be needed, the last added first.
+        chosen = self._drop_unneeded(item, chosen, now_fits)
+        placement = self._fits_without(item, chosen, now_fits)
+        if placement is None:  # pragma: no cover - the loop above ended on a fit
+            return None
+        return chosen, placement
+
+    def _drop_unneeded(
+        self, item: QueuedJob, chosen: list[RunningJob], now_fits: Placement | None
+    ) -> list[RunningJob]:
+        """Drop the victims the job does not need, the last added first: each one whose
+        absence still leaves a valid victim set (``_fits_without``)."""
+        if len(chosen) > 2 and self._exact(chosen):
+            return self._drop_unneeded_exact(item, chosen, now_fits)
         for run in reversed(list(chosen)):
             if len(chosen) > 1:
                 rest = [r for r in chosen if r is not run]
                 if self._fits_without(item, rest, now_fits) is not None:
                     chosen = rest
-        placement = self._fits_without(item, chosen, now_fits)
-        if placement is None:  # pragma: no cover - the loop above ended on a fit
-            return None
-        return chosen, placement
+        return chosen
+
+    def _exact(self, victims: Sequence[RunningJob]) -> bool:
+        """Whether every number that giving back ``victims`` touches (the ledger's, the
+        victims' and their nodes' free capacity) is a whole number small enough that
+        float sums of them are exact: then giving all back and taking one again leaves
+        the very state that giving back all but that one does."""
+        for run in victims:
+            for r in (run.total, run.per_worker):
+                if not (_whole(r.cpus) and _whole(r.gpus) and _whole(r.memory)):
+                    return False
+        nodes = {n for run in victims for n in run.nodes}
+        return self.state.ledger.whole() and self.state.index.whole(nodes)
+
+    def _drop_unneeded_exact(
+        self, item: QueuedJob, chosen: list[RunningJob], now_fits: Placement | None
+    ) -> list[RunningJob]:
+        """``_drop_unneeded`` in whole numbers (``_exact``): the state without one victim is
+        the state without all of them with that one taken again, so each trial costs one
+        take instead of giving back every other victim."""
+        ledger = self.state.ledger.copy()
+        index = None if now_fits is not None else self.state.index.copy()
+        for run in chosen:
+            ledger.give(run.team, run.total, run.gpu_type)
+        if index is not None:
+            index.give_all((run.nodes, run.per_worker) for run in chosen)
+        for run in reversed(list(chosen)):
+            if len(chosen) <= 1:
+                break
+            rest = [r for r in chosen if r is not run]
+            trial = ledger.copy()
+            trial.take(run.team, run.total, run.gpu_type)
+            if trial.check(item.team, item.total, item.gpu_type).kind != "fits-nominal":
+                continue
+            if not self._victims_would_borrow(trial, item, rest):
+                continue
+            room = None
+            if index is not None:
+                room = index.copy()
+                room.take_back(run.nodes, run.per_worker)
+                placed = room.place(item.per_worker, item.workers, item.policy, item.selector)
+                if not isinstance(placed, Placement):
+                    continue
+            chosen, ledger, index = rest, trial, room
+        return chosen
 
     def _claim(
         self,
@@ -315,6 +385,13 @@ class Preemption:
                 f"{', '.join(others)} borrowed (for job {item.job.id})"
             )
         return "; ".join(parts)
+
+
+_WHOLE_LIMIT = 2.0**52
+
+
+def _whole(x: float) -> bool:
+    return float(x).is_integer() and -_WHOLE_LIMIT < x < _WHOLE_LIMIT
 
 
 def _holds(run: RunningJob, dim: str) -> bool:

@@ -50,6 +50,7 @@ from dcsched.core.units import format_bytes
 
 _EPS = 1e-6
 _INF = float("inf")
+_WHOLE_LIMIT = 2.0**52
 
 QuotaKind = Literal["fits-nominal", "borrows", "blocked"]
 
@@ -116,6 +117,7 @@ class _TeamQuota:
     nominal: Mapping[str, float]  # tracked dimensions only
     lendable: Mapping[str, float]  # L per tracked dimension
     borrow_limit: Mapping[str, float]  # per tracked dimension; inf without a limit
+    guaranteed: Mapping[str, float]  # G = N - L per tracked dimension
 
     @classmethod
     def of(cls, team: Team) -> _TeamQuota:
@@ -128,11 +130,11 @@ class _TeamQuota:
             nominal=nominal,
             lendable={d: min(n, lending.get(d, n)) for d, n in nominal.items()},
             borrow_limit={d: borrowing.get(d, _INF) for d in nominal},
+            guaranteed={d: n - min(n, lending.get(d, n)) for d, n in nominal.items()},
         )
 
     def excess(self, dim: str, used: float) -> float:
-        guaranteed = self.nominal[dim] - self.lendable[dim]
-        return max(0.0, used - guaranteed)
+        return max(0.0, used - self.guaranteed[dim])
 
 
 class QuotaLedger:
@@ -169,6 +171,17 @@ class QuotaLedger:
         clone._excess = dict(self._excess)
         clone._answers = {}
         return clone
+
+    def whole(self) -> bool:
+        """Whether every number the ledger adds up is a whole number below 2**52 (so its
+        sums do not depend on their order)."""
+        values = [*self._excess.values(), *self._pool.values()]
+        for used in self._used.values():
+            values.extend(used.values())
+        for quota in self._teams.values():
+            if quota is not None:
+                values.extend(quota.guaranteed.values())
+        return all(v.is_integer() and abs(v) < _WHOLE_LIMIT for v in map(float, values))
 
     # -- lookups -------------------------------------------------------------------------
 
@@ -220,16 +233,24 @@ class QuotaLedger:
         if self._answers:
             self._answers = {}
         quota = self._team(team)
-        used = self._used.setdefault(team, {})
+        used = self._used.get(team)
+        if used is None:
+            used = self._used[team] = {}
+        cohort = quota.cohort if quota is not None else None
+        guaranteed = quota.guaranteed if quota is not None else {}
+        excess = self._excess
         for dim, amount in dimensions(request, gpu_type):
             before = used.get(dim, 0.0)
             after = before + sign * amount
             if abs(after) < _EPS:
                 after = 0.0
             used[dim] = after
-            if quota is not None and quota.cohort is not None and dim in quota.nominal:
-                key = (quota.cohort, dim)
-                self._excess[key] += quota.excess(dim, after) - quota.excess(dim, before)
+            if cohort is not None:
+                g = guaranteed.get(dim)
+                if g is not None:
+                    # quota.excess(dim, after) - quota.excess(dim, before), inline
+                    key = (cohort, dim)
+                    excess[key] += max(0.0, after - g) - max(0.0, before - g)
 
     # -- the question --------------------------------------------------------------------
 
@@ -313,6 +334,19 @@ class QuotaLedger:
                 borrowed=borrowed,
             )
         return QuotaFit("fits-nominal")
+
+    def over_nominal(self, team: str, request: Resources, gpu_type: str | None) -> bool:
+        """Whether the request would take the team over its nominal quota in some tracked
+        dimension (then ``check`` never says ``fits-nominal``)."""
+        quota = self._team(team)
+        if quota is None:
+            return True
+        used = self._used.get(team, {})
+        for dim, amount in dimensions(request, gpu_type):
+            nominal = quota.nominal.get(dim)
+            if nominal is not None and used.get(dim, 0.0) + amount > nominal + _EPS:
+                return True
+        return False
 
     def reclaim_dims(self, team: str, request: Resources, gpu_type: str | None) -> list[str]:
         """The request's dimensions in which the cohort's pool is short of it even with the

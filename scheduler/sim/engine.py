@@ -128,6 +128,9 @@ class _Domain:
     queues: dict[str, list[tuple[object, ...]]] = field(default_factory=dict)
     pending: dict[str, Job] = field(default_factory=dict)
     can_run: dict[tuple[object, ...], str | None] = field(default_factory=dict)
+    never: dict[int, str | None] = field(default_factory=dict)
+    """``can_run``'s answer per spec (by identity: the simulation keeps its specs)."""
+    class_values: dict[str, int] = field(default_factory=dict)
     next_pass: float = -math.inf
     pass_due: bool = False
 
@@ -326,11 +329,11 @@ class Simulation:
         if isinstance(spec, str):
             self._unschedulable(record, spec)
             return None
-        job = Job(tj.id, spec, JobState.PENDING, submitted_at=record.submit, kind="sim")
-        never = self._never(domain, job)
+        never = self._never(domain, spec, tj.id, record.submit)
         if never is not None:
             self._unschedulable(record, never)
             return None
+        request = spec
         if tj.max_runtime is None and self.options.predictor:
             estimate = self.predictor.estimate(tj.team, record.gpus)
             if estimate is not None:
@@ -338,7 +341,8 @@ class Simulation:
                 if predicted is None:
                     predicted = spec.model_copy(update={"max_runtime": estimate})
                     self._predicted[(id(spec), estimate)] = predicted
-                job = dataclasses.replace(job, request=predicted)
+                request = predicted
+        job = Job(tj.id, request, JobState.PENDING, submitted_at=record.submit, kind="sim")
         self._enqueue(domain, job)
         return domain.name
 
@@ -379,10 +383,21 @@ class Simulation:
             self._specs[key] = found
         return found
 
-    def _never(self, domain: _Domain, job: Job) -> str | None:
-        """Why the job could never start in its domain, by the core's own pass with the
-        job alone on the empty domain; None if it could."""
-        spec = job.request
+    def _never(
+        self, domain: _Domain, spec: SchedulingRequest, job_id: str, submitted_at: float
+    ) -> str | None:
+        """Why a job of ``spec`` (one of ``_specs``, kept alive there) could never start in
+        its domain, by the core's own pass with the job alone on the empty domain; None if
+        it could. Remembered per spec."""
+        if id(spec) in domain.never:
+            return domain.never[id(spec)]
+        reason = domain.never[id(spec)] = self._never_once(domain, spec, job_id, submitted_at)
+        return reason
+
+    def _never_once(
+        self, domain: _Domain, spec: SchedulingRequest, job_id: str, submitted_at: float
+    ) -> str | None:
+        job = Job(job_id, spec, JobState.PENDING, submitted_at=submitted_at, kind="sim")
         key = (spec.team, spec.resources, tuple(sorted(spec.node_selector.items())), spec.priority)
         if key not in domain.can_run:
             (decision,) = plan(
@@ -407,8 +422,11 @@ class Simulation:
     def _queue_key(self, domain: _Domain, job: Job) -> tuple[object, ...]:
         if domain.policy == "fifo":
             return (job.submitted_at, job.id)
-        cls = domain.config.priority_class(job.priority)
-        return (-(cls.value if cls else 0), job.submitted_at, job.id)
+        value = domain.class_values.get(job.priority)
+        if value is None:
+            cls = domain.config.priority_class(job.priority)
+            value = domain.class_values[job.priority] = cls.value if cls else 0
+        return (-value, job.submitted_at, job.id)
 
     def _enqueue(self, domain: _Domain, job: Job) -> None:
         domain.pending[job.id] = job
@@ -450,16 +468,17 @@ class Simulation:
         end = now + (run_time if limit is None else min(run_time, limit))
         self._push(end, _END, job.id, record.run_token)
         if domain.policy == "fair":
-            domain.usage.start(job.team, job.request.resources.total(), now)
+            domain.usage.start(job.team, domain.active.runs[job.id].total, now)
         self._allocate(now, record.gpus)
 
     def _stop(self, domain: _Domain, record: JobRecord, now: float) -> Job:
+        held = domain.active.runs[record.trace.id].total  # the job's whole gang
         job = domain.active.remove(record.trace.id)
         elapsed = now - record.run_start
         record.run_s += elapsed
         record.remaining = max(0.0, record.remaining - elapsed / record.run_factor)
         if domain.policy == "fair":
-            domain.usage.stop(job.team, job.request.resources.total(), record.run_start, now)
+            domain.usage.stop(job.team, held, record.run_start, now)
         self._allocate(now, -record.gpus)
         return job
 
@@ -512,24 +531,29 @@ class Simulation:
                     estimate_starts=False,
                 )
             )
-            by_id = {job.id: job for job in pending}
+            # Each decided job is still in ``domain.pending`` when its decision is applied
+            # (victims requeued by a Preempt are not among this pass's jobs).
+            queued = domain.pending
             preempted = False
             waiting = set()
             for decision in decisions:
-                if isinstance(decision, Admit):
-                    self._start(domain, by_id[decision.job_id], decision.nodes, now)
+                if type(decision) is Wait:
+                    if truncated:
+                        waiting.add(queued[decision.job_id].team)
+                elif isinstance(decision, Admit):
+                    self._start(domain, queued[decision.job_id], decision.nodes, now)
                 elif isinstance(decision, Preempt):
                     for victim in decision.victims:
                         self._preempt(domain, victim, decision.reason, now)
                     preempted = True
                 elif isinstance(decision, Cancel):
-                    job = by_id[decision.job_id]
+                    job = queued[decision.job_id]
                     self._dequeue(domain, job)
                     domain.active.forget(job.id)
                     record = self._by_id[job.id]
                     record.state, record.reason = "UNSCHEDULABLE", decision.reason
                 else:
-                    waiting.add(by_id[decision.job_id].team)
+                    waiting.add(queued[decision.job_id].team)
             # Again at once after preemptions, and when a team cut short had its whole
             # window started: its next jobs come within reach.
             if not (preempted or truncated - waiting):

@@ -37,6 +37,7 @@ class DecayedUsage:
         self._ended: dict[str, list[float]] = {}
         self._raw: dict[str, list[float]] = {}
         self._weighted: dict[str, list[float]] = {}
+        self._teams: list[str] = []  # sorted(self._ended), kept while no team is added
 
     def _rebase(self, now: float) -> None:
         if now == self.at:
@@ -44,8 +45,9 @@ class DecayedUsage:
         factor = math.exp(-self.rate * (now - self.at))
         for sums in (self._ended, self._weighted):
             for values in sums.values():
-                for i in range(3):
-                    values[i] *= factor
+                values[0] *= factor
+                values[1] *= factor
+                values[2] *= factor
         self.at = now
 
     def start(self, team: str, held: Resources, now: float) -> None:
@@ -71,10 +73,16 @@ class DecayedUsage:
     def usage(self, now: float) -> dict[str, Resources]:
         self._rebase(now)
         out = {}
-        for team in sorted(self._ended):
+        rate = self.rate
+        if len(self._teams) != len(self._ended):
+            self._teams = sorted(self._ended)
+        for team in self._teams:
             e, raw, w = self._ended[team], self._raw[team], self._weighted[team]
-            u = [e[i] + max(0.0, raw[i] - w[i]) / self.rate for i in range(3)]
-            out[team] = Resources(u[0], u[1], round(u[2]))
+            out[team] = Resources(
+                e[0] + max(0.0, raw[0] - w[0]) / rate,
+                e[1] + max(0.0, raw[1] - w[1]) / rate,
+                round(e[2] + max(0.0, raw[2] - w[2]) / rate),
+            )
         return out
 
 
