@@ -176,6 +176,21 @@ def dashboard_url(cluster: object) -> str:
     return local_cluster.dashboard_url(cluster)
 
 
+@pytest.fixture(scope="session")
+def worker_pair(ray_head: object) -> Iterator[Any]:
+    """Two worker nodes of 2 CPUs under a CPU-less head: one cluster shared by the live
+    modules that need two such nodes and nothing more (faults, tuning) instead of a start
+    and a shutdown each. Each module runs its own servers against it and ends its jobs
+    before it finishes. (tests/integration/test_run_jobs_live.py keeps a cluster of its
+    own: on this one after the faults module, its gangs' drivers could not find their
+    placement groups by name; the cause is not found yet.)"""
+    cluster: Any = start_cluster([{"num_cpus": 2}, {"num_cpus": 2}])
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
 @pytest.fixture(scope="module")
 def server(ray_head: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("dcsched-home")

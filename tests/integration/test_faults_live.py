@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +32,9 @@ print("finished", flush=True)
 
 
 @pytest.fixture(scope="module")
-def cluster(ray_head: object) -> Iterator[Any]:
-    found: Any = start_cluster([{"num_cpus": 2}, {"num_cpus": 2}])
-    try:
-        yield found
-    finally:
-        found.shutdown()
+def cluster(worker_pair: Any) -> Any:
+    """Two nodes of 2 CPUs (the suite's shared pair)."""
+    return worker_pair
 
 
 def run_spec(

@@ -9,13 +9,12 @@ import io
 import json
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Server, dashboard_url, start_cluster, start_server
+from tests.conftest import Server, dashboard_url, start_server
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -36,12 +35,9 @@ EPOCHS = 40
 
 
 @pytest.fixture(scope="module")
-def cluster(ray_head: object) -> Iterator[Any]:
-    found: Any = start_cluster([{"num_cpus": 2}, {"num_cpus": 2}])
-    try:
-        yield found
-    finally:
-        found.shutdown()
+def cluster(worker_pair: Any) -> Any:
+    """Two nodes of 2 CPUs (the suite's shared pair)."""
+    return worker_pair
 
 
 def tune_spec(name: str, trials: int, parallel: int, **extra: Any) -> dict[str, Any]:
