@@ -7,7 +7,7 @@ executor and cluster view. Tests and the simulator supply their own.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
@@ -93,6 +93,43 @@ class ModelVersion:
     created_at: float
     checksum: str
     path: str
+
+
+@dataclass
+class Deployment:
+    """An online-serving deployment (``dcsched.serving.controller``): one row of the
+    store's ``deployments`` table. Its replicas are jobs; this is what they serve."""
+
+    name: str
+    team: str
+    spec: dict[str, Any]
+    """The ``kind: serve`` document as accepted (``serve.model`` as the user wrote it)."""
+    model: str
+    version: int
+    plugin: str
+    replicas: int
+    min_replicas: int
+    max_replicas: int
+    target_in_flight: float
+    host: str
+    port: int
+    state: str = "active"
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    slots: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """replica job id -> {"slot": n, "host", "port", "version"}: what HAProxy points at."""
+    message: str = ""
+    scale_down_after_s: float = 30.0
+    """Autoscaling: how long the load stays below target before one replica goes."""
+
+    @property
+    def url(self) -> str:
+        host = self.host if self.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.min_replicas < self.max_replicas
 
 
 @dataclass(frozen=True)

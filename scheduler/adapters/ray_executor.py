@@ -15,7 +15,8 @@ How each kind runs (``entrypoint``):
   as the user's command under a small launcher (``dcsched.runs.launch``). This saves a
   ``ray.init`` and a second worker (~3 s here).
 - Jobs with GPUs, and ``run`` gangs, run inside the group: a ``train`` as a Ray task in
-  bundle 0 (``dcsched.training.group_runner``), a ``run`` as one actor per bundle
+  bundle 0 (``dcsched.training.group_runner``), a GPU ``serve`` replica likewise
+  (``dcsched.serving.group_replica``), a ``run`` as one actor per bundle
   (``dcsched.runs.gang``), so Ray assigns each the reserved GPUs. The group is always
   named after the *run* id: a job's second run reserves a new group.
 - A ``run`` job's working_dir (an upload or a data-root folder) is its Ray runtime_env
@@ -193,7 +194,9 @@ class RayExecutor:
     def entrypoint(self, job: Job, run_dir: Path) -> list[str]:
         """The Python arguments of the run's driver (see the module docstring)."""
         group = placement_group_name(job.run_id)
-        if job.kind == "serve":  # a replica server (dcsched.serving), in the driver
+        if job.kind == "serve":  # a replica server (dcsched.serving)
+            if self.run_in_group(job):  # GPUs: in bundle 0, where Ray hands them out
+                return ["-m", "dcsched.serving.group_replica", str(run_dir), group]
             return ["-m", "dcsched.serving.replica", str(run_dir)]
         if job.kind == "run":
             if job.workers > 1 or self.run_in_group(job):

@@ -30,6 +30,7 @@ from dcsched.core.waits import WaitKind, WaitReason
 from dcsched.ports import (
     AllocationInterval,
     AuditEntry,
+    Deployment,
     ModelNameTaken,
     ModelVersion,
     PrincipalExists,
@@ -126,6 +127,35 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN reason_kind TEXT;
     """,
+    # 7: online-serving deployments (dcsched.ports.Deployment), one row each; a stopped
+    # one keeps its row until a deployment of the same name replaces it
+    """
+    CREATE TABLE deployments (
+        name TEXT PRIMARY KEY,
+        team TEXT NOT NULL,
+        state TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        model TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        plugin TEXT NOT NULL,
+        replicas INTEGER NOT NULL,
+        min_replicas INTEGER NOT NULL,
+        max_replicas INTEGER NOT NULL,
+        target_in_flight REAL NOT NULL,
+        scale_down_after_s REAL NOT NULL,
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        slots TEXT NOT NULL,
+        message TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
+)
+
+_DEPLOYMENT_COLUMNS = (
+    "name, team, state, spec, model, version, plugin, replicas, min_replicas, max_replicas,"
+    " target_in_flight, scale_down_after_s, host, port, slots, message, created_at, updated_at"
 )
 
 _JOB_COLUMNS = (
@@ -473,6 +503,41 @@ class SQLiteStore:
         )
         return [AuditEntry(*row) for row in rows]
 
+    # -- deployments -------------------------------------------------------------------
+
+    def save_deployment(self, record: Deployment) -> None:
+        """Insert or replace the deployment's row (by name)."""
+        values = (
+            record.name,
+            record.team,
+            record.state,
+            json.dumps(record.spec),
+            record.model,
+            record.version,
+            record.plugin,
+            record.replicas,
+            record.min_replicas,
+            record.max_replicas,
+            record.target_in_flight,
+            record.scale_down_after_s,
+            record.host,
+            record.port,
+            json.dumps(record.slots),
+            record.message,
+            record.created_at,
+            record.updated_at,
+        )
+        with self._write() as conn:
+            conn.execute(
+                f"INSERT OR REPLACE INTO deployments ({_DEPLOYMENT_COLUMNS})"
+                f" VALUES ({','.join('?' * len(values))})",
+                values,
+            )
+
+    def deployments(self) -> list[Deployment]:
+        rows = self._conn().execute(f"SELECT {_DEPLOYMENT_COLUMNS} FROM deployments ORDER BY name")
+        return [_deployment_from_row(row) for row in rows]
+
     # -- models ------------------------------------------------------------------------
 
     def finish_with_model(
@@ -647,4 +712,29 @@ def _model_from_row(row: tuple[Any, ...]) -> ModelVersion:
         created_at=float(row[6]),
         checksum=row[7],
         path=row[8],
+    )
+
+
+def _deployment_from_row(row: Sequence[Any]) -> Deployment:
+    (name, team, state, spec, model, version, plugin, replicas, low, high, target, down,
+     host, port, slots, message, created, updated) = row  # fmt: skip
+    return Deployment(
+        name=name,
+        team=team,
+        spec=json.loads(spec),
+        model=model,
+        version=int(version),
+        plugin=plugin,
+        replicas=int(replicas),
+        min_replicas=int(low),
+        max_replicas=int(high),
+        target_in_flight=float(target),
+        scale_down_after_s=float(down),
+        host=host,
+        port=int(port),
+        state=state,
+        created_at=float(created),
+        updated_at=float(updated),
+        slots=json.loads(slots),
+        message=message,
     )

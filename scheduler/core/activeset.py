@@ -113,6 +113,7 @@ class QueuedJob:
     fifo_key: tuple[float, str]
     priority_key: tuple[int, float, str]
     has_dependencies: bool
+    spread_group: str | None = None
     behind: WaitReason | None = None
     decided: object = None
 
@@ -278,6 +279,15 @@ class ActiveSet(Sequence[Job]):
             del self.releases[bisect_left(self.releases, release)]
         return run.job
 
+    def group_nodes(self, team: str, group: str) -> set[str]:
+        """The nodes that the team's active jobs of ``spread_group`` ``group`` run on."""
+        return {
+            node
+            for run in self.by_team.get(team, {}).values()
+            if run.job.request.spread_group == group
+            for node in run.nodes
+        }
+
     def forget(self, job_id: str) -> None:
         """Drop what admission remembered of a pending job that left the queue without
         becoming active (cancelled, or given up)."""
@@ -324,6 +334,7 @@ class ActiveSet(Sequence[Job]):
             fifo_key=(job.submitted_at, job.id),
             priority_key=(-prio, job.submitted_at, job.id),
             has_dependencies=bool(spec.depends_on),
+            spread_group=spec.spread_group,
         )
         self._queued[job.id] = item
         return item

@@ -335,6 +335,7 @@ class _Walk:
     def _admit(self, item: QueuedJob, placed: Placement) -> Admit:
         state = self.state
         state.own_index().take(placed.nodes, item.per_worker)
+        state.admitted(item, placed.nodes)
         if self.reservation is not None:
             self.reservation.admitted(placed.nodes, item.per_worker)
         state.own_ledger().take(item.team, item.total, item.gpu_type)

@@ -21,6 +21,7 @@ class PassState:
     ``index`` and ``ledger`` start as the active set's own and are copied the first time
     the pass changes them (``own_index``, ``own_ledger``); ``ledger_at_start`` is the
     set's, never changed. ``extra``: when what this pass admitted or held comes back.
+    ``spread``: per (team, spread group), the nodes of its jobs admitted in this pass.
     ``claimed``: victims of this pass's ``Preempt``s; ``held_until``: when each of them
     counts as free again (when the job it made way for ends). ``holding``: per team, the
     first of its jobs that preempted in this pass. ``nofit``: why each shape does not fit
@@ -38,8 +39,14 @@ class PassState:
     held_until: dict[str, float | None] = field(default_factory=dict)
     holding: dict[str, str] = field(default_factory=dict)
     nofit: dict[int, str] = field(default_factory=dict)
+    spread: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     index_owned: bool = False
     ledger_owned: bool = False
+
+    def admitted(self, item: QueuedJob, nodes: Sequence[str]) -> None:
+        """Remember where a job of a spread group went in this pass."""
+        if item.spread_group is not None:
+            self.spread.setdefault((item.team, item.spread_group), set()).update(nodes)
 
     def own_index(self) -> CapacityIndex:
         if not self.index_owned:
@@ -58,11 +65,18 @@ class PassState:
 
     def place(self, item: QueuedJob) -> Placement | NoFit:
         """Where the job fits now; "does not fit" answers are remembered per shape (free
-        capacity only shrinks during the walk)."""
+        capacity only shrinks during the walk). A job of a spread group avoids the nodes
+        its group's jobs hold (active, or admitted in this pass) when another node fits."""
         known = self.nofit.get(item.shape)
         if known is not None:
             return NoFit(known)
-        placed = self.index.place(item.per_worker, item.workers, item.policy, item.selector)
+        avoid: set[str] = set()
+        if item.spread_group is not None:
+            key = (item.team, item.spread_group)
+            avoid = self.active.group_nodes(*key) | self.spread.get(key, set())
+        placed = self.index.place(
+            item.per_worker, item.workers, item.policy, item.selector, avoid=avoid
+        )
         if isinstance(placed, NoFit):
             self.nofit[item.shape] = placed.reason
         return placed

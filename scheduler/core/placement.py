@@ -19,6 +19,8 @@ Invariants:
 - Always gang: ``place`` returns one node per worker, or ``NoFit`` with a reason in words.
 - Never over-commit: every node's placed workers fit in its free capacity.
 - Only nodes whose labels carry every key=value of the selector.
+- Soft anti-affinity: with ``avoid`` (the nodes of a job's spread group), a gang that
+  one node holds goes on a node outside ``avoid`` when one holds it, else as without.
 - Deterministic: ties break by node id. ``place`` never mutates; ``take``/``give`` do.
 - Fast: the index (``capacity``) answers "no node holds this" in O(1) and finds a best
   fit by bisection; a split counts runs of equal nodes and stops as soon as the choice
@@ -84,8 +86,11 @@ class CapacityIndex(CapacityBase):
         workers: int,
         policy: PlacementPolicy,
         selector: Mapping[str, str] | None = None,
+        avoid: AbstractSet[str] = frozenset(),
     ) -> Placement | NoFit:
-        """Nodes for all ``workers`` under ``policy``, or why they do not fit now."""
+        """Nodes for all ``workers`` under ``policy``, or why they do not fit now.
+        ``avoid``: nodes to leave out when another node holds the whole gang (a spread
+        group's nodes); they are chosen only when none other fits."""
         if workers < 1:
             raise ValueError(f"a gang has at least one worker, not {workers}")
         if policy not in _POLICIES:
@@ -99,7 +104,9 @@ class CapacityIndex(CapacityBase):
         w = _vector(per_worker)
         whole: _Free = (w[0] * workers, w[1] * workers, w[2] * workers)
         if pool.may_hold(whole):
-            node = self._best(pool, policy, whole)
+            node = self._best(pool, policy, whole, avoid) if avoid else None
+            if node is None:
+                node = self._best(pool, policy, whole)
             if node is not None:
                 return Placement((node,) * workers)
         if workers == 1:

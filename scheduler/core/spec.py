@@ -127,6 +127,13 @@ class SchedulingRequest(StrictModel):
     placement: Literal["binpack", "spread", "least-loaded"] | None = Field(
         None, description="Placement policy for this job; the cluster's policy if unset."
     )
+    spread_group: str | None = Field(
+        None,
+        pattern=SLUG_PATTERN,
+        description="Jobs of one team with the same spread_group are placed on different "
+        "nodes while the cluster has room for that (a node already holding one is chosen "
+        "only when no other fits). dcsched sets it on a deployment's replicas.",
+    )
     node_selector: dict[LabelKey, LabelValue] = Field(
         default_factory=dict,
         description="Node labels the job's nodes must carry, e.g. {dcsched.io/gpu-type: A100}.",

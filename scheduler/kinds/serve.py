@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from dcsched.core.spec import SchedulingRequest, StrictModel
+from dcsched.core.spec import DurationSeconds, SchedulingRequest, StrictModel
 
 MODEL_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_REPLICAS = 64
@@ -58,6 +58,13 @@ class ServeSpec(StrictModel):
         gt=0,
         le=10_000,
         description="Autoscaling target: requests in flight per replica.",
+    )
+    scale_down_after: DurationSeconds = Field(
+        30.0,
+        gt=0,
+        le=86_400,
+        description="Autoscaling: how long (e.g. 30s, 5m) the requests in flight stay below "
+        "target before one replica is removed.",
     )
     deployment: str | None = Field(
         None,

@@ -2,14 +2,19 @@
 
 A *deployment* is a ``kind: serve`` spec accepted by ``ServeController.create``: a name,
 a team, a pinned model version, a desired replica count and an entry port. Its record
-is a JSON file, ``$DCSCHED_HOME/serve/NAME/deployment.json`` (written atomically), next
-to its HAProxy files (``dcsched.serving.haproxy``). Each replica is an ordinary job of
+is a row of the store's ``deployments`` table (``dcsched.ports.Deployment``), so it
+survives a restart of the server; its HAProxy files are under
+``$DCSCHED_HOME/serve/NAME/`` (``dcsched.serving.haproxy``). Each replica is an ordinary job of
 kind ``serve`` submitted through ``SchedulerService.submit``: the same checks, queue,
 quota, priority class, placement and accounting as every job, and a Ray job that runs
 ``dcsched.serving.replica`` until the deployment no longer wants it.
 
 The controller's pass (``reconcile``, every 0.25 s) compares what each deployment wants
 with its replica jobs and acts:
+- replicas are spread across nodes: each replica job carries ``spread_group``
+  ``NAME-vVERSION``, so admission puts it on a node without a replica of the deployment's
+  version while one has room (``placement: spread``, the default for serve; another
+  policy leaves placement to that policy);
 - a RUNNING replica whose ``endpoint.json`` exists gets a balancer slot (runtime API,
   no reload); a replica that ended loses its slot;
 - fewer replicas of the wanted version than wanted: submit more (a replica that died is
@@ -20,9 +25,9 @@ with its replica jobs and acts:
   request fails (tests/integration/test_serve_live.py counts them);
 - more replicas than wanted (scale down, autoscaling): the surplus is drained, stopped;
 - with ``min_replicas < max_replicas``: the wanted count follows the requests in flight
-  per replica (HAProxy's count) towards ``target_in_flight``; up at once, down after
-  ``SCALE_DOWN_AFTER_S`` below target. A scale-up is a job submission, so it passes
-  through admission like any request for resources.
+  per replica (HAProxy's count) towards ``target_in_flight``; up at once, down one replica
+  at a time after ``serve.scale_down_after`` (default 30 s) below target. A scale-up is
+  a job submission, so it passes through admission like any request for resources.
 
 Replica endpoints are also written as Prometheus file_sd targets
 (``$DCSCHED_HOME/prometheus/serving.json``), labelled by deployment and replica.
@@ -37,7 +42,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +51,7 @@ from dcsched.core.spec import SpecError
 from dcsched.kinds import parse_job_spec
 from dcsched.kinds.serve import ServeJobSpec, parse_model_ref
 from dcsched.paths import Paths
+from dcsched.ports import Deployment
 from dcsched.rundir import write_text_atomically
 from dcsched.serving.haproxy import SLOTS, Balancer, HAProxyError, Slot
 from dcsched.serving.metrics import REPLICA_STATES, replica_state
@@ -59,7 +64,6 @@ DRAIN_MIN_S = 0.6
 """A drained replica is stopped no sooner than this (a health-check round) ..."""
 DRAIN_MAX_S = 15.0
 """... and no later than this, even if requests are still open on it."""
-SCALE_DOWN_AFTER_S = 30.0
 
 
 class DeploymentError(Exception):
@@ -68,38 +72,6 @@ class DeploymentError(Exception):
     def __init__(self, status: int, message: str, problems: list[str] | None = None):
         super().__init__(message)
         self.status, self.message, self.problems = status, message, problems or []
-
-
-@dataclass
-class Deployment:
-    name: str
-    team: str
-    spec: dict[str, Any]
-    """The ``kind: serve`` document as accepted (``serve.model`` as the user wrote it)."""
-    model: str
-    version: int
-    plugin: str
-    replicas: int
-    min_replicas: int
-    max_replicas: int
-    target_in_flight: float
-    host: str
-    port: int
-    state: str = "active"
-    created_at: float = 0.0
-    updated_at: float = 0.0
-    slots: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """replica job id -> {"slot": n, "host", "port", "version"}: what HAProxy points at."""
-    message: str = ""
-
-    @property
-    def url(self) -> str:
-        host = self.host if self.host not in ("0.0.0.0", "::") else "127.0.0.1"
-        return f"http://{host}:{self.port}"
-
-    @property
-    def autoscaled(self) -> bool:
-        return self.min_replicas < self.max_replicas
 
 
 class ServeController:
@@ -133,6 +105,13 @@ class ServeController:
     # -- records -------------------------------------------------------------------------
 
     def _load(self) -> None:
+        for record in self.store.deployments():
+            self._deployments[record.name] = record
+        self._import_json_records()
+
+    def _import_json_records(self) -> None:
+        """Deployments recorded as ``serve/NAME/deployment.json`` by earlier versions move
+        into the store once (the file is renamed ``deployment.json.imported``)."""
         if not self.directory.is_dir():
             return
         for path in sorted(self.directory.glob("*/deployment.json")):
@@ -141,13 +120,14 @@ class ServeController:
             except (OSError, ValueError, TypeError) as exc:
                 logger.error("cannot read deployment record %s: %s", path, exc)
                 continue
-            self._deployments[record.name] = record
+            if record.name not in self._deployments:
+                self.store.save_deployment(record)
+                self._deployments[record.name] = record
+            path.rename(path.with_name("deployment.json.imported"))
 
     def _save(self, record: Deployment) -> None:
         record.updated_at = self.clock()
-        path = self.directory / record.name / "deployment.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(path, json.dumps(asdict(record), indent=2) + "\n")
+        self.store.save_deployment(record)
 
     def _balancer(self, record: Deployment) -> Balancer:
         balancer = self._balancers.get(record.name)
@@ -201,6 +181,7 @@ class ServeController:
                 min_replicas=spec.serve.replicas if low is None else low,
                 max_replicas=spec.serve.replicas if high is None else high,
                 target_in_flight=spec.serve.target_in_flight,
+                scale_down_after_s=spec.serve.scale_down_after,
                 host=self.host,
                 port=_free_port(self.host),
                 created_at=self.clock(),
@@ -308,6 +289,8 @@ class ServeController:
         }
         if document.get("placement") is None:
             document["placement"] = "spread"
+        if document["placement"] == "spread" and document.get("spread_group") is None:
+            document["spread_group"] = spread_group(record.name, record.version)
         self._submitting.add(record.name)
         try:
             job: Job = self.service.submit(document)
@@ -430,7 +413,15 @@ class ServeController:
         changed = False
         live = {job.id: job for job in jobs}
         for job_id in list(record.slots):
-            if job_id not in live:
+            job = live.get(job_id)
+            entry = record.slots[job_id]
+            # A replica that ended loses its slot; so does one whose run ended and was
+            # requeued (its node was lost): its next run serves on another address.
+            if (
+                job is None
+                or job.state is not JobState.RUNNING
+                or job.attempt != entry.get("attempt", job.attempt)
+            ):
                 number = record.slots.pop(job_id)["slot"]
                 self._draining.pop(job_id, None)
                 try:
@@ -445,8 +436,8 @@ class ServeController:
             if job.state is not JobState.RUNNING or job.id in record.slots:
                 continue
             endpoint = _read_endpoint(self.service.run_files(job.id).path / ENDPOINT_FILE)
-            if endpoint is None:
-                continue
+            if endpoint is None or int(endpoint.get("attempt", job.attempt)) != job.attempt:
+                continue  # not listening yet, or the file of a run that was lost
             free = [n for n in range(1, SLOTS + 1) if n not in used]
             if not free:
                 logger.error("deployment %s has no free balancer slot", record.name)
@@ -459,6 +450,7 @@ class ServeController:
                 "host": slot.host,
                 "port": slot.port,
                 "version": _version(job),
+                "attempt": job.attempt,
             }
             logger.info(
                 "deployment %s: replica %s serves on %s:%s (slot %s)",
@@ -529,7 +521,7 @@ class ServeController:
             self._save(record)
         elif wanted < record.replicas:
             since = self._low_since.setdefault(record.name, now)
-            if now - since >= SCALE_DOWN_AFTER_S:
+            if now - since >= record.scale_down_after_s:
                 record.replicas = max(wanted, record.replicas - 1)
                 self._low_since.pop(record.name, None)
                 self._save(record)
@@ -631,6 +623,14 @@ class ServeController:
                     }
                 )
             return out
+
+
+def spread_group(name: str, version: int) -> str:
+    """The spread group of a deployment's replicas of one model version: the replicas of
+    the version being rolled out spread among themselves, whatever nodes the old ones
+    (about to leave) are on, so the deployment ends up spread after an update too."""
+    suffix = f"-v{version}"
+    return name[: 63 - len(suffix)].rstrip("-") + suffix
 
 
 def _version(job: Job) -> int | None:

@@ -365,15 +365,34 @@ class Connection(asyncio.Protocol):
 
 
 async def serve(
-    app: Replica, host: str, port: int, on_ready: Any = None, stop: asyncio.Event | None = None
+    app: Replica,
+    host: str,
+    port: int,
+    on_ready: Any = None,
+    stop: asyncio.Event | None = None,
+    orphan_check_s: float | None = None,
 ) -> None:
-    """Serve until ``stop`` is set (SIGTERM/SIGINT by default), then drain and return."""
+    """Serve until ``stop`` is set (SIGTERM/SIGINT by default), then drain and return.
+    With ``orphan_check_s``, also stop when this process's parent is gone (checked that
+    often): the Ray process that ran the replica died with its node, and a replica left
+    behind must not keep answering for a run that dcsched has requeued elsewhere."""
     loop = asyncio.get_running_loop()
     app._loop = loop
     stop = stop or asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signum, stop.set)
+    if orphan_check_s is not None:
+        parent = os.getppid()
+
+        def check_parent() -> None:
+            if os.getppid() != parent:
+                logger.warning("the parent process %s is gone; stopping", parent)
+                stop.set()
+            else:
+                loop.call_later(orphan_check_s, check_parent)
+
+        loop.call_later(orphan_check_s, check_parent)
     server = await loop.create_server(
         lambda: Connection(app), host, port, reuse_address=True, backlog=1024
     )
@@ -416,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             int(serve_section["version"]),
             str(serve_section["plugin"]),
             Path(serve_section["model_dir"]),
+            gpus=float(spec.get("resources", {}).get("gpus") or 0),
         )
     except Exception as exc:
         run.write_error(f"could not load the model: {exc}")
@@ -433,6 +453,10 @@ def main(argv: list[str] | None = None) -> int:
             "replica": replica_id,
             "model": model.name,
             "version": model.version,
+            "device": model.device,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "cuda_available": model.cuda_available,
+            "attempt": int(os.environ.get("DCSCHED_RUN_ATTEMPT", "0") or 0),
             "started_at": time.time(),
         }
         write_text_atomically(endpoint, json.dumps(record) + "\n")
@@ -452,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # plain asyncio works, a little slower
         loop_factory = None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(app, host, 0, ready))
+        runner.run(serve(app, host, 0, ready, orphan_check_s=1.0))
     endpoint.unlink(missing_ok=True)
     return 0
 

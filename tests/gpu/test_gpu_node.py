@@ -9,7 +9,9 @@ stand-in (tests/unit/test_node_exporter.py). On a GPU machine:
    non-zero SM share under that job;
 3. a CUDA training job submitted through dcsched (`dcsched up` on its own Ray head, which
    detects the GPUs; a spec with `gpus: 1`) shows non-zero GPU memory and utilisation
-   under its job id and team while it runs.
+   under its job id and team while it runs;
+4. a serving replica with `--gpus 1` loads its model on CUDA (Ray set its
+   CUDA_VISIBLE_DEVICES), answers /predict through HAProxy and shows GPU memory.
 """
 
 from __future__ import annotations
@@ -203,3 +205,67 @@ def test_a_cuda_training_job_through_dcsched_shows_its_gpu_use(
     assert json.loads(status.stdout)["state"] == "RUNNING"
     assert entry["team"] == TEAM
     assert entry["gpus"], entry
+
+
+def test_a_gpu_serving_replica_loads_its_model_on_cuda_and_answers(
+    dcsched_home: dict[str, str], tmp_path: Path
+) -> None:
+    """`dcsched serve --gpus 1`: the replica runs in its placement group, Ray sets
+    CUDA_VISIBLE_DEVICES, the model is on CUDA, /predict answers through HAProxy, and the
+    exporter sees the replica's GPU memory under its job id."""
+    require_cuda_torch()
+    train = {
+        "name": "gpu-serve-model",
+        "kind": "train",
+        "team": TEAM,
+        "resources": {"cpus": 1, "memory": "1GiB"},
+        "model": {"type": "mlp", "params": {"hidden": [64, 32]}},
+        "data": {"source": "sklearn:breast_cancer", "seed": 1},
+        "train": {"epochs": 3},
+    }
+    spec_file = tmp_path / "train.yaml"
+    spec_file.write_text(json.dumps(train))
+    trained = dcsched(dcsched_home, "submit", str(spec_file), "--wait", timeout=600)
+    assert trained.returncode == 0, trained.stderr
+    created = dcsched(
+        dcsched_home, "serve", "gpu-serve-model", "--name", "gpu-serve", "--team", TEAM,
+        "--replicas", "1", "--cpus", "1", "--gpus", "1", "--memory", "1GiB",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    url = created.stdout.strip()
+    exporter = NodeExporter(NODE)
+    try:
+        deadline = time.monotonic() + 300
+        members: list[dict[str, object]] = []
+        while time.monotonic() < deadline:
+            status = dcsched(dcsched_home, "serve", "status", "gpu-serve", "-o", "json")
+            members = json.loads(status.stdout)["members"] if status.returncode == 0 else []
+            if members and str(members[0]["balancer"]).startswith("UP"):
+                break
+            time.sleep(1.0)
+        assert members and str(members[0]["balancer"]).startswith("UP"), members
+        job = str(members[0]["job"])
+        home = Path(dcsched_home["DCSCHED_HOME"])
+        endpoint = json.loads((home / "runs" / job / "endpoint.json").read_text())
+        assert endpoint["device"] == "cuda" and endpoint["cuda_visible_devices"], endpoint
+        import urllib.request
+
+        request = urllib.request.Request(
+            url + "/predict",
+            data=json.dumps({"features": [float(i) for i in range(30)]}).encode(),
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.loads(response.read())
+        assert answer["prediction"]["label"] in (0, 1), answer
+        entry = job_on_node(exporter.snapshot(), job)
+        deadline = time.monotonic() + 60
+        while (entry is None or not float(entry["gpu_memory_used_bytes"])) and (  # type: ignore[arg-type]
+            time.monotonic() < deadline
+        ):
+            time.sleep(1.0)
+            entry = job_on_node(exporter.snapshot(), job)
+        assert entry is not None and float(entry["gpu_memory_used_bytes"]) > 0, entry  # type: ignore[arg-type]
+    finally:
+        exporter.close()
+        dcsched(dcsched_home, "serve", "stop", "gpu-serve")

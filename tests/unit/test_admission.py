@@ -984,3 +984,51 @@ def test_estimated_start_is_exact_in_strict_order() -> None:
     pending = [job(f"p{i}", cpus=4, at=i, runtime=30) for i in range(3)]
     d = decide(pending, nodes, active, config("fifo"))
     assert [wait(x).estimated_start for x in d] == [NOW + 60, NOW + 90, NOW + 120]
+
+
+# -- spread groups (a deployment's replicas) --------------------------------------------------
+
+
+def grouped(j: Job, group: str) -> Job:
+    return dataclasses.replace(j, request=j.request.model_copy(update={"spread_group": group}))
+
+
+def admitted_nodes(decisions: Sequence[Decision]) -> dict[str, tuple[str, ...]]:
+    out = {}
+    for d in decisions:
+        assert isinstance(d, Admit), d
+        out[d.job_id] = d.nodes
+    return out
+
+
+@pytest.mark.parametrize("policy", ["spread", "binpack", "least-loaded"])
+def test_a_spread_group_goes_on_different_nodes_in_one_pass(policy: str) -> None:
+    nodes = [node("a", cpus=16), node("b", cpus=4)]
+    plain = [job("r1", at=1, placement=policy), job("r2", at=2, placement=policy)]
+    # Without a group, each policy puts both on one node (binpack: the tightest, b).
+    assert len(set(admitted_nodes(decide(plain, nodes)).values())) == 1
+    pending = [grouped(j, "svc") for j in plain]
+    placed = admitted_nodes(decide(pending, nodes))
+    assert {placed["r1"], placed["r2"]} == {("a",), ("b",)}
+
+
+def test_a_spread_group_avoids_the_nodes_of_its_running_jobs_of_the_same_team() -> None:
+    nodes = [node("a", cpus=16), node("b", cpus=4)]
+    first = running(grouped(job("r1", placement="spread"), "svc"), ["a"], 0)
+    pending = [grouped(job("r2", at=1, placement="spread"), "svc")]
+    assert admitted_nodes(decide(pending, nodes, active=[first])) == {"r2": ("b",)}
+    # Another team's job of a group with the same name is not a sibling.
+    other = running(grouped(job("x1", team="u", placement="spread"), "svc"), ["a"], 0)
+    cfg = config(teams=[{"name": "t"}, {"name": "u"}])
+    assert admitted_nodes(decide(pending, nodes, active=[other], cfg=cfg)) == {"r2": ("a",)}
+
+
+def test_a_spread_group_shares_a_node_when_no_other_fits() -> None:
+    nodes = [node("a", cpus=16), node("b", cpus=4, gpus=0)]
+    first = running(grouped(job("r1", cpus=2, placement="spread"), "svc"), ["a"], 0)
+    pending = [grouped(job("r2", cpus=6, at=1, placement="spread"), "svc")]
+    assert admitted_nodes(decide(pending, nodes, active=[first])) == {"r2": ("a",)}
+    lone = [node("a", cpus=16)]
+    pending = [grouped(job(f"r{i}", at=i, placement="spread"), "svc") for i in range(3)]
+    placed = admitted_nodes(decide(pending, lone))
+    assert set(placed.values()) == {("a",)} and len(placed) == 3

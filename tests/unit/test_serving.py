@@ -22,7 +22,7 @@ from dcsched.kinds.train import DataSpec, TrainSpec
 from dcsched.plugins.mlp import MLPPlugin
 from dcsched.serving.haproxy import render_config
 from dcsched.serving.metrics import ReplicaMetrics
-from dcsched.serving.model import ServedModel
+from dcsched.serving.model import ServedModel, choose_device, load_model
 from dcsched.serving.protocol import BadRequest, FeatureShape, decode_oip, decode_predict
 from dcsched.serving.replica import Replica, serve
 
@@ -147,6 +147,41 @@ def test_the_numpy_forward_pass_answers_as_the_plugins_predict(model: Any) -> No
             assert abs(p - b["probabilities"][label]) < 1e-5
 
 
+def test_a_replica_uses_cuda_only_when_it_asked_for_gpus_and_cuda_is_there() -> None:
+    asked: list[bool] = []
+
+    def cuda(answer: bool) -> Any:
+        def available() -> bool:
+            asked.append(answer)
+            return answer
+
+        return available
+
+    assert choose_device(1, cuda(True)) == "cuda"
+    assert choose_device(0.5, cuda(True)) == "cuda"
+    assert choose_device(1, cuda(False)) == "cpu"  # Ray gave no device it can see
+    assert asked == [True, True, False]
+    assert choose_device(0, cuda(True)) == "cpu"  # the node's GPUs are not its to use
+    assert asked == [True, True, False]
+
+
+def test_a_model_on_a_device_is_scored_by_the_plugin_not_the_numpy_path(
+    model: Any, tmp_path: Path
+) -> None:
+    model.save(tmp_path)
+    on_cpu = load_model("m", 1, "mlp", tmp_path)
+    assert (on_cpu.device, on_cpu.fast) == ("cpu", True)
+    import torch
+
+    gpu_replica = load_model("m", 1, "mlp", tmp_path, gpus=1)
+    assert gpu_replica.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    # The same model as a GPU replica sees it where torch finds no CUDA (this machine).
+    served = ServedModel("m", 1, "mlp", model, device="cuda")
+    assert not served.fast
+    rows = [[float(i) for i in range(30)]]
+    assert served.predict(rows) == model.predict(rows)
+
+
 @pytest.fixture
 def replica(model: Any) -> Iterator[tuple[str, int, ReplicaMetrics]]:
     metrics = ReplicaMetrics("svc", "svc-r1", "m", 1)
@@ -220,3 +255,17 @@ def test_a_replica_answers_both_protocols_and_refuses_bad_requests(replica: Any)
     again.request("POST", "/predict", body=features)
     assert again.getresponse().status == 200
     again.close()
+
+
+def test_a_deployments_spread_group_is_per_version_and_a_valid_name() -> None:
+    from dcsched.serving.controller import spread_group
+
+    assert spread_group("svc", 2) == "svc-v2"
+    long = spread_group("a" * 60 + "-bc", 123)
+    assert long.endswith("-v123") and len(long) <= 63
+    parse_job_spec(
+        {
+            "name": "x", "kind": "serve", "team": "t", "spread_group": long,
+            "serve": {"model": "m"},
+        }
+    )  # fmt: skip

@@ -27,10 +27,10 @@ def pending(job_id: str, at: float = 1.0) -> Job:
 
 def test_migrations_run_once_and_wal_is_on(tmp_path: Path) -> None:
     store = make_store(tmp_path)
-    assert store.schema_version() == 6
+    assert store.schema_version() == 7
     store.close()
     again = make_store(tmp_path)
-    assert again.schema_version() == 6
+    assert again.schema_version() == 7
     mode = sqlite3.connect(tmp_path / "dcsched.db").execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
 
@@ -142,4 +142,24 @@ def test_configs_are_kept_and_the_newest_wins(tmp_path: Path) -> None:
     store.save_config("placement: spread\n", 1.0)
     store.save_config("placement: binpack\n", 2.0)
     assert store.latest_config() == ("placement: binpack\n", 2.0)
-    assert store.schema_version() == 6
+    assert store.schema_version() == 7
+
+
+def test_deployments_are_rows_that_survive_reopening(tmp_path: Path) -> None:
+    from dcsched.ports import Deployment
+
+    store = make_store(tmp_path)
+    record = Deployment(
+        name="bc", team="research", spec={"name": "bc", "serve": {"model": "m:1"}},
+        model="m", version=1, plugin="mlp", replicas=2, min_replicas=1, max_replicas=3,
+        target_in_flight=2.5, host="127.0.0.1", port=20123, created_at=5.0, updated_at=6.0,
+        slots={"job-1": {"slot": 1, "host": "127.0.0.1", "port": 20200, "version": 1}},
+        scale_down_after_s=4.0,
+    )  # fmt: skip
+    store.save_deployment(record)
+    record.version, record.state, record.message = 2, "stopped", "rolling update"
+    store.save_deployment(record)  # the same name: replaced, not added
+    store.close()
+    again = make_store(tmp_path)
+    assert again.deployments() == [record]
+    assert again.deployments()[0].url == "http://127.0.0.1:20123"
