@@ -22,9 +22,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import statistics
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,9 @@ BATCH = [16, 32, 64]
 LR = (1e-3, 1e-1)
 
 
-def run_dcsched(address: str, trials: int, parallel: int, epochs: int, seed: int) -> dict[str, Any]:
+def run_dcsched(
+    address: str, dashboard: str, trials: int, parallel: int, epochs: int, seed: int
+) -> dict[str, Any]:
     with server_on(address) as env:
         client = client_for(env)
         spec = {
@@ -63,6 +67,14 @@ def run_dcsched(address: str, trials: int, parallel: int, epochs: int, seed: int
                 },
             },
         }
+        # A warm runner left by an earlier run (it idles out after 120 s) saves the first
+        # trial its imports: say so, the figures differ by about one cold start.
+        from dcsched.training.warm import connect, socket_path
+
+        warm = connect(socket_path())
+        emit({"bench": "tune", "system": "dcsched", "warm_runner_at_start": warm is not None})
+        if warm is not None:
+            warm.close()
         began = time.monotonic()
         job = client.submit(spec)
         while True:
@@ -72,6 +84,7 @@ def run_dcsched(address: str, trials: int, parallel: int, epochs: int, seed: int
             time.sleep(0.2)
         wall = time.monotonic() - began
         summary = job.get("tuning") or {}
+        emit({"bench": "tune", "system": "dcsched", "timeline": timeline(env, dashboard, job)})
         return {
             "system": "dcsched",
             "state": job["state"],
@@ -82,6 +95,84 @@ def run_dcsched(address: str, trials: int, parallel: int, epochs: int, seed: int
             "best_f1": (summary.get("best") or {}).get("value"),
             "best_params": (summary.get("best") or {}).get("params"),
         }
+
+
+def _unix(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def timeline(env: dict[str, str], dashboard: str, tune_job: dict[str, Any]) -> dict[str, Any]:
+    """Where a trial's time goes: the median seconds of each step, over the trials that
+    have it, from the store's events, Ray's job info, progress.jsonl and result.json's
+    ``timings`` (the runner's own clock; completed trials only)."""
+    from ray.job_submission import JobSubmissionClient
+
+    client = client_for(env)
+    ray_jobs = JobSubmissionClient(dashboard)
+    runs = Path(env["DCSCHED_HOME"]) / "runs"
+    steps: dict[str, list[float]] = {}
+    trials: list[dict[str, Any]] = []
+
+    def add(step: str, begin: float | None, end: float | None) -> None:
+        if begin is not None and end is not None:
+            steps.setdefault(step, []).append(end - begin)
+
+    for number in range(int((tune_job.get("tuning") or {}).get("created") or 0)):
+        job_id = f"{tune_job['id']}-trial-{number}"
+        job = client.get_job(job_id)
+        at: dict[str, float] = {}
+        for event in job.get("events") or []:
+            at.setdefault(event["to_state"], _unix(event["at"]))
+        final = next((at[s] for s in ("SUCCEEDED", "CANCELLED", "FAILED") if s in at), None)
+        info = ray_jobs.get_job_info(job_id)
+        ray_start = info.start_time / 1000 if info.start_time else None
+        ray_end = info.end_time / 1000 if info.end_time else None
+        progress = []
+        with contextlib.suppress(OSError):
+            for line in (runs / job_id / "progress.jsonl").read_text().splitlines():
+                progress.append(json.loads(line)["at"])
+        result: dict[str, Any] = {}
+        with contextlib.suppress(OSError, ValueError):
+            result = json.loads((runs / job_id / "result.json").read_text())
+        t = result.get("timings") or {}
+        submitted = at.get("PENDING")
+        add("queued (submitted -> admitted)", submitted, at.get("ADMITTED"))
+        add("admitted -> Ray job submitted", at.get("ADMITTED"), ray_start)
+        add("Ray job submitted -> process started", ray_start, t.get("process"))
+        add("process started -> runner main", t.get("process"), t.get("main"))
+        add("runner main -> plugin loaded", t.get("main"), t.get("plugin"))
+        add("data loaded", t.get("plugin"), t.get("data"))
+        add("torch imported", t.get("data"), t.get("torch"))
+        add("torch -> fit begins", t.get("torch"), t.get("fit"))
+        add("fit begins -> first epoch", t.get("fit"), progress[0] if progress else None)
+        add("Ray job submitted -> first epoch (all)", ray_start, progress[0] if progress else None)
+        if len(progress) > 1:
+            add("each later epoch", progress[0], progress[-1])
+            steps["each later epoch"][-1] /= len(progress) - 1
+        add("fit ended -> result saved", t.get("fitted"), t.get("saved"))
+        add("result saved -> Ray job ended", t.get("saved"), ray_end)
+        if job["state"] == "CANCELLED":
+            add("pruned: last epoch -> job cancelled", progress[-1] if progress else None, final)
+        else:
+            add("Ray job ended -> job final", ray_end, final)
+        trials.append({"n": number, "state": job["state"], "submitted": submitted, "final": final})
+    # A slot's next trial: the first submitted after a trial ended.
+    for trial in trials:
+        later = [
+            t["submitted"]
+            for t in trials
+            if t["submitted"] and trial["final"] and t["submitted"] >= trial["final"]
+        ]
+        if later and trial["final"]:
+            add("trial final -> next trial submitted", trial["final"], min(later))
+        trial["wall"] = (
+            None if not trial["final"] else round(trial["final"] - trial["submitted"], 2)
+        )
+    return {
+        "median_s": {k: round(statistics.median(v), 3) for k, v in steps.items()},
+        "count": {k: len(v) for k, v in steps.items()},
+        "trial_wall_s": [t["wall"] for t in trials],
+    }
 
 
 def trainable(config: dict[str, Any]) -> None:
@@ -170,13 +261,22 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--cpus-per-node", type=float, default=2)
+    parser.add_argument(
+        "--only", choices=["dcsched", "ray_tune"], help="run one system (no comparison)"
+    )
     args = parser.parse_args()
     emit({"bench": "tune", "machine": machine(), "args": vars(args)})
-    with ray_cluster(args.nodes, args.cpus_per_node) as (address, _dashboard):
-        ours = run_dcsched(address, args.trials, args.parallel, args.epochs, args.seed)
-        emit({"bench": "tune", **ours})
-        theirs = run_ray_tune(address, args.trials, args.parallel, args.epochs, args.seed)
-        emit({"bench": "tune", **theirs})
+    with ray_cluster(args.nodes, args.cpus_per_node) as (address, dashboard):
+        if args.only != "ray_tune":
+            ours = run_dcsched(
+                address, dashboard, args.trials, args.parallel, args.epochs, args.seed
+            )
+            emit({"bench": "tune", **ours})
+        if args.only != "dcsched":
+            theirs = run_ray_tune(address, args.trials, args.parallel, args.epochs, args.seed)
+            emit({"bench": "tune", **theirs})
+    if args.only:
+        return 0
     ratio = ours["wall_s"] / theirs["wall_s"] if theirs["wall_s"] else None
     gap = None
     if ours["best_f1"] is not None and theirs["best_f1"] is not None:

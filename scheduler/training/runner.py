@@ -88,12 +88,18 @@ def choose_device(spec: TrainJobSpec) -> str:
     return "cuda" if spec.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
 
 
-def run(spec: TrainJobSpec, run_dir: Path) -> dict[str, Any]:
+def run(
+    spec: TrainJobSpec, run_dir: Path, timings: dict[str, float] | None = None
+) -> dict[str, Any]:
     """Train, evaluate and save the model of ``spec`` in ``run_dir``; return result.json's dict.
 
+    ``timings``: unix times of the steps so far (``process``: when this process began);
+    the steps of this run are added and the whole lands in result.json's ``timings``.
     Raises the errors of the steps (SpecError, PluginParamsError, UnknownPluginError, ...).
     """
     from dcsched.plugins.registry import load_plugin
+
+    timings = {} if timings is None else timings
 
     files = RunDir(Path(run_dir))
     files.path.mkdir(parents=True, exist_ok=True)
@@ -109,7 +115,9 @@ def run(spec: TrainJobSpec, run_dir: Path) -> dict[str, Any]:
     params = plugin.validate_params(spec.model.params)
     plugin.check_data(spec.data)
 
+    timings["plugin"] = time.time()
     data = plugin.load_data(spec.data)
+    timings["data"] = time.time()
     info = data.info
     logger.info(
         "data %s: %s task, %s features, %s train rows, %s test rows",
@@ -127,6 +135,7 @@ def run(spec: TrainJobSpec, run_dir: Path) -> dict[str, Any]:
         torch.set_num_threads(max(1, int(spec.resources.cpus)))
         _preload_torch_compiler()
         device = choose_device(spec)
+    timings["torch"] = time.time()
     if distributed.world_size() > 1:
         # Each rank sees only the GPUs of its own bundle (CUDA_VISIBLE_DEVICES): cuda:0.
         distributed.init(device)
@@ -177,6 +186,7 @@ def run(spec: TrainJobSpec, run_dir: Path) -> dict[str, Any]:
             )
 
         began = time.perf_counter()
+        timings["fit"] = time.time()
         try:
             model.fit(data, spec.train, spec.data.seed, on_epoch, checkpoint_dir)
         except EXPECTED_ERRORS:
@@ -186,6 +196,7 @@ def run(spec: TrainJobSpec, run_dir: Path) -> dict[str, Any]:
                 f"model type {plugin.name!r} failed in fit: {type(exc).__name__}: {exc}"
             ) from exc
         train_seconds = time.perf_counter() - began
+    timings["fitted"] = time.time()
     distributed.finish()
     if not main_rank:
         return {"rank": distributed.rank(), "train_seconds": train_seconds}
@@ -213,6 +224,8 @@ def run(spec: TrainJobSpec, run_dir: Path) -> dict[str, Any]:
         "device": device,
         "workers": distributed.world_size(),
     }
+    timings["saved"] = time.time()
+    result["timings"] = {name: round(at, 3) for name, at in timings.items()}
     files.write_result(result)
     logger.info("done in %.2fs of training; model saved in %s", train_seconds, model_dir)
     return result
@@ -254,9 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     run_dir = Path(args[0])
+    timings = {"process": process_started_at() or time.time(), "main": time.time()}
     try:
         spec = read_spec(run_dir)
-        run(spec, run_dir)
+        run(spec, run_dir, timings)
     except EXPECTED_ERRORS as exc:
         return _fail(run_dir, _one_line(exc))
     except PluginFitError as exc:
@@ -266,6 +280,17 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         return _fail(run_dir, f"internal error: {type(exc).__name__}: {_one_line(exc)}")
     return 0
+
+
+def process_started_at() -> float | None:
+    """When this process began (unix time, from /proc; 10 ms resolution), or None."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started_ticks = int(fields[19])  # field 22 of proc(5): starttime, in clock ticks
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return time.time() - (uptime - started_ticks / os.sysconf("SC_CLK_TCK"))
 
 
 def _fail(run_dir: Path, reason: str) -> int:

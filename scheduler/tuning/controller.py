@@ -256,18 +256,22 @@ class TuneController:
     def _report_epochs(
         self, study: Study, trial: FrozenTrial, files: RunDir, metric: str, last: int = 0
     ) -> int | None:
-        """Report every epoch not yet reported; the epoch at which to prune, if any (never
-        the ``last``: a trial that has trained all its epochs is let finish)."""
+        """Report every epoch not yet reported; the epoch at which to prune, if any. Never
+        the ``last``, nor any once the run has written its last epoch: a trial that has
+        trained all its epochs is let finish (stopping it would save nothing and cost a
+        Ray Job stop, seconds during which this pass holds the loop)."""
+        epochs: list[tuple[int, float]] = []
         for line in tail_lines(files.progress):
             try:
                 entry = json.loads(line)
-                epoch = int(entry["epoch"])
-                value = float(entry["metrics"][metric])
+                epochs.append((int(entry["epoch"]), float(entry["metrics"][metric])))
             except (ValueError, KeyError, TypeError):
                 continue
+        trained = last > 0 and any(epoch >= last for epoch, _ in epochs)
+        for epoch, value in epochs:
             if epoch in trial.intermediate_values:
                 continue
-            if study.report(trial, epoch, value) and epoch < last:
+            if study.report(trial, epoch, value) and epoch < last and not trained:
                 return epoch
         return None
 

@@ -215,6 +215,29 @@ def test_a_pruned_trial_is_stopped_and_released_at_once(world: World) -> None:
     assert (row["state"], row["pruned_at_epoch"]) == ("PRUNED", 1)
 
 
+def test_a_run_that_has_trained_every_epoch_is_not_pruned_but_completes(world: World) -> None:
+    tune = world.service.submit(tune_spec(trials=4, parallel=2, pruner="median"))
+    world.tick(2)
+    a, b = world.trials(tune.id)[:2]
+    world.end(a.id, [0.9, 0.92, 0.95])
+    world.end(b.id, [0.88, 0.9, 0.93])
+    world.tick(2)
+    c = next(j for j in world.trials(tune.id) if j.id not in (a.id, b.id))
+    world.tick()
+    assert world.service.store.get_job(c.id).state is JobState.RUNNING
+    # Poor from its first epoch, but the pass sees all 3 epochs at once: nothing to stop.
+    world.write_epochs(c.id, [0.2, 0.2, 0.2])
+    world.tick()
+    assert world.service.store.get_job(c.id).state is JobState.RUNNING
+    assert ("stop", c.run_id) not in world.executor.calls
+    world.end(c.id, [0.2, 0.2, 0.2])
+    world.tick()
+    assert world.service.store.get_job(c.id).state is JobState.SUCCEEDED
+    rows = {r["number"]: r for r in world.tuning.trials(world.service.store.get_job(tune.id))}
+    row = rows[int(c.id.rsplit("-", 1)[1])]
+    assert (row["state"], row["value"], row["pruned_at_epoch"]) == ("COMPLETE", 0.2, None)
+
+
 def test_cancelling_the_tune_job_stops_every_trial(world: World) -> None:
     tune = world.service.submit(tune_spec(trials=6, parallel=3))
     world.tick(2)
