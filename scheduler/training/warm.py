@@ -33,6 +33,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -82,7 +83,20 @@ def socket_path(python: str = sys.executable) -> Path:
     key = hashlib.sha256(f"{python}\0{source_stamp()}".encode()).hexdigest()[:16]
     folder = Path(tempfile.gettempdir()) / f"dcsched-warm-{os.getuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
+    check_private(folder)
     return folder / f"{key}.sock"
+
+
+def check_private(folder: Path) -> None:
+    """Refuse (OSError, so the caller trains cold) a folder that another user could have
+    made or can write: in a shared temp dir anyone may create ``dcsched-warm-<uid>``
+    first, and a runner listening there would be handed our run dirs and environment."""
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise PermissionError(
+            f"{folder} is not a private folder of this user (owner uid {info.st_uid}, "
+            f"mode {stat.S_IMODE(info.st_mode):o}); not using a warm runner"
+        )
 
 
 def connect(path: Path) -> socket.socket | None:

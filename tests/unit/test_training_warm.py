@@ -165,3 +165,20 @@ def test_the_slot_carries_the_job_into_proc_environ() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_warm_folder_that_others_can_write_is_refused(tmp_path: Path) -> None:
+    from dcsched.training.warm import check_private
+
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    check_private(private)  # ours, 0700: accepted
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(PermissionError, match="not a private folder"):
+        check_private(shared)
+    link = tmp_path / "link"
+    link.symlink_to(private)
+    with pytest.raises(PermissionError, match="not a private folder"):
+        check_private(link)
