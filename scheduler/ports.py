@@ -13,10 +13,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from dcsched.core.accounting import AllocationInterval
 from dcsched.core.cluster import ClusterSnapshot
 from dcsched.core.job import Job, JobEvent
 from dcsched.core.lifecycle import JobState
-from dcsched.core.spec import SchedulingRequest
 from dcsched.core.waits import WaitReason
 
 
@@ -93,16 +93,6 @@ class ModelVersion:
     created_at: float
     checksum: str
     path: str
-
-
-@dataclass(frozen=True)
-class AllocationInterval:
-    """A span during which a job held its resources; ``end`` is None while it still does."""
-
-    job_id: str
-    request: SchedulingRequest
-    start: float
-    end: float | None
 
 
 class RayUnreachable(RuntimeError):

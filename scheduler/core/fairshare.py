@@ -5,9 +5,9 @@ did not. "Recently" is an exponential weight: usage ``half_life`` seconds ago co
 as much as usage now, usage two half-lives ago a quarter, and so on.
 
 Words:
-- usage interval: a team held ``resources`` (a job's whole gang) from ``start`` to ``end``
-  (``None``: still holding them). Times are unix seconds given by the caller; nothing here
-  reads a clock.
+- allocation interval (``accounting.AllocationInterval``): a team held ``resources`` (a
+  job's whole gang) from ``start`` to ``end`` (``None``: still holding them). Times are
+  unix seconds given by the caller; nothing here reads a clock.
 - decayed usage: for each team and each resource, the exact integral
 
       U = sum over intervals of  r * integral from s to e of 2^(-(now - t) / H) dt
@@ -39,29 +39,18 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
+from dcsched.core.accounting import AllocationInterval
 from dcsched.core.resources import Resources
 
 _LN2 = math.log(2.0)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class UsageInterval:
-    """``team`` held ``resources`` from ``start`` until ``end`` (``None``: still holds)."""
-
-    team: str
-    resources: Resources
-    start: float
-    end: float | None = None
-    job_id: str = ""
-
-
 def decay_weight(start: float, end: float, now: float, half_life: float) -> float:
     """The integral of ``2^(-(now - t) / half_life)`` over ``[start, end]`` (clipped to
-    ``now``), in seconds: how much one unit held over that span counts at ``now``."""
+    ``now``), in seconds: how much one unit held over ``[start, end]`` counts at ``now``."""
     if half_life <= 0:
         raise ValueError(f"half_life must be positive, not {half_life!r}")
     end = min(end, now)
@@ -69,12 +58,12 @@ def decay_weight(start: float, end: float, now: float, half_life: float) -> floa
     if end <= start:
         return 0.0
     rate = _LN2 / half_life
-    # H/ln2 * 2^(-(now-e)/H) * (1 - 2^(-(e-s)/H)); expm1 keeps short spans exact.
+    # H/ln2 * 2^(-(now-e)/H) * (1 - 2^(-(e-s)/H)); expm1 keeps short intervals exact.
     return math.exp(-(now - end) * rate) * -math.expm1(-(end - start) * rate) / rate
 
 
 def decayed_usage(
-    intervals: Iterable[UsageInterval], now: float, half_life: float
+    intervals: Iterable[AllocationInterval], now: float, half_life: float
 ) -> dict[str, Resources]:
     """Decayed resource-seconds per team at ``now`` (see the module docstring).
 
