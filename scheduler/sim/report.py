@@ -162,7 +162,7 @@ def summary(result: SimResult, trace_info: dict[str, Any]) -> dict[str, Any]:
             for team, rs in sorted(teams.items())
         },
         "cluster": {"nodes": result.total_nodes, "gpus": result.total_gpus},
-        "partitions": result.domains,
+        "partitions": result.partitions,
         "passes": result.passes,
         "options": result.options.describe(),
         "trace": trace_info,
