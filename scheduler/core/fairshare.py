@@ -18,17 +18,19 @@ Words:
   seconds, GPU-seconds, byte-seconds). A team holding ``r`` forever has
   ``U = r * H / ln 2``, so ``U * ln 2 / H`` is its exponentially weighted average
   allocation; ``fair_order`` uses exactly that to normalise.
-- fair-order share (``fair_order``): a team's weighted dominant share of the cluster,
-  counting its decayed past usage as an allocation:
+- fair-order share (``fair_order``): a team's dominant share of the cluster, weighted
+  and counting its decayed past usage as an allocation:
 
-      share(t) = max over r in {CPUs, GPUs, memory} with C_r > 0 of
-                 (A_t,r + U_t,r * ln 2 / H) / C_r,   divided by weight(t)
+      fair_order_share(t) = max over r in {CPUs, GPUs, memory} with C_r > 0 of
+                            (A_t,r + U_t,r * ln 2 / H) / C_r,   divided by weight(t)
 
   where C is the alive cluster's total, A the team's current allocation (its active
   jobs, plus the jobs ordered before it in this pass), U its decayed usage and H the
   half-life; so a team that held half the GPUs for the last few half-lives counts as
-  holding half now. (The exporters' dominant-share metric is the raw, unweighted share
-  of current allocation: a different number.)
+  holding half now.
+- dominant share (the metric ``dcsched_team_dominant_share_ratio``): the raw number,
+  ``max over r of A_t,r / C_r``: current allocation only, no weight, no past. A different
+  number from the fair-order share; never call either by the other's name.
 
 Invariants: the result is never negative, never exceeds the undecayed resource-seconds,
 and is additive over intervals (splitting an interval in two gives the same total).
@@ -111,12 +113,11 @@ def fair_order(
         a[1] += past.gpus * scale
         a[2] += past.memory * scale
 
-    def share(team: str) -> float:
+    def fair_order_share(team: str) -> float:
         a = alloc[team]
-        dominant = max((a[i] / c for i, c in caps), default=0.0)
-        return dominant / weights[team]
+        return max((a[i] / c for i, c in caps), default=0.0) / weights[team]
 
-    heap = [(share(team), team) for team in queues]
+    heap = [(fair_order_share(team), team) for team in queues]
     heapq.heapify(heap)
     cursor = dict.fromkeys(queues, 0)
     order: list[T] = []
@@ -134,5 +135,5 @@ def fair_order(
             a[1] += taken.gpus
             a[2] += taken.memory
         if i + 1 < len(queue):
-            heapq.heappush(heap, (share(team), team))
+            heapq.heappush(heap, (fair_order_share(team), team))
     return order

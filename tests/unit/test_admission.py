@@ -203,7 +203,7 @@ def test_priority_then_submit_time() -> None:
     assert wait(d[2]).reason == "queued behind a (priority, then submit time)"
 
 
-def test_fair_prefers_the_team_with_the_lower_weighted_dominant_share() -> None:
+def test_fair_prefers_the_team_with_the_lower_fair_order_share() -> None:
     nodes = [node("n", cpus=8, gpus=8)]
     busy = running(job("x-old", team="x", gpus=4), ["n"], 0)
     pending = [job("x1", team="x", gpus=1, at=1), job("y1", team="y", gpus=1, at=2)]
