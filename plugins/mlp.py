@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from dcsched.kinds.train import TrainSpec
 from dcsched.plugins import torch_checkpoint
@@ -43,6 +43,7 @@ from dcsched.plugins.api import (
     FloatArray,
     ModelPlugin,
     Resources,
+    StrictModel,
     TargetArray,
     TrainedModel,
 )
@@ -67,10 +68,8 @@ META_FILE = "model.json"
 _PREDICT_CHUNK = 65536
 
 
-class MLPParams(BaseModel):
+class MLPParams(StrictModel):
     """``model.params`` of the mlp plugin."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     hidden: list[Annotated[int, Field(strict=True, ge=1, le=65536)]] = Field(
         default=[64, 32],  # pydantic copies mutable defaults; this one shows in the schema
