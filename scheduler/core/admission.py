@@ -67,7 +67,7 @@ from dcsched.core.passstate import PassState
 from dcsched.core.placement import NoFit, Placement
 from dcsched.core.preemption import Preemption
 from dcsched.core.quota import QuotaFit
-from dcsched.core.resources import Resources
+from dcsched.core.resources import EPSILON, Resources
 from dcsched.core.timeline import HeadReservation, estimate_starts
 from dcsched.core.waits import WaitKind, WaitReason
 
@@ -346,7 +346,7 @@ class _Walk:
                 f"{behind}; {head.job.id}'s start cannot be estimated (jobs without "
                 "max_runtime hold what it needs), so nothing is backfilled past it",
             )
-        if self.state.now + item.runtime <= reservation.start + 1e-9:
+        if self.state.now + item.runtime <= reservation.start + EPSILON:
             placed = self.state.place(item)
         else:
             placed = reservation.place(item)

@@ -57,7 +57,7 @@ from dcsched.core.cluster import ClusterSnapshot, NodeState
 from dcsched.core.config import ClusterConfig, PlacementPolicy, QueueingPolicy, Quota
 from dcsched.core.job import Job
 from dcsched.core.lifecycle import JobState
-from dcsched.core.resources import Resources
+from dcsched.core.resources import EPSILON, Resources
 from dcsched.core.spec import SchedulingRequest, describe_validation_error
 from dcsched.sim.estimates import DecayedUsage, RuntimePredictor
 from dcsched.sim.trace import TraceJob, shape
@@ -468,7 +468,7 @@ class Simulation:
         partition = self.partitions[record.partition]
         self._stop(partition, record, now)
         record.end = now
-        if record.remaining > 1e-6:
+        if record.remaining > EPSILON:
             limit = record.trace.max_runtime or 0.0
             record.state = "FAILED"
             record.reason = f"exceeded its max_runtime of {limit:g}s"
