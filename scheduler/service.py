@@ -770,8 +770,8 @@ def _reserved_by_node(active: list[Job]) -> dict[str, Resources]:
 
 def _seconds(total: Resources) -> dict[str, float]:
     return {
-        "gpu_seconds": round(total.gpus, 3),
         "cpu_seconds": round(total.cpus, 3),
+        "gpu_seconds": round(total.gpus, 3),
         "memory_byte_seconds": float(total.memory),
     }
 

@@ -3,6 +3,10 @@
 A ``Resources`` value is immutable. ``fits_in`` is true when every component is within
 the other's; a small tolerance (``EPSILON``) absorbs float noise from fractional CPUs and
 GPUs.
+
+Words: components are always in the order CPUs, GPUs, memory (fields, arguments,
+``as_dict``, tuples, JSON, CSV and the CLI's tables), except where a sort puts the scarcest
+first and says so (``capacity``: GPUs, CPUs, memory) and in ``dcsched top``, a GPU view.
 """
 
 from __future__ import annotations

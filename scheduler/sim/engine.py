@@ -239,7 +239,7 @@ class Simulation:
         self._by_id: dict[str, JobRecord] = {}
         first = min((j.submit for j in jobs), default=0.0)
         for tj in sorted(jobs, key=lambda j: (j.submit, j.id)):
-            workers, gpus, _, _ = shape(tj, self.node_gpus)
+            workers, _, gpus, _ = shape(tj, self.node_gpus)
             record = JobRecord(
                 trace=tj,
                 team=tj.team,
@@ -348,8 +348,8 @@ class Simulation:
         record.reason = reason
 
     def _spec(self, tj: TraceJob) -> SchedulingRequest | str:
-        workers, gpus, cpus, memory = shape(tj, self.node_gpus)
-        key = (tj.team, workers, gpus, cpus, memory, tj.gpu_type, tj.priority, tj.preemptible)
+        workers, cpus, gpus, memory = shape(tj, self.node_gpus)
+        key = (tj.team, workers, cpus, gpus, memory, tj.gpu_type, tj.priority, tj.preemptible)
         found = self._specs.get(key)
         if found is None:
             if self.config.priority_class(tj.priority) is None:

@@ -191,9 +191,12 @@ def test_philly_reader_on_a_slice(tmp_path: Path) -> None:
     first = trace.jobs[0]  # 2017-10-09 07:01:55,66.0,1,66.0,11cb48
     assert (first.team, first.duration, first.gpus, first.workers) == ("11cb48", 66.0, 1.0, None)
     assert first.submit == 1507532515.0
-    big = TraceJob("x", "t", 0, 1, gpus=24, cpus=24, memory=24 * GiB)
-    assert shape(big, 8) == (3, 8, 8, 8 * GiB)
-    assert shape(TraceJob("y", "t", 0, 1, gpus=12, cpus=12, memory=12 * GiB), 8)[:2] == (2, 6)
+    big = TraceJob("x", "t", 0, 1, gpus=24, cpus=48, memory=24 * GiB)
+    assert shape(big, 8) == (3, 16, 8, 8 * GiB)  # (workers, cpus, gpus, memory) per worker
+    workers, cpus, gpus, memory = shape(
+        TraceJob("y", "t", 0, 1, gpus=12, cpus=6, memory=12 * GiB), 8
+    )
+    assert (workers, cpus, gpus, memory) == (2, 3, 6, 6 * GiB)
 
 
 def test_alibaba_reader_on_a_slice(tmp_path: Path) -> None:
