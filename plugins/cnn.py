@@ -161,16 +161,7 @@ class CNNModel(TrainedModel):
         with torch.random.fork_rng(devices=[]):
             generator = torch.Generator(device="cpu")
             optimizer = _optimizer(train, self._net.parameters())
-            stamp = {
-                "format": FORMAT_VERSION,
-                "params": self._params.model_dump(mode="json"),
-                "info": self._info.to_json(),
-                "n_train": n,
-                "seed": seed,
-                "batch_size": train.batch_size,
-                "optimizer": train.optimizer,
-                "lr": train.lr,
-            }
+            stamp = torch_checkpoint.stamp(FORMAT_VERSION, self._params, self._info, n, seed, train)
             path = None if checkpoint_dir is None else checkpoint_dir / CHECKPOINT_FILE
             start = 0
             if path is not None and path.exists():

@@ -182,7 +182,7 @@ class MLPModel(TrainedModel):
         with torch.random.fork_rng(devices=rng_devices):
             generator = torch.Generator(device="cpu")
             optimizer = _optimizer(train, self._net.parameters())
-            stamp = self._stamp(n, seed, train)
+            stamp = torch_checkpoint.stamp(FORMAT_VERSION, self._params, self._info, n, seed, train)
             checkpoint_path = None if checkpoint_dir is None else checkpoint_dir / CHECKPOINT_FILE
             start = 0
             if checkpoint_path is not None and checkpoint_path.exists():
@@ -384,19 +384,6 @@ class MLPModel(TrainedModel):
             self._y_mean = float(values.mean())
             std = float(values.std())
             self._y_std = std if std > 0 else 1.0
-
-    def _stamp(self, n: int, seed: int, train: TrainSpec) -> dict[str, Any]:
-        """What must match for a checkpoint to be resumed (epochs may differ)."""
-        return {
-            "format": FORMAT_VERSION,
-            "params": self._params.model_dump(mode="json"),
-            "info": self._info.to_json(),
-            "n_train": n,
-            "seed": seed,
-            "batch_size": train.batch_size,
-            "optimizer": train.optimizer,
-            "lr": train.lr,
-        }
 
     def _write_checkpoint(
         self,
