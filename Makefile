@@ -52,7 +52,8 @@ typecheck: install typetree
 
 # The layering, by import-linter's contracts in pyproject.toml ([tool.importlinter]): the
 # core imports no ray, sqlite3, fastapi, uvicorn, click or torch, nor the rest of dcsched;
-# exporters do not import the service.
+# exporters do not import the service; the CLI imports no ray, torch or pydantic but in
+# submit's and the server commands' own function-level imports.
 layers: install typetree
 	PYTHONPATH=build/typecheck $(BIN)/lint-imports
 

@@ -233,7 +233,8 @@ def _team_families(
     )
     share = GaugeMetricFamily(
         "dcsched_team_dominant_share_ratio",
-        "The team's largest share of any cluster resource, held now",
+        "The team's dominant share: its largest share of any cluster resource held now "
+        "(unweighted, no past usage; not the fair order's share)",
         labels=["team"],
     )
     total = cluster.total()

@@ -1,7 +1,8 @@
 """The model plugin API, version 1: everything a model type is, in one class.
 
 A model type is a ``ModelPlugin`` subclass that declares ``api_version = 1``. It owns
-- its **params**: ``params_model``, a pydantic model with ``extra="forbid"``;
+- its **params**: ``params_model``, a ``StrictModel`` (pydantic: extra fields refused,
+  frozen, no inf or NaN; the base of every spec model, re-exported here);
 - its **data**: ``data_sources`` (the ``data.source`` schemes it accepts: ``sklearn``,
   ``csv``, ``npz``, ``text``), ``check_data`` (cheap, run by the server at submit; never
   imports torch) and ``load_data`` (on the worker: a ``Dataset`` of train and held-out
@@ -61,6 +62,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ValidationError
+
+# re-exported: the base of a plugin's params_model, as of every spec model
+from dcsched.core.spec import StrictModel as StrictModel
 
 if TYPE_CHECKING:
     from dcsched.kinds.train import DataSpec, TrainSpec

@@ -28,7 +28,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from dcsched.kinds.train import DataSpec, TrainSpec
 from dcsched.plugins import torch_checkpoint
@@ -41,6 +41,7 @@ from dcsched.plugins.api import (
     MetricSet,
     ModelPlugin,
     Resources,
+    StrictModel,
     TrainedModel,
 )
 from dcsched.plugins.tabular import PREPROCESSING_FILE, format_outputs
@@ -57,10 +58,8 @@ META_FILE = "model.json"
 _METRICS = ("accuracy", "precision", "recall", "f1", "log_loss")
 
 
-class CNNParams(BaseModel):
+class CNNParams(StrictModel):
     """``model.params`` of the cnn plugin."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     channels: list[Annotated[int, Field(strict=True, ge=1, le=1024)]] = Field(
         default=[16, 32], min_length=1, max_length=6, description="Filters of each conv layer."
@@ -162,16 +161,7 @@ class CNNModel(TrainedModel):
         with torch.random.fork_rng(devices=[]):
             generator = torch.Generator(device="cpu")
             optimizer = _optimizer(train, self._net.parameters())
-            stamp = {
-                "format": FORMAT_VERSION,
-                "params": self._params.model_dump(mode="json"),
-                "info": self._info.to_json(),
-                "n_train": n,
-                "seed": seed,
-                "batch_size": train.batch_size,
-                "optimizer": train.optimizer,
-                "lr": train.lr,
-            }
+            stamp = torch_checkpoint.stamp(FORMAT_VERSION, self._params, self._info, n, seed, train)
             path = None if checkpoint_dir is None else checkpoint_dir / CHECKPOINT_FILE
             start = 0
             if path is not None and path.exists():

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from dcsched.kinds.train import TrainSpec
 from dcsched.plugins.api import (
@@ -45,6 +45,7 @@ from dcsched.plugins.api import (
     FloatArray,
     ModelPlugin,
     Resources,
+    StrictModel,
     TrainedModel,
 )
 from dcsched.plugins.tabular import (
@@ -62,10 +63,8 @@ MODEL_FILE = "model.pkl"
 META_FILE = "model.json"
 
 
-class GBDTParams(BaseModel):
+class GBDTParams(StrictModel):
     """``model.params`` of the gbdt plugin."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     learning_rate: float = Field(0.1, gt=0, le=1, description="Shrinkage of each tree.")
     trees_per_epoch: int = Field(

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from dcsched.kinds.train import TrainSpec
 from dcsched.plugins import torch_checkpoint
@@ -43,6 +43,7 @@ from dcsched.plugins.api import (
     FloatArray,
     ModelPlugin,
     Resources,
+    StrictModel,
     TargetArray,
     TrainedModel,
 )
@@ -67,10 +68,8 @@ META_FILE = "model.json"
 _PREDICT_CHUNK = 65536
 
 
-class MLPParams(BaseModel):
+class MLPParams(StrictModel):
     """``model.params`` of the mlp plugin."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     hidden: list[Annotated[int, Field(strict=True, ge=1, le=65536)]] = Field(
         default=[64, 32],  # pydantic copies mutable defaults; this one shows in the schema
@@ -183,7 +182,7 @@ class MLPModel(TrainedModel):
         with torch.random.fork_rng(devices=rng_devices):
             generator = torch.Generator(device="cpu")
             optimizer = _optimizer(train, self._net.parameters())
-            stamp = self._stamp(n, seed, train)
+            stamp = torch_checkpoint.stamp(FORMAT_VERSION, self._params, self._info, n, seed, train)
             checkpoint_path = None if checkpoint_dir is None else checkpoint_dir / CHECKPOINT_FILE
             start = 0
             if checkpoint_path is not None and checkpoint_path.exists():
@@ -385,19 +384,6 @@ class MLPModel(TrainedModel):
             self._y_mean = float(values.mean())
             std = float(values.std())
             self._y_std = std if std > 0 else 1.0
-
-    def _stamp(self, n: int, seed: int, train: TrainSpec) -> dict[str, Any]:
-        """What must match for a checkpoint to be resumed (epochs may differ)."""
-        return {
-            "format": FORMAT_VERSION,
-            "params": self._params.model_dump(mode="json"),
-            "info": self._info.to_json(),
-            "n_train": n,
-            "seed": seed,
-            "batch_size": train.batch_size,
-            "optimizer": train.optimizer,
-            "lr": train.lr,
-        }
 
     def _write_checkpoint(
         self,

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from dcsched.kinds.train import DataSpec, TrainSpec
 from dcsched.plugins import torch_checkpoint
@@ -58,6 +58,7 @@ from dcsched.plugins.api import (
     MetricSet,
     ModelPlugin,
     Resources,
+    StrictModel,
     TrainedModel,
 )
 
@@ -79,10 +80,8 @@ MAX_NEW_CHARS = 2000
 METRIC_NAMES = ("perplexity", "cross_entropy", "accuracy", "unigram_perplexity")
 
 
-class TinyLMParams(BaseModel):
+class TinyLMParams(StrictModel):
     """``model.params`` of the tiny-lm plugin."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     context: int = Field(64, ge=2, le=1024, description="Characters the model sees at once.")
     width: int = Field(64, ge=8, le=1024, description="Embedding width (d_model).")
@@ -253,16 +252,9 @@ class TinyLMModel(TrainedModel):
         with torch.random.fork_rng(devices=[]):
             generator = torch.Generator(device="cpu")
             optimizer = _optimizer(train, self._net.parameters())
-            stamp = {
-                "format": FORMAT_VERSION,
-                "params": self._params.model_dump(mode="json"),
-                "info": self._info.to_json(),
-                "n_train": len(stream),
-                "seed": seed,
-                "batch_size": train.batch_size,
-                "optimizer": train.optimizer,
-                "lr": train.lr,
-            }
+            stamp = torch_checkpoint.stamp(
+                FORMAT_VERSION, self._params, self._info, len(stream), seed, train
+            )
             path = None if checkpoint_dir is None else checkpoint_dir / CHECKPOINT_FILE
             start = 0
             if path is not None and path.exists():

@@ -1,15 +1,44 @@
 """Checkpoints of torch plugins: the weights, the optimizer and every RNG a resumed run
 needs to end exactly where an uninterrupted one would, written atomically (temp file,
 fsync, rename), and refused on resume when written for other data or settings (the
-``stamp``). Used by the built-in ``mlp`` and ``cnn``; torch is imported inside."""
+``stamp``). Used by the built-in ``mlp``, ``cnn`` and ``tiny-lm``; torch is imported
+inside."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dcsched.plugins.api import CheckpointError
+from pydantic import BaseModel
+
+from dcsched.plugins.api import CheckpointError, DatasetInfo
+
+if TYPE_CHECKING:
+    from dcsched.kinds.train import TrainSpec
+
+
+def stamp(
+    format_version: int,
+    params: BaseModel,
+    info: DatasetInfo,
+    n_train: int,
+    seed: int,
+    train: TrainSpec,
+) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed: the model's format, parameters and
+    dataset, the training set's size, the seed and the optimiser settings (``epochs`` may
+    differ: a resumed job may be asked for more)."""
+    return {
+        "format": format_version,
+        "params": params.model_dump(mode="json"),
+        "info": info.to_json(),
+        "n_train": n_train,
+        "seed": seed,
+        "batch_size": train.batch_size,
+        "optimizer": train.optimizer,
+        "lr": train.lr,
+    }
 
 
 def save(

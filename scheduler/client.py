@@ -40,7 +40,10 @@ class ServerUnreachable(Exception):
 
 
 class ApiError(Exception):
-    """The server answered with an HTTP error status."""
+    """An HTTP error answer of the API: its status, one line of message and the problems
+    (the body ``{"error": message, "problems": [...]}``). The one class on both sides: the
+    server's routes raise it to answer so (``dcsched.adapters.http_api``), and the client
+    raises it when the server answered so."""
 
     def __init__(self, status: int, message: str, problems: list[str] | None = None):
         self.status = status

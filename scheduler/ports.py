@@ -13,10 +13,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from dcsched.core.accounting import AllocationInterval
 from dcsched.core.cluster import ClusterSnapshot
 from dcsched.core.job import Job, JobEvent
 from dcsched.core.lifecycle import JobState
-from dcsched.core.spec import SchedulingRequest
 from dcsched.core.waits import WaitReason
 
 
@@ -130,16 +130,6 @@ class Deployment:
     @property
     def autoscaled(self) -> bool:
         return self.min_replicas < self.max_replicas
-
-
-@dataclass(frozen=True)
-class AllocationInterval:
-    """A span during which a job held its resources; ``end`` is None while it still does."""
-
-    job_id: str
-    request: SchedulingRequest
-    start: float
-    end: float | None
 
 
 class RayUnreachable(RuntimeError):

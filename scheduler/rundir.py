@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,17 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         write_text_atomically(self.error, reason.rstrip("\n") + "\n")
 
+    def fail(self, what: str, reason: str) -> int:
+        """End a runner that failed: say on stderr that ``what`` (training, inference)
+        failed and why, record ``reason`` as error.txt (or say why it cannot be), and
+        return the exit status, 1."""
+        print(f"{what} failed: {reason}", file=sys.stderr)
+        try:
+            self.write_error(reason)
+        except OSError as exc:
+            print(f"cannot write {self.error}: {exc}", file=sys.stderr)
+        return 1
+
     def clear_outcome(self) -> None:
         """Forget a previous run's result and error (a rerun starts undecided)."""
         for stale in (self.error, self.result):
@@ -111,6 +123,12 @@ class RunDir:
             if isinstance(value, dict):
                 return value
         return None
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (its type's name if it has none): the form of
+    error.txt and of a job's reason."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def tail_lines(path: Path, max_bytes: int = TAIL_BYTES) -> list[str]:

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dcsched.core import accounting
+from dcsched.core.accounting import AllocationInterval
 from dcsched.core.activeset import ActiveSet
 from dcsched.core.admission import Admit, Cancel, Preempt, SchedulingInput, Wait, plan
 from dcsched.core.cluster import ClusterSnapshot
 from dcsched.core.config import ClusterConfig, load_config_yaml
-from dcsched.core.fairshare import UsageInterval, decayed_usage
+from dcsched.core.fairshare import decayed_usage
 from dcsched.core.job import Job, JobEvent
 from dcsched.core.lifecycle import JobState
 from dcsched.core.placement import fits_cluster_at_all
@@ -588,25 +589,22 @@ class SchedulerService:
         half_life = self.config.queueing.fair_share_half_life
         return decayed_usage(self.allocations(since=now - 10 * half_life), now, half_life)
 
-    def allocations(self, since: float | None = None) -> list[UsageInterval]:
-        """Every span in which a job held resources (ending at or after ``since``)."""
-        return [
-            UsageInterval(i.request.team, i.request.resources.total(), i.start, i.end, i.job_id)
-            for i in self.store.allocation_intervals(since=since)
-        ]
+    def allocations(self, since: float | None = None) -> list[AllocationInterval]:
+        """Every interval in which a job held resources (ending at or after ``since``)."""
+        return self.store.allocation_intervals(since=since)
 
     def usage(self, team: str | None = None, since: float | None = None) -> dict[str, Any]:
         """Allocated GPU-, CPU- and memory-seconds per job and per team in [since, now]."""
         now = self.clock.now()
-        spans = [s for s in self.allocations(since) if team is None or s.team == team]
-        names = {s.job_id: s for s in spans}
+        intervals = [i for i in self.allocations(since) if team is None or i.team == team]
+        names = {i.job_id: i for i in intervals}
         jobs = [
             {"id": job_id, "team": names[job_id].team, **_seconds(total)}
-            for job_id, total in accounting.by_job(spans, now, since).items()
+            for job_id, total in accounting.by_job(intervals, now, since).items()
         ]
         teams = [
             {"team": name, **_seconds(total)}
-            for name, total in sorted(accounting.by_team(spans, now, since).items())
+            for name, total in sorted(accounting.by_team(intervals, now, since).items())
         ]
         return {"since": since, "until": now, "teams": teams, "jobs": jobs}
 
@@ -772,8 +770,8 @@ def _reserved_by_node(active: list[Job]) -> dict[str, Resources]:
 
 def _seconds(total: Resources) -> dict[str, float]:
     return {
-        "gpu_seconds": round(total.gpus, 3),
         "cpu_seconds": round(total.cpus, 3),
+        "gpu_seconds": round(total.gpus, 3),
         "memory_byte_seconds": float(total.memory),
     }
 

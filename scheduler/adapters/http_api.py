@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from dcsched import __version__
 from dcsched.adapters import api_models as m
 from dcsched.adapters.http_limits import JSON_BODY_LIMIT, BodyLimit
+from dcsched.client import ApiError
 from dcsched.core.auth import (
     BOOTSTRAP_PRINCIPAL,
     Call,
@@ -86,12 +87,6 @@ class TokenRequest(BaseModel):
     name: str = Field(description="Who holds the token (lower-case letters, digits, . _ -).")
     role: str = Field("member", description="member | viewer | admin | metrics")
     team: str | None = Field(None, description="The member's team.")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, problems: list[str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.problems = status, message, problems or []
 
 
 def iso(ts: float | None) -> str | None:
@@ -338,7 +333,7 @@ def create_app(
     if deployments is not None:
         from dcsched.adapters.serve_api import add_serve_routes
 
-        add_serve_routes(app, deployments, ApiError)
+        add_serve_routes(app, deployments)
 
     app.openapi = lambda: m.openapi_schema(app)  # type: ignore[method-assign]
 

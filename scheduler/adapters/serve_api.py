@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
+from dcsched.client import ApiError
 from dcsched.core.spec import SpecError
 from dcsched.serving.controller import DeploymentError, ServeController
 
@@ -31,14 +32,14 @@ class ScaleRequest(BaseModel):
     replicas: int = Field(ge=0, le=64)
 
 
-def add_serve_routes(app: FastAPI, controller: ServeController, api_error: Any) -> None:
+def add_serve_routes(app: FastAPI, controller: ServeController) -> None:
     def call(action: Any) -> dict[str, Any]:
         try:
             result: dict[str, Any] = action()
         except SpecError as exc:
-            raise api_error(400, "invalid serve spec", exc.problems) from None
+            raise ApiError(400, "invalid serve spec", exc.problems) from None
         except DeploymentError as exc:
-            raise api_error(exc.status, exc.message, exc.problems) from None
+            raise ApiError(exc.status, exc.message, exc.problems) from None
         return result
 
     @app.post("/v1/deployments", status_code=201)

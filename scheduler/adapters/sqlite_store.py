@@ -23,12 +23,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from dcsched.core.accounting import AllocationInterval
 from dcsched.core.job import Job, JobEvent
 from dcsched.core.lifecycle import JobState, check_transition
 from dcsched.core.spec import REQUEST_FIELDS, SchedulingRequest, request_of
 from dcsched.core.waits import WaitKind, WaitReason
 from dcsched.ports import (
-    AllocationInterval,
     AuditEntry,
     Deployment,
     ModelNameTaken,
@@ -94,7 +94,7 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
     """,
     # 4: indexes for what /metrics reads at every scrape (counts by state, team and kind;
-    # allocation spans that ended recently)
+    # allocation intervals that ended recently)
     """
     CREATE INDEX jobs_state_team_kind ON jobs(state, team, kind);
     CREATE INDEX jobs_finished ON jobs(finished_at);
@@ -376,10 +376,10 @@ class SQLiteStore:
         return {(r[0], r[1], r[2]): int(r[3]) for r in rows}
 
     def allocation_intervals(self, since: float | None = None) -> list[AllocationInterval]:
-        """Each span during which a job held its resources: from its admission to the next
-        requeue or its end (still open while it holds them). Read from the event history,
-        so preempted and requeued jobs count every span."""
-        # Only jobs ever admitted have spans (a requeued job waiting again has
+        """Each interval during which a job held its resources: from its admission to the
+        next requeue or its end (still open while it holds them). Read from the event
+        history, so preempted and requeued jobs count every interval."""
+        # Only jobs ever admitted have intervals (a requeued job waiting again has
         # admitted_at NULL but attempt > 0; stores from before migration 3 have attempt 0
         # for jobs that then ended); with ``since``, only jobs not ended, or ended since
         # then (both found through an index).
@@ -404,11 +404,11 @@ class SQLiteStore:
                 open_since[job_id] = at
             elif to_state != JobState.RUNNING.value and job_id in open_since:
                 request = _spec_of(job_id, spec_text)[0]
-                intervals.append(AllocationInterval(job_id, request, open_since.pop(job_id), at))
+                intervals.append(_interval(job_id, request, open_since.pop(job_id), at))
         for job_id, start in open_since.items():
             job = self.get_job(job_id)
             if job is not None:
-                intervals.append(AllocationInterval(job_id, job.request, start, None))
+                intervals.append(_interval(job_id, job.request, start, None))
         if since is not None:
             intervals = [i for i in intervals if i.end is None or i.end >= since]
         return intervals
@@ -665,6 +665,12 @@ _spec_cache: dict[str, _ParsedSpec] = {}
 def _document(job: Job) -> dict[str, Any]:
     """The stored spec: the request's fields, ``kind`` and the kind's payload."""
     return {**job.request.model_dump(mode="json"), "kind": job.kind, **job.payload}
+
+
+def _interval(
+    job_id: str, request: SchedulingRequest, start: float, end: float | None
+) -> AllocationInterval:
+    return AllocationInterval(request.team, request.resources.total(), start, end, job_id)
 
 
 def _spec_of(job_id: str, text: str) -> _ParsedSpec:

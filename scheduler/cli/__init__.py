@@ -1,9 +1,10 @@
 """The ``dcsched`` command line: a thin click client over the HTTP API.
 
 Invariants:
-- Start-up stays light: ``dcsched --help`` and ``dcsched list`` import click, json and
-  http.client only (never ray, torch, pydantic, fastapi, uvicorn or yaml). ``submit``
-  imports the YAML loader; ``server``/``up``/``down`` import ``dcsched.daemon``; both lazily.
+- Start-up stays light: ``dcsched --help`` and ``dcsched list`` import click, json, orjson
+  and a socket client only (never ray, torch, pydantic, fastapi, uvicorn or yaml). ``submit``
+  imports the YAML loader; ``server``/``up``/``down`` import ``dcsched.daemon``; both lazily
+  (an import-linter contract in pyproject.toml and tests/unit/test_cli.py keep it so).
 - Exit codes: 0 success; 2 bad input (invalid local file, HTTP 400/404/411/413/422); 1 any other
   failure (server unreachable, 401, 409, 5xx, a job that did not succeed, a timeout).
 - Errors go to stderr as ``error: ...``, never as a traceback. ``submit`` prints only the

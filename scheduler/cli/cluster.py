@@ -204,14 +204,14 @@ def teams(output: str) -> None:
     if output == "json":
         _print_json(found)
         return
-    headers = ["TEAM", "COHORT", "WEIGHT", "GPUS used/quota", "CPUS used/quota",
+    headers = ["TEAM", "COHORT", "WEIGHT", "CPUS used/quota", "GPUS used/quota",
                "MEMORY used/quota", "BORROWED", "RUNNING", "PENDING"]  # fmt: skip
     rows = []
     for team in found:
         used, quota, borrowed = team.get("used") or {}, team.get("quota"), team.get("borrowed")
         lent = [
             f"{_num(borrowed[k]) if k != 'memory' else _memory(borrowed[k])} {k}"
-            for k in ("gpus", "cpus", "memory")
+            for k in ("cpus", "gpus", "memory")
             if isinstance(borrowed, dict) and borrowed.get(k)
         ]
         rows.append(
@@ -219,8 +219,8 @@ def teams(output: str) -> None:
                 team.get("name"),
                 team.get("cohort") or "-",
                 _num(team.get("weight")),
-                f"{_num(used.get('gpus'))}/{_quota_cell(quota, 'gpus')}",
                 f"{_num(used.get('cpus'))}/{_quota_cell(quota, 'cpus')}",
+                f"{_num(used.get('gpus'))}/{_quota_cell(quota, 'gpus')}",
                 f"{_memory(used.get('memory'))}/{_quota_cell(quota, 'memory')}",
                 ", ".join(lent) or "-",
                 team.get("running"),
@@ -257,7 +257,7 @@ def _since(value: str | None) -> float | None:
     show_default=True,
 )  # fmt: skip
 def usage(team: str | None, since_text: str | None, output: str) -> None:
-    """Allocated GPU- and CPU-seconds per team and per job."""
+    """Allocated CPU- and GPU-seconds per team and per job."""
     report = _client().usage(team=team, since=_since(since_text))
     if output == "json":
         _print_json(report)
@@ -266,23 +266,23 @@ def usage(team: str | None, since_text: str | None, output: str) -> None:
         import csv
 
         writer = csv.writer(sys.stdout)
-        writer.writerow(["scope", "team", "job", "gpu_seconds", "cpu_seconds"])
+        writer.writerow(["scope", "team", "job", "cpu_seconds", "gpu_seconds"])
         for row in report.get("teams") or []:
-            writer.writerow(["team", row["team"], "", row["gpu_seconds"], row["cpu_seconds"]])
+            writer.writerow(["team", row["team"], "", row["cpu_seconds"], row["gpu_seconds"]])
         for row in report.get("jobs") or []:
-            writer.writerow(["job", row["team"], row["id"], row["gpu_seconds"], row["cpu_seconds"]])
+            writer.writerow(["job", row["team"], row["id"], row["cpu_seconds"], row["gpu_seconds"]])
         return
     since = report.get("since") or "the beginning"
     click.echo(f"allocated from {since} to {report.get('until')}")
     rows = [
         [
             r["team"],
-            _num(round(r["gpu_seconds"] / 3600, 3)),
             _num(round(r["cpu_seconds"] / 3600, 3)),
+            _num(round(r["gpu_seconds"] / 3600, 3)),
         ]
         for r in report.get("teams") or []
     ]
-    click.echo(_table(["TEAM", "GPU-HOURS", "CPU-HOURS"], rows) if rows else "no usage")
+    click.echo(_table(["TEAM", "CPU-HOURS", "GPU-HOURS"], rows) if rows else "no usage")
 
 
 @cli.group()

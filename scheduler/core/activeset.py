@@ -41,11 +41,9 @@ from dcsched.core.config import ClusterConfig, PlacementPolicy, PriorityClass
 from dcsched.core.job import Job
 from dcsched.core.placement import CapacityIndex, never_fits
 from dcsched.core.quota import QuotaLedger, job_gpu_type
-from dcsched.core.resources import Resources
+from dcsched.core.resources import EPSILON, Resources
 from dcsched.core.spec import SchedulingRequest
 from dcsched.core.waits import WaitKind, WaitReason
-
-_SNAP = 1e-9
 
 
 def is_preemptible(job: Job, classes: Mapping[str, PriorityClass]) -> bool:
@@ -299,7 +297,7 @@ class ActiveSet(Sequence[Job]):
         a[1] += sign * total.gpus
         a[2] += sign * total.memory
         for i in range(3):
-            if abs(a[i]) < _SNAP:
+            if abs(a[i]) < EPSILON:
                 a[i] = 0.0
 
     # -- for plan ------------------------------------------------------------------------

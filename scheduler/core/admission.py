@@ -13,7 +13,11 @@ and returns one decision per pending job, in queue order:
   among the waiting jobs in queue order; ``why`` is a ``waits.WaitReason``: its kind
   (dependency, unknown-team, never-fits, quota, quota-held, capacity, behind-head,
   backfill-shadow) and its words for this job (``Wait.kind``, ``Wait.reason``).
-- ``Cancel(job, reason)``: it can never start (a dependency failed or does not exist).
+- ``Cancel(job, reason)``: it can never start (a dependency failed or does not exist);
+  the service ends it CANCELLED, the simulator reports it UNSCHEDULABLE (its word for a
+  job that never started). There is no other refusal decision: a job that can never fit
+  or whose team is refused is turned away at submission, or waits (``never-fits``,
+  ``unknown-team``).
 
 The pass, in order:
 1. Dependencies: a job waits until every job in ``depends_on`` SUCCEEDED; a FAILED,
@@ -63,7 +67,7 @@ from dcsched.core.passstate import PassState
 from dcsched.core.placement import NoFit, Placement
 from dcsched.core.preemption import Preemption
 from dcsched.core.quota import QuotaFit
-from dcsched.core.resources import Resources
+from dcsched.core.resources import EPSILON, Resources
 from dcsched.core.timeline import HeadReservation, estimate_starts
 from dcsched.core.waits import WaitKind, WaitReason
 
@@ -358,7 +362,7 @@ class _Walk:
                 f"{behind}; {head.job.id}'s start cannot be estimated (jobs without "
                 "max_runtime hold what it needs), so nothing is backfilled past it",
             )
-        if self.state.now + item.runtime <= reservation.start + 1e-9:
+        if self.state.now + item.runtime <= reservation.start + EPSILON:
             placed = self.state.place(item)
         else:
             placed = reservation.place(item)

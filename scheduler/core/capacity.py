@@ -30,9 +30,8 @@ from collections.abc import Set as AbstractSet
 from typing import Self
 
 from dcsched.core.cluster import NodeState
-from dcsched.core.resources import Resources
+from dcsched.core.resources import EPSILON, Resources
 
-_EPS = 1e-9
 _UNBOUNDED = 1_000_000
 """Workers that fit when a worker asks for nothing."""
 
@@ -54,10 +53,10 @@ def _vector(r: Resources) -> _Free:
 def _holds(w: _Free, free: _Free) -> int:
     """Workers of size ``w`` that fit in ``free``."""
     count = _UNBOUNDED
-    if w[0] > _EPS:
-        count = min(count, math.floor((free[0] + _EPS) / w[0]))
-    if w[1] > _EPS:
-        count = min(count, math.floor((free[1] + _EPS) / w[1]))
+    if w[0] > EPSILON:
+        count = min(count, math.floor((free[0] + EPSILON) / w[0]))
+    if w[1] > EPSILON:
+        count = min(count, math.floor((free[1] + EPSILON) / w[1]))
     if w[2] > 0:
         count = min(count, free[2] // w[2])
     return max(count, 0)
@@ -153,8 +152,8 @@ class _Pool:
         s = self.by_gpu
         return (
             bool(s)
-            and need[0] <= s[-1][0] + _EPS
-            and need[1] <= self.top[0] + _EPS
+            and need[0] <= s[-1][0] + EPSILON
+            and need[1] <= self.top[0] + EPSILON
             and need[2] <= self.top[1]
         )
 
@@ -162,8 +161,8 @@ class _Pool:
         """The node holding ``need`` with the least free (GPUs, CPUs, memory, then id)."""
         s = self.by_gpu
         n = len(s)
-        cpus = need[1] - _EPS
-        i = bisect_left(s, (need[0] - _EPS, -_INF, -_INF, ""))
+        cpus = need[1] - EPSILON
+        i = bisect_left(s, (need[0] - EPSILON, -_INF, -_INF, ""))
         while i < n:
             group = s[i][0]  # one group: nodes with equal free GPUs, sorted by CPUs
             k = bisect_left(s, (group, cpus, -_INF, ""), i)
@@ -180,9 +179,9 @@ class _Pool:
     def emptiest(self, need: _Free, exclude: AbstractSet[str] = frozenset()) -> str | None:
         """The node holding ``need`` with the most free (GPUs, CPUs, memory), then lowest id."""
         s = self.by_gpu
-        lo = bisect_left(s, (need[0] - _EPS, -_INF, -_INF, ""))
+        lo = bisect_left(s, (need[0] - EPSILON, -_INF, -_INF, ""))
         hi = len(s)
-        cpus = need[1] - _EPS
+        cpus = need[1] - EPSILON
         while hi > lo:
             start = bisect_left(s, (s[hi - 1][0], -_INF, -_INF, ""), lo, hi)
             for k in range(hi - 1, start - 1, -1):
@@ -258,7 +257,7 @@ class _Levels:
 
     def least_loaded(self, need: _Free, exclude: AbstractSet[str] = frozenset()) -> str | None:
         """In the least utilized level that holds ``need``, the node with the most free."""
-        g, c, m = need[0] - _EPS, need[1] - _EPS, need[2]
+        g, c, m = need[0] - EPSILON, need[1] - EPSILON, need[2]
         top, size = self.top, self.size
         stack = [1]
         while stack:
@@ -348,7 +347,7 @@ class CapacityBase:
         moves = self._moves(nodes, per_worker, -1)
         for node, new in moves:
             old = self._free[node]
-            if new[0] < -1e-6 or new[1] < -1e-6 or new[2] < 0:
+            if new[0] < -EPSILON or new[1] < -EPSILON or new[2] < 0:
                 raise ValueError(
                     f"node {node} has {_resources(old).describe()} free, less than the "
                     f"{nodes.count(node)} workers of {per_worker.describe()} taken there"

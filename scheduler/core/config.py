@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
-from dcsched.core.resources import Resources
+from dcsched.core.resources import EPSILON, Resources
 from dcsched.core.spec import (
     SLUG_PATTERN,
     DurationSeconds,
@@ -188,7 +188,7 @@ class ClusterConfig(StrictModel):
         for team in self.teams:
             quota = team.quota
             typed = sum(quota.gpu_types.values())
-            if quota.gpus is not None and typed > quota.gpus + 1e-9:
+            if quota.gpus is not None and typed > quota.gpus + EPSILON:
                 problems.append(
                     f"teams.{team.name}.quota: gpu_types add up to {typed:g}, "
                     f"more than gpus ({quota.gpus:g})"

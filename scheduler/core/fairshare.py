@@ -5,9 +5,9 @@ did not. "Recently" is an exponential weight: usage ``half_life`` seconds ago co
 as much as usage now, usage two half-lives ago a quarter, and so on.
 
 Words:
-- usage interval: a team held ``resources`` (a job's whole gang) from ``start`` to ``end``
-  (``None``: still holding them). Times are unix seconds given by the caller; nothing here
-  reads a clock.
+- allocation interval (``accounting.AllocationInterval``): a team held ``resources`` (a
+  job's whole gang) from ``start`` to ``end`` (``None``: still holding them). Times are
+  unix seconds given by the caller; nothing here reads a clock.
 - decayed usage: for each team and each resource, the exact integral
 
       U = sum over intervals of  r * integral from s to e of 2^(-(now - t) / H) dt
@@ -18,17 +18,19 @@ Words:
   seconds, GPU-seconds, byte-seconds). A team holding ``r`` forever has
   ``U = r * H / ln 2``, so ``U * ln 2 / H`` is its exponentially weighted average
   allocation; ``fair_order`` uses exactly that to normalise.
-- fair-order share (``fair_order``): a team's weighted dominant share of the cluster,
-  counting its decayed past usage as an allocation:
+- fair-order share (``fair_order``): a team's dominant share of the cluster, weighted
+  and counting its decayed past usage as an allocation:
 
-      share(t) = max over r in {CPUs, GPUs, memory} with C_r > 0 of
-                 (A_t,r + U_t,r * ln 2 / H) / C_r,   divided by weight(t)
+      fair_order_share(t) = max over r in {CPUs, GPUs, memory} with C_r > 0 of
+                            (A_t,r + U_t,r * ln 2 / H) / C_r,   divided by weight(t)
 
   where C is the alive cluster's total, A the team's current allocation (its active
   jobs, plus the jobs ordered before it in this pass), U its decayed usage and H the
   half-life; so a team that held half the GPUs for the last few half-lives counts as
-  holding half now. (The exporters' dominant-share metric is the raw, unweighted share
-  of current allocation: a different number.)
+  holding half now.
+- dominant share (the metric ``dcsched_team_dominant_share_ratio``): the raw number,
+  ``max over r of A_t,r / C_r``: current allocation only, no weight, no past. A different
+  number from the fair-order share; never call either by the other's name.
 
 Invariants: the result is never negative, never exceeds the undecayed resource-seconds,
 and is additive over intervals (splitting an interval in two gives the same total).
@@ -39,29 +41,18 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
+from dcsched.core.accounting import AllocationInterval
 from dcsched.core.resources import Resources
 
 _LN2 = math.log(2.0)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class UsageInterval:
-    """``team`` held ``resources`` from ``start`` until ``end`` (``None``: still holds)."""
-
-    team: str
-    resources: Resources
-    start: float
-    end: float | None = None
-    job_id: str = ""
-
-
 def decay_weight(start: float, end: float, now: float, half_life: float) -> float:
     """The integral of ``2^(-(now - t) / half_life)`` over ``[start, end]`` (clipped to
-    ``now``), in seconds: how much one unit held over that span counts at ``now``."""
+    ``now``), in seconds: how much one unit held over ``[start, end]`` counts at ``now``."""
     if half_life <= 0:
         raise ValueError(f"half_life must be positive, not {half_life!r}")
     end = min(end, now)
@@ -69,12 +60,12 @@ def decay_weight(start: float, end: float, now: float, half_life: float) -> floa
     if end <= start:
         return 0.0
     rate = _LN2 / half_life
-    # H/ln2 * 2^(-(now-e)/H) * (1 - 2^(-(e-s)/H)); expm1 keeps short spans exact.
+    # H/ln2 * 2^(-(now-e)/H) * (1 - 2^(-(e-s)/H)); expm1 keeps short intervals exact.
     return math.exp(-(now - end) * rate) * -math.expm1(-(end - start) * rate) / rate
 
 
 def decayed_usage(
-    intervals: Iterable[UsageInterval], now: float, half_life: float
+    intervals: Iterable[AllocationInterval], now: float, half_life: float
 ) -> dict[str, Resources]:
     """Decayed resource-seconds per team at ``now`` (see the module docstring).
 
@@ -125,12 +116,11 @@ def fair_order(
         a[1] += past.gpus * scale
         a[2] += past.memory * scale
 
-    def share(team: str) -> float:
+    def fair_order_share(team: str) -> float:
         a = alloc[team]
-        dominant = max((a[i] / c for i, c in caps), default=0.0)
-        return dominant / weights[team]
+        return max((a[i] / c for i, c in caps), default=0.0) / weights[team]
 
-    heap = [(share(team), team) for team in queues]
+    heap = [(fair_order_share(team), team) for team in queues]
     heapq.heapify(heap)
     cursor = dict.fromkeys(queues, 0)
     order: list[T] = []
@@ -148,5 +138,5 @@ def fair_order(
             a[1] += taken.gpus
             a[2] += taken.memory
         if i + 1 < len(queue):
-            heapq.heappush(heap, (share(team), team))
+            heapq.heappush(heap, (fair_order_share(team), team))
     return order

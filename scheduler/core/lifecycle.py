@@ -1,14 +1,16 @@
 """Job states and the one function that enforces legal transitions.
 
     PENDING   -> ADMITTED   resources reserved (placement group) for the gang
-    PENDING   -> CANCELLED  cancelled while queued
-    PENDING   -> FAILED     refused after acceptance (e.g. a dependency or plugin vanished)
+    PENDING   -> CANCELLED  cancelled while queued, or by a pass: a dependency failed, was
+                            cancelled or does not exist (``admission.Cancel``)
     ADMITTED  -> RUNNING    the Ray job started
-    ADMITTED  -> PENDING    the reservation did not become ready in time; requeued
+    ADMITTED  -> PENDING    requeued: the reservation did not become ready in time, the
+                            job was preempted, or its node was lost
     ADMITTED  -> SUCCEEDED | FAILED  the Ray job ended before we saw it running
     ADMITTED  -> CANCELLED
     RUNNING   -> SUCCEEDED | FAILED | CANCELLED
-    RUNNING   -> PENDING    the run was lost (its Ray cluster restarted); requeued
+    RUNNING   -> PENDING    requeued: preempted, its node lost, or its run lost (Ray's
+                            cluster restarted); it resumes from its checkpoint
 
 SUCCEEDED, FAILED and CANCELLED are terminal: nothing leaves them.
 """
@@ -36,7 +38,7 @@ class JobState(StrEnum):
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.PENDING: frozenset({JobState.ADMITTED, JobState.CANCELLED, JobState.FAILED}),
+    JobState.PENDING: frozenset({JobState.ADMITTED, JobState.CANCELLED}),
     JobState.ADMITTED: frozenset(
         {
             JobState.RUNNING,

@@ -41,7 +41,6 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from dcsched.core.capacity import (
-    _EPS,
     _INF,
     _POLICIES,
     CapacityBase,
@@ -58,7 +57,7 @@ from dcsched.core.capacity import (
 )
 from dcsched.core.cluster import ClusterSnapshot, NodeState
 from dcsched.core.config import PlacementPolicy
-from dcsched.core.resources import Resources
+from dcsched.core.resources import EPSILON, Resources
 
 
 @dataclass(frozen=True)
@@ -148,16 +147,16 @@ class CapacityIndex(CapacityBase):
         # Once the nodes seen that hold at least `bound` hold the whole gang, the walk
         # stops: the nodes chosen below each hold at least `bound` (all that hold more
         # were seen), and `_best` finds them among all nodes, seen or not.
-        if w[0] > _EPS:
-            entries, unit, second = pool.by_gpu, w[0], w[1] - _EPS
-        elif w[1] > _EPS:
+        if w[0] > EPSILON:
+            entries, unit, second = pool.by_gpu, w[0], w[1] - EPSILON
+        elif w[1] > EPSILON:
             entries, unit, second = pool.by_cpu(), w[1], float(w[2])
         else:  # memory only (a worker that asks for nothing fits any node whole)
-            entries, unit, second = pool.by_mem(), float(w[2]), -_EPS
+            entries, unit, second = pool.by_mem(), float(w[2]), -EPSILON
         classes: dict[int, int] = {}  # workers a node holds -> how many nodes hold that many
         last_bound = -1
-        for e, start, end in _groups_descending(entries, unit - _EPS, second):
-            bound = math.floor((e[0] + _EPS) / unit)
+        for e, start, end in _groups_descending(entries, unit - EPSILON, second):
+            bound = math.floor((e[0] + EPSILON) / unit)
             if bound < 1:
                 break
             if bound != last_bound:
@@ -222,7 +221,7 @@ def _why_not(
     short = [
         kind
         for kind, need, have in (("CPUs", w[1], largest[1]), ("GPUs", w[0], largest[0]))
-        if need > have + _EPS
+        if need > have + EPSILON
     ] + (["memory"] if w[2] > largest[2] else [])
     if short:
         return (

@@ -45,10 +45,9 @@ from typing import Literal
 
 from dcsched.core.config import GPU_TYPE_LABEL, ClusterConfig, Quota, Team
 from dcsched.core.job import Job
-from dcsched.core.resources import Resources
+from dcsched.core.resources import EPSILON, Resources
 from dcsched.core.units import format_bytes
 
-_EPS = 1e-6
 _INF = float("inf")
 _WHOLE_LIMIT = 2.0**52
 
@@ -211,7 +210,7 @@ class QuotaLedger:
             return {}
         used = self._used.get(team, {})
         over = {d: used.get(d, 0.0) - n for d, n in quota.nominal.items()}
-        return {d: amount for d, amount in over.items() if amount > _EPS}
+        return {d: amount for d, amount in over.items() if amount > EPSILON}
 
     def cohort_of(self, team: str) -> str | None:
         quota = self._team(team)
@@ -242,7 +241,7 @@ class QuotaLedger:
         for dim, amount in dimensions(request, gpu_type):
             before = used.get(dim, 0.0)
             after = before + sign * amount
-            if abs(after) < _EPS:
+            if abs(after) < EPSILON:
                 after = 0.0
             used[dim] = after
             if cohort is not None:
@@ -284,7 +283,7 @@ class QuotaLedger:
                 continue  # untracked: unlimited for this team
             before = used.get(dim, 0.0)
             after = before + amount
-            over = after > nominal + _EPS
+            over = after > nominal + EPSILON
             within_nominal = within_nominal and not over
             cohort = quota.cohort
             if cohort is None:
@@ -297,27 +296,27 @@ class QuotaLedger:
             others = self._excess[key] - quota.excess(dim, before)
             room = self._pool[key] - others - quota.lendable[dim]  # most it may exceed N by
             if not over:
-                if others + quota.excess(dim, after) > self._pool[key] + _EPS:
+                if others + quota.excess(dim, after) > self._pool[key] + EPSILON:
                     reclaim_blocks.append(self._reclaim_words(team, dim, after, nominal, cohort))
                 continue
             limit = quota.borrow_limit[dim]
-            if after - nominal > limit + _EPS:
+            if after - nominal > limit + EPSILON:
                 if blocked is None:
                     now_borrowing = max(0.0, before - nominal)
                     blocked = self._over_words(team, dim, before, nominal, amount) + (
                         f" and its borrowing limit is {_fmt(dim, limit)}"
                         + (
                             f" (it already borrows {_fmt(dim, now_borrowing)})"
-                            if now_borrowing > _EPS
+                            if now_borrowing > EPSILON
                             else ""
                         )
                     )
-            elif after - nominal > room + _EPS:
+            elif after - nominal > room + EPSILON:
                 if blocked is None:
                     spare = room - max(0.0, before - nominal)
                     tail = (
                         " and its cohort has none to lend"
-                        if spare <= _EPS
+                        if spare <= EPSILON
                         else f" and its cohort can lend only {_fmt(dim, spare)} more"
                     )
                     blocked = self._over_words(team, dim, before, nominal, amount) + tail
@@ -344,7 +343,7 @@ class QuotaLedger:
         used = self._used.get(team, {})
         for dim, amount in dimensions(request, gpu_type):
             nominal = quota.nominal.get(dim)
-            if nominal is not None and used.get(dim, 0.0) + amount > nominal + _EPS:
+            if nominal is not None and used.get(dim, 0.0) + amount > nominal + EPSILON:
                 return True
         return False
 
@@ -365,7 +364,7 @@ class QuotaLedger:
             key = (quota.cohort, dim)
             others = self._excess[key] - quota.excess(dim, before)
             within = min(before + amount, nominal)
-            if others + quota.excess(dim, within) > self._pool[key] + _EPS:
+            if others + quota.excess(dim, within) > self._pool[key] + EPSILON:
                 short.append(dim)
         return short
 
@@ -375,7 +374,7 @@ class QuotaLedger:
         for member in self._members.get(self.cohort_of(team) or "", ()):
             if member.name != team and dim in member.nominal:
                 used = self._used.get(member.name, {}).get(dim, 0.0)
-                if used > member.nominal[dim] + _EPS:
+                if used > member.nominal[dim] + EPSILON:
                     names.append(member.name)
         return names
 
@@ -383,7 +382,7 @@ class QuotaLedger:
 
     def _over_words(self, team: str, dim: str, used: float, nominal: float, amount: float) -> str:
         label = _label(dim)
-        if used >= nominal - _EPS:
+        if used >= nominal - EPSILON:
             return f"team {team} is at its {label} quota {_fmt(dim, used)}/{_fmt(dim, nominal)}"
         return (
             f"team {team} uses {_fmt(dim, used)}/{_fmt(dim, nominal)} of its {label} quota "

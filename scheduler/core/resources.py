@@ -1,7 +1,12 @@
 """Resource vectors: CPUs, GPUs and memory, added, subtracted and compared as a whole.
 
 A ``Resources`` value is immutable. ``fits_in`` is true when every component is within
-the other's; a small tolerance absorbs float noise from fractional CPUs and GPUs.
+the other's; a small tolerance (``EPSILON``) absorbs float noise from fractional CPUs and
+GPUs.
+
+Words: components are always in the order CPUs, GPUs, memory (fields, arguments,
+``as_dict``, tuples, JSON, CSV and the CLI's tables), except where a sort puts the scarcest
+first and says so (``capacity``: GPUs, CPUs, memory) and in ``dcsched top``, a GPU view.
 """
 
 from __future__ import annotations
@@ -10,7 +15,9 @@ from dataclasses import dataclass
 
 from dcsched.core.units import format_bytes
 
-_EPS = 1e-9
+EPSILON = 1e-9
+"""The one tolerance of the core's float comparisons (amounts of CPUs and GPUs, and
+seconds): two values closer than this are equal. Memory is whole bytes, compared exactly."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +39,8 @@ class Resources:
 
     def fits_in(self, capacity: Resources) -> bool:
         return (
-            self.cpus <= capacity.cpus + _EPS
-            and self.gpus <= capacity.gpus + _EPS
+            self.cpus <= capacity.cpus + EPSILON
+            and self.gpus <= capacity.gpus + EPSILON
             and self.memory <= capacity.memory
         )
 

@@ -44,7 +44,7 @@ from dcsched.inference.table import (
 from dcsched.kinds import parse_job_spec
 from dcsched.kinds.infer import InferJobSpec
 from dcsched.plugins.registry import PluginLoadError, UnknownPluginError
-from dcsched.rundir import RunDir, write_text_atomically
+from dcsched.rundir import RunDir, one_line, write_text_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -341,24 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(files, rank, world)
     except EXPECTED_ERRORS as exc:
-        return _fail(files, _one_line(exc))
+        return files.fail("inference", one_line(exc))
     except Exception as exc:
         traceback.print_exc()
-        return _fail(files, f"internal error: {type(exc).__name__}: {_one_line(exc)}")
+        return files.fail("inference", f"internal error: {type(exc).__name__}: {one_line(exc)}")
     return 0
-
-
-def _fail(files: RunDir, reason: str) -> int:
-    print(f"inference failed: {reason}", file=sys.stderr)
-    try:
-        files.write_error(reason)
-    except OSError as exc:
-        print(f"cannot write {files.error}: {exc}", file=sys.stderr)
-    return 1
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

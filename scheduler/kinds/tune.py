@@ -51,13 +51,9 @@ JsonValue = Any
 class Dimension(StrictModel):
     """One search-space dimension: exactly one of its four fields is set."""
 
+    # merged with StrictModel's (extra fields refused, frozen, no inf or NaN)
     model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        allow_inf_nan=False,
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=True,
+        validate_by_name=True, validate_by_alias=True, serialize_by_alias=True
     )
 
     choice: list[JsonValue] | None = Field(None, max_length=1000)

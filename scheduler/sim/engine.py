@@ -2,7 +2,7 @@
 
 Events are arrivals and ends (and, with a pass interval, deferred passes), taken in time
 order (ties: ends, then arrivals, then passes; then by sequence). After the events of an
-instant, each domain they touched runs an admission pass: ``core.admission.plan`` over
+instant, each partition they touched runs an admission pass: ``core.admission.plan`` over
 its pending jobs, its active jobs (an ``ActiveSet``), its nodes and its configuration,
 exactly as the live service calls it. The decisions are applied as the service applies
 them, with a perfect executor:
@@ -15,14 +15,15 @@ them, with a perfect executor:
   let them) and count a preemption. Another pass follows at the same instant.
 - ``Cancel`` (a failed dependency) and jobs that can never start are reported as
   unschedulable, with the core's reason. A job is checked when it arrives: a pass of
-  the core with that job alone on its empty domain must admit it; else it never could.
+  the core with that job alone on its empty partition must admit it; else it never could.
 - ``Wait``: nothing happens; the job waits for a later pass.
 
-Domains: one, over all nodes, unless ``partition``: then the nodes of each team that has
-node types of its own form that team's domain, with its own queue and passes (as if it
-ran a dcsched of its own), and the other teams share the remaining nodes. Partitions
-drop quotas and cohorts (a team's own nodes are its quota), so capacity alone decides
-and the queue is strict: a job that does not fit blocks those behind it.
+Partitions (each a set of nodes with its own queue and passes): one, over all nodes,
+unless ``options.partition``: then the nodes of each team that has node types of its own
+form that team's partition (as if it ran a dcsched of its own), and the other teams share
+the remaining nodes. Partitioning drops quotas and cohorts (a team's own nodes are its
+quota), so capacity alone decides and the queue is strict: a job that does not fit
+blocks those behind it.
 
 Lookahead: a pass sees the first ``lookahead`` pending jobs of each team, in the team's
 own queue order (fifo: submit time; priority and fair: class, then submit time). Jobs
@@ -33,7 +34,7 @@ no team has more than ``lookahead`` jobs waiting ahead of one that could start.
 
 Pass interval: 0 runs a pass at every instant with events (the live service wakes at
 every submission and polls every 0.1 s). A positive interval runs at most one pass per
-domain per interval (a scheduling cycle, as Gavel's rounds or Pollux's 60 s): much
+partition per interval (a scheduling cycle, as Gavel's rounds or Pollux's 60 s): much
 faster on long traces, at the cost of up to one interval of extra wait.
 
 Determinism: no wall clock, no randomness; every tie breaks by time, kind, then id.
@@ -56,7 +57,7 @@ from dcsched.core.cluster import ClusterSnapshot, NodeState
 from dcsched.core.config import ClusterConfig, PlacementPolicy, QueueingPolicy, Quota
 from dcsched.core.job import Job
 from dcsched.core.lifecycle import JobState
-from dcsched.core.resources import Resources
+from dcsched.core.resources import EPSILON, Resources
 from dcsched.core.spec import SchedulingRequest, describe_validation_error
 from dcsched.sim.estimates import DecayedUsage, RuntimePredictor
 from dcsched.sim.trace import TraceJob, shape
@@ -102,7 +103,7 @@ class JobRecord:
     """All workers' GPUs together."""
     workers: int
     submit: float
-    domain: str = ""
+    partition: str = ""
     start: float | None = None
     end: float | None = None
     run_s: float = 0.0
@@ -118,7 +119,7 @@ class JobRecord:
 
 
 @dataclass
-class _Domain:
+class _Partition:
     name: str
     config: ClusterConfig
     cluster: ClusterSnapshot
@@ -144,7 +145,7 @@ class SimResult:
     passes: int
     gpu_timeline: list[tuple[float, float]]
     """(time, GPUs allocated from then on), at each change."""
-    domains: list[str]
+    partitions: list[str]
 
 
 def expand_nodes(config: ClusterConfig) -> list[tuple[NodeState, str | None]]:
@@ -214,18 +215,18 @@ class Simulation:
         self.total_gpus = sum(n.total.gpus for n, _ in nodes)
         self.total_nodes = len(nodes)
         self.node_gpus = max(n.total.gpus for n, _ in nodes)
-        self.domains: dict[str, _Domain] = {}
-        self.domain_of_team: dict[str, str] = {}
+        self.partitions: dict[str, _Partition] = {}
+        self.partition_of_team: dict[str, str] = {}
         groups: dict[str, list[NodeState]] = {}
         for node, team in nodes:
             key = team if options.partition and team is not None else ""
             groups.setdefault(key, []).append(node)
             if key:
-                self.domain_of_team[team or ""] = key
+                self.partition_of_team[team or ""] = key
         groups.setdefault("", [])
         for name in sorted(groups):
             cluster = ClusterSnapshot(tuple(groups[name]))
-            self.domains[name] = _Domain(
+            self.partitions[name] = _Partition(
                 name=name,
                 config=self.config,
                 cluster=cluster,
@@ -241,7 +242,7 @@ class Simulation:
         self._by_id: dict[str, JobRecord] = {}
         first = min((j.submit for j in jobs), default=0.0)
         for tj in sorted(jobs, key=lambda j: (j.submit, j.id)):
-            workers, gpus, _, _ = shape(tj, self.node_gpus)
+            workers, _, gpus, _ = shape(tj, self.node_gpus)
             record = JobRecord(
                 trace=tj,
                 team=tj.team,
@@ -276,22 +277,22 @@ class Simulation:
             while self._events and self._events[0][0] == now:
                 _, kind, _, key, token = heapq.heappop(self._events)
                 if kind == _ARRIVAL:
-                    domain = self._arrive(self._by_id[key], now)
-                    if domain is not None:
-                        touched.add(domain)
+                    partition = self._arrive(self._by_id[key], now)
+                    if partition is not None:
+                        touched.add(partition)
                     else:
                         done += 1
                 elif kind == _END:
                     record = self._by_id[key]
                     if record.run_token == token and record.state == "RUNNING":
                         self._end(record, now)
-                        touched.add(record.domain)
+                        touched.add(record.partition)
                         done += 1
                 else:
-                    self.domains[key].pass_due = False
+                    self.partitions[key].pass_due = False
                     touched.add(key)
             for name in sorted(touched):
-                self._maybe_pass(self.domains[name], now)
+                self._maybe_pass(self.partitions[name], now)
             if progress is not None:
                 progress(done)
                 done = 0
@@ -303,33 +304,33 @@ class Simulation:
             total_nodes=self.total_nodes,
             passes=self.passes,
             gpu_timeline=self.gpu_timeline,
-            domains=[d for d in self.domains if self.domains[d].cluster.nodes],
+            partitions=[d for d in self.partitions if self.partitions[d].cluster.nodes],
         )
 
-    def _maybe_pass(self, domain: _Domain, now: float) -> None:
+    def _maybe_pass(self, partition: _Partition, now: float) -> None:
         interval = self.options.pass_interval
-        if interval > 0 and now < domain.next_pass:
-            if not domain.pass_due:
-                domain.pass_due = True
-                self._push(domain.next_pass, _PASS, domain.name)
+        if interval > 0 and now < partition.next_pass:
+            if not partition.pass_due:
+                partition.pass_due = True
+                self._push(partition.next_pass, _PASS, partition.name)
             return
-        if not domain.pending:
+        if not partition.pending:
             return
-        self._passes(domain, now)
-        domain.next_pass = now + interval
+        self._passes(partition, now)
+        partition.next_pass = now + interval
 
     # -- arrivals and ends -------------------------------------------------------------
 
     def _arrive(self, record: JobRecord, now: float) -> str | None:
-        """Queue the job in its domain; None when it can never run (reported)."""
+        """Queue the job in its partition; None when it can never run (reported)."""
         tj = record.trace
-        domain = self.domains[self.domain_of_team.get(tj.team, "")]
-        record.domain = domain.name
+        partition = self.partitions[self.partition_of_team.get(tj.team, "")]
+        record.partition = partition.name
         spec = self._spec(tj)
         if isinstance(spec, str):
             self._unschedulable(record, spec)
             return None
-        never = self._never(domain, spec, tj.id, record.submit)
+        never = self._never(partition, spec, tj.id, record.submit)
         if never is not None:
             self._unschedulable(record, never)
             return None
@@ -343,16 +344,16 @@ class Simulation:
                     self._predicted[(id(spec), estimate)] = predicted
                 request = predicted
         job = Job(tj.id, request, JobState.PENDING, submitted_at=record.submit, kind="sim")
-        self._enqueue(domain, job)
-        return domain.name
+        self._enqueue(partition, job)
+        return partition.name
 
     def _unschedulable(self, record: JobRecord, reason: str) -> None:
         record.state = "UNSCHEDULABLE"
         record.reason = reason
 
     def _spec(self, tj: TraceJob) -> SchedulingRequest | str:
-        workers, gpus, cpus, memory = shape(tj, self.node_gpus)
-        key = (tj.team, workers, gpus, cpus, memory, tj.gpu_type, tj.priority, tj.preemptible)
+        workers, cpus, gpus, memory = shape(tj, self.node_gpus)
+        key = (tj.team, workers, cpus, gpus, memory, tj.gpu_type, tj.priority, tj.preemptible)
         found = self._specs.get(key)
         if found is None:
             if self.config.priority_class(tj.priority) is None:
@@ -384,62 +385,62 @@ class Simulation:
         return found
 
     def _never(
-        self, domain: _Domain, spec: SchedulingRequest, job_id: str, submitted_at: float
+        self, partition: _Partition, spec: SchedulingRequest, job_id: str, submitted_at: float
     ) -> str | None:
         """Why a job of ``spec`` (one of ``_specs``, kept alive there) could never start in
-        its domain, by the core's own pass with the job alone on the empty domain; None if
+        its partition, by the core's own pass with the job alone on the empty partition; None if
         it could. Remembered per spec."""
-        if id(spec) in domain.never:
-            return domain.never[id(spec)]
-        reason = domain.never[id(spec)] = self._never_once(domain, spec, job_id, submitted_at)
+        if id(spec) in partition.never:
+            return partition.never[id(spec)]
+        reason = partition.never[id(spec)] = self._never_once(partition, spec, job_id, submitted_at)
         return reason
 
     def _never_once(
-        self, domain: _Domain, spec: SchedulingRequest, job_id: str, submitted_at: float
+        self, partition: _Partition, spec: SchedulingRequest, job_id: str, submitted_at: float
     ) -> str | None:
         job = Job(job_id, spec, JobState.PENDING, submitted_at=submitted_at, kind="sim")
         key = (spec.team, spec.resources, tuple(sorted(spec.node_selector.items())), spec.priority)
-        if key not in domain.can_run:
+        if key not in partition.can_run:
             (decision,) = plan(
                 SchedulingInput(
                     pending=[job],
-                    active=ActiveSet(domain.cluster, domain.config),
+                    active=ActiveSet(partition.cluster, partition.config),
                     now=0.0,
                     estimate_starts=False,
                 )
             )
             if isinstance(decision, Admit):
-                domain.can_run[key] = None
+                partition.can_run[key] = None
             elif isinstance(decision, Wait | Cancel):
-                domain.can_run[key] = decision.reason
-            else:  # pragma: no cover - nothing to preempt on an empty domain
-                domain.can_run[key] = None
-        reason = domain.can_run[key]
-        if reason is not None and not domain.cluster.nodes:
+                partition.can_run[key] = decision.reason
+            else:  # pragma: no cover - nothing to preempt on an empty partition
+                partition.can_run[key] = None
+        reason = partition.can_run[key]
+        if reason is not None and not partition.cluster.nodes:
             return f"no nodes serve team {spec.team} (with --partition, only its own would)"
         return reason
 
-    def _queue_key(self, domain: _Domain, job: Job) -> tuple[object, ...]:
-        if domain.policy == "fifo":
+    def _queue_key(self, partition: _Partition, job: Job) -> tuple[object, ...]:
+        if partition.policy == "fifo":
             return (job.submitted_at, job.id)
-        value = domain.class_values.get(job.priority)
+        value = partition.class_values.get(job.priority)
         if value is None:
-            cls = domain.config.priority_class(job.priority)
-            value = domain.class_values[job.priority] = cls.value if cls else 0
+            cls = partition.config.priority_class(job.priority)
+            value = partition.class_values[job.priority] = cls.value if cls else 0
         return (-value, job.submitted_at, job.id)
 
-    def _enqueue(self, domain: _Domain, job: Job) -> None:
-        domain.pending[job.id] = job
-        insort(domain.queues.setdefault(job.team, []), self._queue_key(domain, job))
+    def _enqueue(self, partition: _Partition, job: Job) -> None:
+        partition.pending[job.id] = job
+        insort(partition.queues.setdefault(job.team, []), self._queue_key(partition, job))
 
-    def _dequeue(self, domain: _Domain, job: Job) -> None:
-        del domain.pending[job.id]
-        queue = domain.queues[job.team]
-        del queue[bisect_left(queue, self._queue_key(domain, job))]
+    def _dequeue(self, partition: _Partition, job: Job) -> None:
+        del partition.pending[job.id]
+        queue = partition.queues[job.team]
+        del queue[bisect_left(queue, self._queue_key(partition, job))]
 
-    def _start(self, domain: _Domain, job: Job, nodes: tuple[str, ...], now: float) -> None:
+    def _start(self, partition: _Partition, job: Job, nodes: tuple[str, ...], now: float) -> None:
         record = self._by_id[job.id]
-        self._dequeue(domain, job)
+        self._dequeue(partition, job)
         running = Job(
             job.id,
             job.request,
@@ -451,7 +452,7 @@ class Simulation:
             attempt=job.attempt + 1,
             kind=job.kind,
         )
-        domain.active.add(running)
+        partition.active.add(running)
         spread = len(set(nodes))
         factor = 1.0
         if spread > 1:
@@ -467,26 +468,26 @@ class Simulation:
         record.run_token += 1
         end = now + (run_time if limit is None else min(run_time, limit))
         self._push(end, _END, job.id, record.run_token)
-        if domain.policy == "fair":
-            domain.usage.start(job.team, domain.active.runs[job.id].total, now)
+        if partition.policy == "fair":
+            partition.usage.start(job.team, partition.active.runs[job.id].total, now)
         self._allocate(now, record.gpus)
 
-    def _stop(self, domain: _Domain, record: JobRecord, now: float) -> Job:
-        held = domain.active.runs[record.trace.id].total  # the job's whole gang
-        job = domain.active.remove(record.trace.id)
+    def _stop(self, partition: _Partition, record: JobRecord, now: float) -> Job:
+        held = partition.active.runs[record.trace.id].total  # the job's whole gang
+        job = partition.active.remove(record.trace.id)
         elapsed = now - record.run_start
         record.run_s += elapsed
         record.remaining = max(0.0, record.remaining - elapsed / record.run_factor)
-        if domain.policy == "fair":
-            domain.usage.stop(job.team, held, record.run_start, now)
+        if partition.policy == "fair":
+            partition.usage.stop(job.team, held, record.run_start, now)
         self._allocate(now, -record.gpus)
         return job
 
     def _end(self, record: JobRecord, now: float) -> None:
-        domain = self.domains[record.domain]
-        self._stop(domain, record, now)
+        partition = self.partitions[record.partition]
+        self._stop(partition, record, now)
         record.end = now
-        if record.remaining > 1e-6:
+        if record.remaining > EPSILON:
             limit = record.trace.max_runtime or 0.0
             record.state = "FAILED"
             record.reason = f"exceeded its max_runtime of {limit:g}s"
@@ -503,37 +504,37 @@ class Simulation:
 
     # -- passes ------------------------------------------------------------------------
 
-    def _window(self, domain: _Domain) -> tuple[list[Job], set[str]]:
+    def _window(self, partition: _Partition) -> tuple[list[Job], set[str]]:
         """The first ``lookahead`` pending jobs of each team, and the teams cut short."""
         limit = self.options.lookahead
         jobs: list[Job] = []
         truncated = set()
-        for team in sorted(domain.queues):
-            queue = domain.queues[team]
+        for team in sorted(partition.queues):
+            queue = partition.queues[team]
             if len(queue) > limit:
                 truncated.add(team)
-            jobs.extend(domain.pending[str(key[-1])] for key in queue[:limit])
+            jobs.extend(partition.pending[str(key[-1])] for key in queue[:limit])
         return jobs, truncated
 
-    def _passes(self, domain: _Domain, now: float) -> None:
+    def _passes(self, partition: _Partition, now: float) -> None:
         for _ in range(_MAX_PASSES_PER_INSTANT):
-            pending, truncated = self._window(domain)
+            pending, truncated = self._window(partition)
             if not pending:
                 return
             self.passes += 1
-            fair = domain.policy == "fair"
+            fair = partition.policy == "fair"
             decisions = plan(
                 SchedulingInput(
                     pending=pending,
-                    active=domain.active,
+                    active=partition.active,
                     now=now,
-                    past_usage=domain.usage.usage(now) if fair else {},
+                    past_usage=partition.usage.usage(now) if fair else {},
                     estimate_starts=False,
                 )
             )
-            # Each decided job is still in ``domain.pending`` when its decision is applied
+            # Each decided job is still in ``partition.pending`` when its decision is applied
             # (victims requeued by a Preempt are not among this pass's jobs).
-            queued = domain.pending
+            queued = partition.pending
             preempted = False
             waiting = set()
             for decision in decisions:
@@ -541,15 +542,15 @@ class Simulation:
                     if truncated:
                         waiting.add(queued[decision.job_id].team)
                 elif isinstance(decision, Admit):
-                    self._start(domain, queued[decision.job_id], decision.nodes, now)
+                    self._start(partition, queued[decision.job_id], decision.nodes, now)
                 elif isinstance(decision, Preempt):
                     for victim in decision.victims:
-                        self._preempt(domain, victim, decision.reason, now)
+                        self._preempt(partition, victim, decision.reason, now)
                     preempted = True
                 elif isinstance(decision, Cancel):
                     job = queued[decision.job_id]
-                    self._dequeue(domain, job)
-                    domain.active.forget(job.id)
+                    self._dequeue(partition, job)
+                    partition.active.forget(job.id)
                     record = self._by_id[job.id]
                     record.state, record.reason = "UNSCHEDULABLE", decision.reason
                 else:
@@ -559,17 +560,18 @@ class Simulation:
             if not (preempted or truncated - waiting):
                 return
         raise RuntimeError(  # pragma: no cover - the core guarantees progress
-            f"more than {_MAX_PASSES_PER_INSTANT} passes at t={now:g} in domain {domain.name!r}"
+            f"more than {_MAX_PASSES_PER_INSTANT} passes at t={now:g}"
+            f" in partition {partition.name!r}"
         )
 
-    def _preempt(self, domain: _Domain, victim: str, reason: str, now: float) -> None:
+    def _preempt(self, partition: _Partition, victim: str, reason: str, now: float) -> None:
         record = self._by_id[victim]
-        job = self._stop(domain, record, now)
+        job = self._stop(partition, record, now)
         record.preemptions += 1
         record.state = "PENDING"
         record.reason = reason
         self._enqueue(
-            domain,
+            partition,
             dataclasses.replace(
                 job, state=JobState.PENDING, admitted_at=None, started_at=None, nodes=()
             ),

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from bisect import insort
 
-from dcsched.core.resources import Resources
+from dcsched.core.resources import EPSILON, Resources
 
 _LN2 = math.log(2.0)
 
@@ -66,7 +66,7 @@ class DecayedUsage:
         for i, r in enumerate((held.cpus, held.gpus, float(held.memory))):
             raw[i] -= r
             weighted[i] = max(0.0, weighted[i] - r * w)
-            if abs(raw[i]) < 1e-9:
+            if abs(raw[i]) < EPSILON:
                 raw[i], weighted[i] = 0.0, 0.0
             ended[i] += r * (1.0 - w) / self.rate
 

@@ -5,7 +5,8 @@ Files written in the output folder (byte-identical for identical inputs):
   workers), workers, submit, start (first), end, wait_s (start - submit), jct_s (end -
   submit), run_s (time it held resources, over all its runs), nodes (spanned by its last
   run), preemptions, state (SUCCEEDED; FAILED when it outran a max_runtime the trace
-  gave; UNSCHEDULABLE, never started) and reason.
+  gave; UNSCHEDULABLE, never started: the core's ``Cancel`` or a job it could never
+  admit) and reason.
 - ``summary.json``: see ``summary``.
 - ``utilization.csv``: allocated GPUs over time, averaged over equal bins.
 
@@ -162,7 +163,7 @@ def summary(result: SimResult, trace_info: dict[str, Any]) -> dict[str, Any]:
             for team, rs in sorted(teams.items())
         },
         "cluster": {"nodes": result.total_nodes, "gpus": result.total_gpus},
-        "partitions": result.domains,
+        "partitions": result.partitions,
         "passes": result.passes,
         "options": result.options.describe(),
         "trace": trace_info,

@@ -319,14 +319,14 @@ def _slug(name: str) -> bool:
 
 
 def shape(job: TraceJob, node_gpus: float) -> tuple[int, float, float, int]:
-    """(workers, GPUs, CPUs, memory per worker): a job given as totals is consolidated on
+    """(workers, CPUs, GPUs, memory per worker): a job given as totals is consolidated on
     the fewest nodes of ``node_gpus`` GPUs, in equal workers (24 GPUs on 8-GPU nodes: 3
     workers of 8; 12: 2 of 6), as Philly's jobs were placed."""
     if job.workers is not None:
-        return job.workers, job.gpus, job.cpus, job.memory
+        return job.workers, job.cpus, job.gpus, job.memory
     if node_gpus <= 0 or job.gpus <= node_gpus:
-        return 1, job.gpus, job.cpus, job.memory
+        return 1, job.cpus, job.gpus, job.memory
     workers = math.ceil(job.gpus / node_gpus)
     while job.gpus % workers:
         workers += 1
-    return workers, job.gpus / workers, job.cpus / workers, job.memory // workers
+    return workers, job.cpus / workers, job.gpus / workers, job.memory // workers

@@ -38,7 +38,7 @@ from dcsched.plugins.api import (
     PluginParamsError,
 )
 from dcsched.plugins.registry import DuplicatePluginError, PluginLoadError, UnknownPluginError
-from dcsched.rundir import RunDir
+from dcsched.rundir import RunDir, one_line
 from dcsched.training import distributed
 
 logger = logging.getLogger(__name__)
@@ -268,17 +268,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     run_dir = Path(args[0])
     timings = {"process": process_started_at() or time.time(), "main": time.time()}
+    files = RunDir(run_dir)
     try:
         spec = read_spec(run_dir)
         run(spec, run_dir, timings)
     except EXPECTED_ERRORS as exc:
-        return _fail(run_dir, _one_line(exc))
+        return files.fail("training", one_line(exc))
     except PluginFitError as exc:
         traceback.print_exc()  # for the plugin's author, in the job's log
-        return _fail(run_dir, _one_line(exc))
+        return files.fail("training", one_line(exc))
     except Exception as exc:
         traceback.print_exc()
-        return _fail(run_dir, f"internal error: {type(exc).__name__}: {_one_line(exc)}")
+        return files.fail("training", f"internal error: {type(exc).__name__}: {one_line(exc)}")
     return 0
 
 
@@ -291,20 +292,6 @@ def process_started_at() -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return time.time() - (uptime - started_ticks / os.sysconf("SC_CLK_TCK"))
-
-
-def _fail(run_dir: Path, reason: str) -> int:
-    print(f"training failed: {reason}", file=sys.stderr)
-    files = RunDir(run_dir)
-    try:
-        files.write_error(reason)
-    except OSError as exc:
-        print(f"cannot write {files.error}: {exc}", file=sys.stderr)
-    return 1
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def test_quota_teams_and_usage(server: Server, tmp_path: Path) -> None:
     assert jobs[first]["cpu_seconds"] > 0 and jobs[first]["gpu_seconds"] == 0
     assert report["teams"][0]["team"] == "research"
     csv_out = server.cli("usage", "-o", "csv").stdout.splitlines()
-    assert csv_out[0] == "scope,team,job,gpu_seconds,cpu_seconds"
+    assert csv_out[0] == "scope,team,job,cpu_seconds,gpu_seconds"
     assert any(line.startswith("job,research," + first) for line in csv_out)
     recent = server.cli_json("usage", "--since", "1s")
     window = (

@@ -10,20 +10,23 @@ import dataclasses
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from dcsched.core.accounting import AllocationInterval
 from dcsched.core.activeset import ActiveSet
 from dcsched.core.admission import Admit, Cancel, Preempt, SchedulingInput, plan
 from dcsched.core.cluster import ClusterSnapshot, NodeState
 from dcsched.core.config import ClusterConfig
-from dcsched.core.fairshare import UsageInterval, decayed_usage
+from dcsched.core.fairshare import decayed_usage
 from dcsched.core.job import Job
 from dcsched.core.lifecycle import JobState
 from dcsched.core.resources import Resources
 from tests.unit.test_admission import job, node, running, snapshot, workloads
 
 
-def _past(cfg: ClusterConfig, history: list[UsageInterval], active: dict[str, Job], now: float):
+def _past(
+    cfg: ClusterConfig, history: list[AllocationInterval], active: dict[str, Job], now: float
+):
     intervals = history + [
-        UsageInterval(j.team, j.request.resources.total(), j.started_at or 0, None)
+        AllocationInterval(j.team, j.request.resources.total(), j.started_at or 0, None)
         for j in active.values()
     ]
     return decayed_usage(intervals, now, cfg.queueing.fair_share_half_life)
@@ -35,7 +38,7 @@ def _run_both_ways(nodes: list[NodeState], cfg: ClusterConfig, jobs: list[Job]) 
     prepared = ActiveSet(base, cfg)
     pending = {j.id: j for j in jobs}
     active: dict[str, Job] = {}
-    history: list[UsageInterval] = []
+    history: list[AllocationInterval] = []
     now = 0.0
     passes = 0
     for _ in range(40):
@@ -66,7 +69,9 @@ def _run_both_ways(nodes: list[NodeState], cfg: ClusterConfig, jobs: list[Job]) 
                     v = active.pop(victim)
                     prepared.remove(victim)
                     history.append(
-                        UsageInterval(v.team, v.request.resources.total(), v.started_at or 0, now)
+                        AllocationInterval(
+                            v.team, v.request.resources.total(), v.started_at or 0, now
+                        )
                     )
                     pending[victim] = dataclasses.replace(
                         v, state=JobState.PENDING, nodes=(), admitted_at=None, started_at=None
@@ -92,7 +97,7 @@ def _run_both_ways(nodes: list[NodeState], cfg: ClusterConfig, jobs: list[Job]) 
                 del active[j.id]
                 prepared.remove(j.id)
                 history.append(
-                    UsageInterval(j.team, j.request.resources.total(), j.started_at or 0, now)
+                    AllocationInterval(j.team, j.request.resources.total(), j.started_at or 0, now)
                 )
     assert sorted(prepared.runs) == sorted(active)
     return passes

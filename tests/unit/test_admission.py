@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from dcsched.core.accounting import AllocationInterval
 from dcsched.core.activeset import ActiveSet
 from dcsched.core.admission import (
     Admit,
@@ -26,7 +27,7 @@ from dcsched.core.admission import (
 )
 from dcsched.core.cluster import ClusterSnapshot, NodeState
 from dcsched.core.config import GPU_TYPE_LABEL, ClusterConfig
-from dcsched.core.fairshare import UsageInterval, decayed_usage
+from dcsched.core.fairshare import decayed_usage
 from dcsched.core.job import Job
 from dcsched.core.lifecycle import JobState
 from dcsched.core.placement import CapacityIndex, Placement
@@ -202,7 +203,7 @@ def test_priority_then_submit_time() -> None:
     assert wait(d[2]).reason == "queued behind a (priority, then submit time)"
 
 
-def test_fair_prefers_the_team_with_the_lower_weighted_dominant_share() -> None:
+def test_fair_prefers_the_team_with_the_lower_fair_order_share() -> None:
     nodes = [node("n", cpus=8, gpus=8)]
     busy = running(job("x-old", team="x", gpus=4), ["n"], 0)
     pending = [job("x1", team="x", gpus=1, at=1), job("y1", team="y", gpus=1, at=2)]
@@ -226,7 +227,7 @@ def test_fair_counts_past_usage_and_interleaves_teams() -> None:
     # x held all 8 GPUs for the last half-life: it is behind until y has caught up.
     half_life = cfg.queueing.fair_share_half_life
     past = decayed_usage(
-        [UsageInterval("x", Resources(gpus=8), NOW - half_life, NOW)], NOW, half_life
+        [AllocationInterval("x", Resources(gpus=8), NOW - half_life, NOW)], NOW, half_life
     )
     inp = dataclasses.replace(inp, past_usage=past)
     assert queue_order(inp) == ["y0", "y1", "y2", "x0", "x1", "x2"]
@@ -564,7 +565,7 @@ class Sim:
         self.pending: dict[str, Job] = {j.id: j for j in jobs}
         self.active: dict[str, Job] = {}
         self.finished: dict[str, Job] = {}
-        self.history: list[UsageInterval] = []
+        self.history: list[AllocationInterval] = []
         self.admitted_at: dict[str, float] = {}
         self.passes: list[list[Decision]] = []
 
@@ -574,7 +575,7 @@ class Sim:
     def past(self) -> dict[str, Resources]:
         half_life = self.cfg.queueing.fair_share_half_life
         intervals = self.history + [
-            UsageInterval(j.team, j.request.resources.total(), j.started_at or 0, None)
+            AllocationInterval(j.team, j.request.resources.total(), j.started_at or 0, None)
             for j in self.active.values()
         ]
         return decayed_usage(intervals, self.now, half_life)
@@ -602,7 +603,7 @@ class Sim:
                 for victim in d.victims:
                     v = self.active.pop(victim)
                     self.history.append(
-                        UsageInterval(
+                        AllocationInterval(
                             v.team, v.request.resources.total(), v.started_at or 0, self.now
                         )
                     )
@@ -630,7 +631,9 @@ class Sim:
                 del self.active[j.id]
                 self.finished[j.id] = j
                 self.history.append(
-                    UsageInterval(j.team, j.request.resources.total(), j.started_at or 0, self.now)
+                    AllocationInterval(
+                        j.team, j.request.resources.total(), j.started_at or 0, self.now
+                    )
                 )
         return True
 

@@ -997,6 +997,50 @@ def test_list_does_not_import_heavy_modules(api: FakeApi, home: Path) -> None:
     )
 
 
+HELP_OF_EVERY_COMMAND = """
+import sys
+import click
+from dcsched.cli import cli
+
+def walk(group, path):
+    for name in sorted(group.commands):  # the eager commands; LAZY_COMMANDS are heavy
+        command = group.commands[name]
+        yield [*path, name]
+        if isinstance(command, click.Group):
+            yield from walk(command, [*path, name])
+
+helped = 0
+for args in walk(cli, []):
+    try:
+        cli.main([*args, "--help"], prog_name="dcsched", standalone_mode=False)
+    except SystemExit:
+        pass
+    helped += 1
+heavy = sorted(m for m in ("ray", "torch", "pydantic") if m in sys.modules)
+print(helped, "HEAVY=" + ",".join(heavy), file=sys.stderr)
+"""
+
+
+def test_no_eager_command_imports_ray_torch_or_pydantic(home: Path) -> None:
+    """The runtime half of the import-linter contract on the CLI (pyproject.toml): every
+    eager command and subcommand, loaded and asked for its help in one fresh process,
+    imports no ray, torch or pydantic (the contract's ignored imports are function-level
+    ones of submit, server, up and down, reached only when those run)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DCSCHED_")}
+    env["DCSCHED_HOME"] = str(home)
+    proc = subprocess.run(
+        [sys.executable, "-c", HELP_OF_EVERY_COMMAND],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    helped, heavy = proc.stderr.strip().splitlines()[-1].split(" ")
+    assert int(helped) >= 25, proc.stderr  # the walk reached the subcommands too
+    assert heavy == "HEAVY=", proc.stderr
+
+
 def test_python_m_dcsched_cli_runs_the_cli(home: Path) -> None:
     env = {**os.environ, "DCSCHED_HOME": str(home)}
     proc = subprocess.run(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 
+from dcsched.core import lifecycle
 from dcsched.core.lifecycle import (
     ALLOWED_TRANSITIONS,
     TERMINAL_STATES,
@@ -39,3 +41,14 @@ def test_skipping_admission_is_refused() -> None:
 
 def test_table_covers_every_state() -> None:
     assert set(ALLOWED_TRANSITIONS) == set(JobState)
+
+
+def test_the_module_docstring_lists_exactly_the_allowed_transitions() -> None:
+    documented: set[tuple[JobState, JobState]] = set()
+    for line in (lifecycle.__doc__ or "").splitlines():
+        found = re.match(r"\s+([A-Z]+)\s+->\s+([A-Z]+(?: \| [A-Z]+)*)", line)
+        if found:
+            for target in found.group(2).split(" | "):
+                documented.add((JobState(found.group(1)), JobState(target)))
+    allowed = {(s, t) for s, targets in ALLOWED_TRANSITIONS.items() for t in targets}
+    assert documented == allowed

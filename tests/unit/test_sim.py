@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from dcsched.core.accounting import AllocationInterval
 from dcsched.core.admission import SchedulingInput
 from dcsched.core.config import load_config_yaml
-from dcsched.core.fairshare import UsageInterval, decayed_usage
+from dcsched.core.fairshare import decayed_usage
 from dcsched.core.resources import Resources
 from dcsched.sim import engine
 from dcsched.sim.cli import sim
@@ -190,9 +191,12 @@ def test_philly_reader_on_a_slice(tmp_path: Path) -> None:
     first = trace.jobs[0]  # 2017-10-09 07:01:55,66.0,1,66.0,11cb48
     assert (first.team, first.duration, first.gpus, first.workers) == ("11cb48", 66.0, 1.0, None)
     assert first.submit == 1507532515.0
-    big = TraceJob("x", "t", 0, 1, gpus=24, cpus=24, memory=24 * GiB)
-    assert shape(big, 8) == (3, 8, 8, 8 * GiB)
-    assert shape(TraceJob("y", "t", 0, 1, gpus=12, cpus=12, memory=12 * GiB), 8)[:2] == (2, 6)
+    big = TraceJob("x", "t", 0, 1, gpus=24, cpus=48, memory=24 * GiB)
+    assert shape(big, 8) == (3, 16, 8, 8 * GiB)  # (workers, cpus, gpus, memory) per worker
+    workers, cpus, gpus, memory = shape(
+        TraceJob("y", "t", 0, 1, gpus=12, cpus=6, memory=12 * GiB), 8
+    )
+    assert (workers, cpus, gpus, memory) == (2, 3, 6, 6 * GiB)
 
 
 def test_alibaba_reader_on_a_slice(tmp_path: Path) -> None:
@@ -285,7 +289,7 @@ def test_decayed_usage_matches_the_core_integral() -> None:
     rng = random.Random(3)
     half_life = 500.0
     usage = DecayedUsage(half_life)
-    intervals: list[UsageInterval] = []
+    intervals: list[AllocationInterval] = []
     running: list[tuple[str, Resources, float]] = []
     now = 0.0
     for _ in range(300):
@@ -293,7 +297,7 @@ def test_decayed_usage_matches_the_core_integral() -> None:
         if running and rng.random() < 0.5:
             team, held, start = running.pop(rng.randrange(len(running)))
             usage.stop(team, held, start, now)
-            intervals.append(UsageInterval(team, held, start, now))
+            intervals.append(AllocationInterval(team, held, start, now))
         else:
             team = rng.choice("xyz")
             held = Resources(rng.randint(1, 8), rng.choice([0, 1, 2, 0.5]), rng.randint(1, 9) * GiB)
@@ -302,7 +306,9 @@ def test_decayed_usage_matches_the_core_integral() -> None:
         if rng.random() < 0.2:
             mine = usage.usage(now)
             core = decayed_usage(
-                intervals + [UsageInterval(t, h, s, None) for t, h, s in running], now, half_life
+                intervals + [AllocationInterval(t, h, s, None) for t, h, s in running],
+                now,
+                half_life,
             )
             for team, value in core.items():
                 assert mine[team].gpus == pytest.approx(value.gpus, rel=1e-6, abs=1e-6)

@@ -123,16 +123,16 @@ def test_allocation_intervals_follow_the_event_history(tmp_path: Path) -> None:
     store.add_job(pending("requeued", at=0.0))
     store.transition("requeued", JobState.ADMITTED, 12.0, nodes=["n"])
     store.transition("requeued", JobState.PENDING, 15.0, "preempted by a")
-    spans = {(i.job_id, i.start, i.end) for i in store.allocation_intervals()}
-    # a requeued job waiting again keeps its past span (counters must never go down)
-    assert spans == {("a", 10.0, 20.0), ("a", 30.0, None), ("requeued", 12.0, 15.0)}
+    intervals = {(i.job_id, i.start, i.end) for i in store.allocation_intervals()}
+    # a requeued job waiting again keeps its past interval (counters must never go down)
+    assert intervals == {("a", 10.0, 20.0), ("a", 30.0, None), ("requeued", 12.0, 15.0)}
     assert {(i.job_id, i.end) for i in store.allocation_intervals(since=16.0)} == {
         ("a", 20.0),
         ("a", None),
     }
     store.transition("a", JobState.SUCCEEDED, 40.0)
-    spans = [(i.job_id, i.start, i.end) for i in store.allocation_intervals(since=35.0)]
-    assert spans == [("a", 30.0, 40.0)]
+    intervals = [(i.job_id, i.start, i.end) for i in store.allocation_intervals(since=35.0)]
+    assert intervals == [("a", 30.0, 40.0)]
     assert store.allocation_intervals(since=41.0) == []
 
 

@@ -24,7 +24,7 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from dcsched.kinds.train import TrainSpec
 from dcsched.plugins.api import (
@@ -37,6 +37,7 @@ from dcsched.plugins.api import (
     EpochReport,
     ModelPlugin,
     Resources,
+    StrictModel,
     TrainedModel,
 )
 from dcsched.plugins.tabular import Preprocessing, format_outputs, input_schema
@@ -46,10 +47,8 @@ CHECKPOINT_FILE = "checkpoint.json"
 MODEL_FILE = "model.json"
 
 
-class RidgeParams(BaseModel):
+class RidgeParams(StrictModel):
     """``model.params`` of ridge."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     alpha: float = Field(0.001, ge=0, le=100, description="L2 penalty on the weights.")
 
