@@ -140,7 +140,10 @@ def connect_or_start(path: Path, timeout_s: float = START_TIMEOUT_S) -> socket.s
             start_new_session=True,
             close_fds=True,
         )
-        starter.wait()  # it forks the runner and exits: the runner is no child of ours
+        # The starter forks the runner (no child of ours) and exits once it listens.
+        if starter.wait() != 0:
+            print(f"the warm runner did not start (see {path.with_suffix('.log')})", flush=True)
+            return None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             sock = connect(path)

@@ -38,11 +38,18 @@ import selectors
 import signal
 import socket
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-from dcsched.training.warm import HEADER, JOB_VARIABLES, SLOT_SIZE, SLOT_VARIABLE
+from dcsched.training.warm import (
+    HEADER,
+    JOB_VARIABLES,
+    SLOT_SIZE,
+    SLOT_VARIABLE,
+    START_TIMEOUT_S,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -281,13 +288,29 @@ class Runner:
         conn.close()
 
 
+def await_ready(runner: int, path: Path, timeout_s: float = START_TIMEOUT_S) -> int:
+    """The starter's exit status: 0 once the runner (its child ``runner``) listens at
+    ``path``, 1 if the runner died first or ``timeout_s`` passed: so a trial whose runner
+    cannot start (a broken install, say) trains cold at once rather than waiting."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ended, _ = os.waitpid(runner, os.WNOHANG)
+        if ended == runner:
+            return 1
+        if path.exists():
+            return 0
+        time.sleep(0.05)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m dcsched.training.zygote SOCKET", file=sys.stderr)
         return 2
-    if os.fork() != 0:  # the starter returns at once; the runner is nobody's child
-        return 0
+    runner = os.fork()
+    if runner != 0:  # the starter: it exits once the runner listens, or has died
+        return await_ready(runner, Path(args[0]))
     os.setsid()
     os.chdir("/")  # hold no folder of the job (or Ray session) that started it
     path = Path(args[0]).resolve()
@@ -296,7 +319,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO,
         format="%(asctime)s %(process)d %(message)s",
     )
-    preload()
+    try:
+        preload()
+    except BaseException:
+        logger.exception("warm runner failed to import what training needs; exiting")
+        raise
     names = []
     for task in os.listdir("/proc/self/task"):
         with contextlib.suppress(OSError):

@@ -182,3 +182,23 @@ def test_a_warm_folder_that_others_can_write_is_refused(tmp_path: Path) -> None:
     link.symlink_to(private)
     with pytest.raises(PermissionError, match="not a private folder"):
         check_private(link)
+
+
+def test_the_starter_reports_a_runner_that_dies_before_it_listens(tmp_path: Path) -> None:
+    from dcsched.training.zygote import await_ready
+
+    path = tmp_path / "runner.sock"
+    dying = os.fork()
+    if dying == 0:
+        os._exit(3)  # a runner whose imports failed
+    began = time.monotonic()
+    assert await_ready(dying, path, timeout_s=60) == 1
+    assert time.monotonic() - began < 30  # told at once, not after the timeout
+
+    listening = os.fork()
+    if listening == 0:
+        path.write_text("")  # stands for the published socket
+        time.sleep(1)
+        os._exit(0)
+    assert await_ready(listening, path, timeout_s=60) == 0
+    os.waitpid(listening, 0)
