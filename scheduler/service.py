@@ -173,6 +173,8 @@ class SchedulerService:
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._waiting: dict[str, Wait] = {}
+        self._preemptors: set[str] = set()
+        """Jobs whose Preempt was applied and that wait for the room (SchedulingInput)."""
         self.config = config or self._stored_config() or ClusterConfig()
         self.monotonic = monotonic
         self._running_since: dict[str, float] = {}
@@ -562,6 +564,7 @@ class SchedulerService:
                 now=now,
                 past_usage=self._past_usage(now) if config.queueing.policy == "fair" else {},
                 job_states=self._dependency_states(pending),
+                preemptors=frozenset(self._preemptors.intersection(j.id for j in pending)),
             )
         )
         self.events.admission_pass(time.perf_counter() - started, len(pending))
@@ -574,6 +577,7 @@ class SchedulerService:
                 for victim in decision.victims:
                     self._preempt(by_id[victim], decision.reason)
                 waiting[decision.job_id] = decision.pending()
+                self._preemptors.add(decision.job_id)
             elif isinstance(decision, Cancel):
                 job = self.store.transition(
                     decision.job_id, JobState.CANCELLED, now, decision.reason
@@ -582,6 +586,8 @@ class SchedulerService:
             else:
                 waiting[decision.job_id] = decision
         self._waiting = waiting
+        # A preemptor stays owed its room only while it waits (see SchedulingInput).
+        self._preemptors.intersection_update(waiting)
         self.store.set_reasons({job_id: w.why for job_id, w in waiting.items()})
         return True
 

@@ -146,6 +146,11 @@ class SchedulingInput:
     past_usage: Mapping[str, Resources] = field(default_factory=dict)
     job_states: Mapping[str, JobState] = field(default_factory=dict)
     estimate_starts: bool = True
+    preemptors: frozenset[str] = frozenset()
+    """Pending jobs that preempted others in an earlier pass and have not started yet:
+    the room their victims gave back is theirs, so they come first in the queue order
+    (else a job queued before one of them could take that room, and the preemptor would
+    preempt again)."""
 
 
 _ORDER_WORDS = {
@@ -213,6 +218,14 @@ class _Walk:
     # -- step 2 ----------------------------------------------------------------------------
 
     def order(self) -> list[QueuedJob]:
+        ordered = self._policy_order()
+        owed = self.inp.preemptors
+        if owed and any(item.job.id in owed for item in ordered):
+            first = [item for item in ordered if item.job.id in owed]
+            ordered = first + [item for item in ordered if item.job.id not in owed]
+        return ordered
+
+    def _policy_order(self) -> list[QueuedJob]:
         self._early()
         policy = self.state.queueing.policy
         if policy == "fifo":

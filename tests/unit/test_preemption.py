@@ -58,6 +58,7 @@ class Loop:
         self.finished: set[str] = set()
         self.preemptions: list[tuple[str, str]] = []  # (preemptor, victim)
         self.passes: list[tuple[SchedulingInput, list[Decision]]] = []
+        self.preemptors: set[str] = set()  # as the service keeps them
 
     def snapshot(self) -> ClusterSnapshot:
         return snapshot(self.nodes, list(self.active.values()))  # asserts no over-commit
@@ -71,6 +72,7 @@ class Loop:
             pending=sorted(self.pending.values(), key=lambda j: j.id),
             active=ActiveSet(self.snapshot(), self.cfg, held=active),
             now=self.now,
+            preemptors=frozenset(self.preemptors.intersection(self.pending)),
         )
         decisions = plan(inp)
         self.passes.append((inp, decisions))
@@ -78,9 +80,11 @@ class Loop:
             if isinstance(d, Admit):
                 self.active[d.job_id] = running(self.pending.pop(d.job_id), d.nodes, self.now)
             elif isinstance(d, Preempt):
+                self.preemptors.add(d.job_id)
                 for victim in d.victims:
                     self.preemptions.append((d.job_id, victim))
                     self.pending[victim] = requeued(self.active.pop(victim))
+        self.preemptors.intersection_update(self.pending)
         self.snapshot()
         return decisions
 
@@ -496,3 +500,21 @@ def test_the_service_loop_never_preempts_a_job_twice_for_the_same_preemptor(
         quota_invariant(cfg, list(inp.active))
     event(f"preemptions: {min(len(loop.preemptions), 3)}")
     assert len(loop.passes) < 300  # it came to rest: all ended, or the rest can never start
+
+
+def test_the_room_a_preemption_freed_goes_to_its_preemptor_first() -> None:
+    """Found by the loop test above: j10 preempts for 2 GPUs; in the next pass an older,
+    lower-priority job of the same team (j11, first in submit order) took the quota the
+    victims gave back, so j10 waited and later preempted the same victims again. A job
+    whose preemption was applied comes first in the next pass's order."""
+    cfg = config("fifo")
+    nodes = [node("n0", cpus=2, gpus=2)]
+    older = job("j11", team="b", cpus=2, at=1, priority="low")
+    preemptor = job("j10", team="b", cpus=1, gpus=2, at=2)
+    pending = [older, preemptor]
+    # Without the preemptor's claim, submit order admits the older job.
+    assert decide(pending, nodes, cfg=cfg)[0] == Admit("j11", ("n0",))
+    # With it, the preemptor starts and the older job waits behind it.
+    decided = by_id(decide(pending, nodes, cfg=cfg, preemptors=frozenset({"j10"})))
+    assert decided["j10"] == Admit("j10", ("n0",))
+    assert isinstance(decided["j11"], Wait)
