@@ -166,7 +166,11 @@ def _read_line(sock: socket.socket, buffer: bytearray) -> str | None:
 
 def run_warm(sock: socket.socket, run_dir: str) -> int | None:
     """Have the runner fork the training; its exit status, or None if it never started."""
-    request = json.dumps({"run_dir": run_dir, "env": dict(os.environ), "cwd": os.getcwd()})
+    umask = os.umask(0o077)
+    os.umask(umask)
+    request = json.dumps(
+        {"run_dir": run_dir, "env": dict(os.environ), "cwd": os.getcwd(), "umask": umask}
+    )
     body = request.encode()
     socket.send_fds(sock, [HEADER.pack(len(body)) + body], [0, 1, 2])
     buffer = bytearray()

@@ -4,8 +4,8 @@ and forks one training process per request of ``dcsched.training.warm`` (a train
 Ray Job entrypoint). See that module for why and for what stays as it was.
 
 Protocol, over a Unix socket (``SOCKET``, mode 0600 in a 0700 folder of this user): the
-entrypoint sends one request (4-byte length, then JSON ``{"run_dir", "env", "cwd"}``)
-with its stdin, stdout and stderr attached (SCM_RIGHTS); the runner forks and answers
+entrypoint sends one request (4-byte length, then JSON ``{"run_dir", "env", "cwd",
+"umask"}``) with its stdin, stdout and stderr attached (SCM_RIGHTS); the runner forks and answers
 ``started PID``, then ``exit CODE`` when the process ends (CODE: -N for signal N). If
 the entrypoint's connection closes first, the training process is killed (SIGKILL):
 nothing outlives its Ray Job.
@@ -122,6 +122,9 @@ def _child(request: dict[str, Any], fds: list[int], slot: tuple[int, int] | None
     fill_slot(slot, env)
     with contextlib.suppress(OSError):
         os.chdir(request.get("cwd") or "/")
+    # The entrypoint's umask, not the runner's: the runner may have been started by a job
+    # of another server (one runner per machine), and a private home must stay private.
+    os.umask(int(request.get("umask", 0o077)) & 0o777)
     logging.root.handlers.clear()  # the runner logs to its stdout, not the runner's log
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError):

@@ -202,3 +202,30 @@ def test_the_starter_reports_a_runner_that_dies_before_it_listens(tmp_path: Path
         os._exit(0)
     assert await_ready(listening, path, timeout_s=60) == 0
     os.waitpid(listening, 0)
+
+
+def test_the_training_gets_its_entrypoints_umask_not_the_runners(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """One runner serves every job of the machine: a runner started by a job with umask
+    022 must not make the files of a private home (umask 077) world-readable."""
+
+    def with_umask(mask: int) -> Any:
+        return lambda: os.umask(mask)
+
+    first = subprocess.run(
+        [*WARM, str(run_dir(tmp_path, "open"))],
+        env=env, capture_output=True, text=True, timeout=300, preexec_fn=with_umask(0o022),
+    )  # fmt: skip
+    assert first.returncode == 0 and "starting a warm runner" in first.stdout, first.stderr
+    private = run_dir(tmp_path, "private")
+    second = subprocess.run(
+        [*WARM, str(private)],
+        env=env, capture_output=True, text=True, timeout=300, preexec_fn=with_umask(0o077),
+    )  # fmt: skip
+    assert second.returncode == 0 and "starting a warm runner" not in second.stdout
+    written = [p for p in (private / "model").rglob("*")] + [private / "result.json"]
+    assert written
+    assert all(p.stat().st_mode & 0o077 == 0 for p in written), [
+        (str(p), oct(p.stat().st_mode)) for p in written
+    ]
