@@ -18,12 +18,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 BASE = (EXAMPLES / "train-mlp.yaml").read_text().replace("epochs: 30", "epochs: 1")
 
 
-def spec_file(tmp_path: Path, team: str, name: str) -> Path:
+def spec_file(tmp_path: Path, team: str, name: str, epochs: int = 1) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(
-        BASE.replace("team: research", f"team: {team}").replace(
-            "name: mlp-breast-cancer", f"name: {name}"
-        )
+        BASE.replace("team: research", f"team: {team}")
+        .replace("name: mlp-breast-cancer", f"name: {name}")
+        .replace("epochs: 1", f"epochs: {epochs}")
     )
     return path
 
@@ -91,7 +91,9 @@ def test_roles_are_enforced_and_audited(server: Server, tmp_path: Path) -> None:
 
     # the admin submits for vision; alice sees it (read rule) but cannot cancel it or read
     # its logs
-    vision = server.cli("submit", str(spec_file(tmp_path, "vision", "vision-job")))
+    # Long enough to be still active when the admin cancels it below (a 1-epoch job forked
+    # from the warm trial runner can end within a second).
+    vision = server.cli("submit", str(spec_file(tmp_path, "vision", "vision-job", 5000)))
     assert vision.returncode == 0, vision.stderr
     vision_job = vision.stdout.strip()
     seen = cli_as(server, alice, "list", "-o", "json")
