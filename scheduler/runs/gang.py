@@ -74,6 +74,29 @@ def connect_to_ray(attempts: int = 4) -> None:
             time.sleep(2.0 * attempt)
 
 
+def run_in_first_bundle(group_name: str, per_worker: Any, function: Any, *args: Any) -> int:
+    """Connect as the job's driver and run ``function(*args)`` as one Ray task in bundle 0
+    of the placement group ``group_name``, holding ``per_worker`` (a ``Resources``) there,
+    so that Ray sets CUDA_VISIBLE_DEVICES to the GPUs reserved for it; its int result.
+    (Single-worker GPU jobs: a train job's runner, a GPU serving replica.)"""
+    import ray
+    from ray.util import get_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    connect_to_ray()
+    group = get_placement_group(group_name)
+    task = ray.remote(function).options(
+        num_cpus=per_worker.cpus,
+        num_gpus=per_worker.gpus,
+        memory=per_worker.memory,
+        max_retries=0,
+        scheduling_strategy=PlacementGroupSchedulingStrategy(
+            group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
+        ),
+    )
+    return int(ray.get(task.remote(*args)))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:

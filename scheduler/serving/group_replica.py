@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from dcsched.runs.gang import connect_to_ray
+from dcsched.runs.gang import run_in_first_bundle
 
 
 def _serve_in_bundle(run_dir: str, host: str | None) -> int:
@@ -33,26 +33,12 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m dcsched.serving.group_replica RUN_DIR GROUP_NAME", file=sys.stderr)
         return 2
     run_dir, group_name = args
-    import ray
-    from ray.util import get_placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
     from dcsched.core.spec import request_of
     from dcsched.rundir import RunDir
 
     per_worker = request_of(RunDir(Path(run_dir)).read_spec()).resources.per_worker()
-    connect_to_ray()
-    group = get_placement_group(group_name)
-    task = ray.remote(_serve_in_bundle).options(
-        num_cpus=per_worker.cpus,
-        num_gpus=per_worker.gpus,
-        memory=per_worker.memory,
-        max_retries=0,
-        scheduling_strategy=PlacementGroupSchedulingStrategy(
-            group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
-        ),
-    )
-    return int(ray.get(task.remote(run_dir, os.environ.get("DCSCHED_SERVE_HOST"))))
+    host = os.environ.get("DCSCHED_SERVE_HOST")
+    return run_in_first_bundle(group_name, per_worker, _serve_in_bundle, run_dir, host)
 
 
 if __name__ == "__main__":

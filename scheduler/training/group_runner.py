@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from dcsched.runs.gang import connect_to_ray
+from dcsched.runs.gang import run_in_first_bundle
 from dcsched.training.runner import read_spec
 
 
@@ -30,24 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m dcsched.training.group_runner RUN_DIR GROUP_NAME", file=sys.stderr)
         return 2
     run_dir, group_name = args
-    import ray
-    from ray.util import get_placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    spec = read_spec(Path(run_dir))
-    connect_to_ray()
-    group = get_placement_group(group_name)
-    per_worker = spec.resources.per_worker()
-    task = ray.remote(_train_in_bundle).options(
-        num_cpus=per_worker.cpus,
-        num_gpus=per_worker.gpus,
-        memory=per_worker.memory,
-        max_retries=0,
-        scheduling_strategy=PlacementGroupSchedulingStrategy(
-            group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
-        ),
-    )
-    return int(ray.get(task.remote(run_dir)))
+    per_worker = read_spec(Path(run_dir)).resources.per_worker()
+    return run_in_first_bundle(group_name, per_worker, _train_in_bundle, run_dir)
 
 
 if __name__ == "__main__":
