@@ -103,8 +103,9 @@ def _unix(iso: str) -> float:
 
 def timeline(env: dict[str, str], dashboard: str, tune_job: dict[str, Any]) -> dict[str, Any]:
     """Where a trial's time goes: the median seconds of each step, over the trials that
-    have it, from the store's events, Ray's job info, progress.jsonl and result.json's
-    ``timings`` (the runner's own clock; completed trials only)."""
+    have it, from the store's events, Ray's job info (trials that ran as Ray Jobs),
+    progress.jsonl and result.json's ``timings`` (the runner's own clock; completed
+    trials only)."""
     from ray.job_submission import JobSubmissionClient
 
     client = client_for(env)
@@ -124,9 +125,11 @@ def timeline(env: dict[str, str], dashboard: str, tune_job: dict[str, Any]) -> d
         for event in job.get("events") or []:
             at.setdefault(event["to_state"], _unix(event["at"]))
         final = next((at[s] for s in ("SUCCEEDED", "CANCELLED", "FAILED") if s in at), None)
-        info = ray_jobs.get_job_info(job_id)
-        ray_start = info.start_time / 1000 if info.start_time else None
-        ray_end = info.end_time / 1000 if info.end_time else None
+        ray_start = ray_end = None  # a trial on its node's trial host has no Ray Job
+        with contextlib.suppress(RuntimeError):
+            info = ray_jobs.get_job_info(job_id)
+            ray_start = info.start_time / 1000 if info.start_time else None
+            ray_end = info.end_time / 1000 if info.end_time else None
         progress = []
         with contextlib.suppress(OSError):
             for line in (runs / job_id / "progress.jsonl").read_text().splitlines():
@@ -139,6 +142,7 @@ def timeline(env: dict[str, str], dashboard: str, tune_job: dict[str, Any]) -> d
         add("queued (submitted -> admitted)", submitted, at.get("ADMITTED"))
         add("admitted -> Ray job submitted", at.get("ADMITTED"), ray_start)
         add("Ray job submitted -> process started", ray_start, t.get("process"))
+        add("admitted -> process started", at.get("ADMITTED"), t.get("process"))
         add("process started -> runner main", t.get("process"), t.get("main"))
         add("runner main -> plugin loaded", t.get("main"), t.get("plugin"))
         add("data loaded", t.get("plugin"), t.get("data"))
@@ -155,6 +159,7 @@ def timeline(env: dict[str, str], dashboard: str, tune_job: dict[str, Any]) -> d
             add("pruned: last epoch -> job cancelled", progress[-1] if progress else None, final)
         else:
             add("Ray job ended -> job final", ray_end, final)
+            add("result saved -> job final", t.get("saved"), final)
         trials.append({"n": number, "state": job["state"], "submitted": submitted, "final": final})
     # A slot's next trial: the first submitted after a trial ended.
     for trial in trials:

@@ -62,6 +62,11 @@ class RunDir:
     def rank_log(self, rank: int) -> Path:
         return self.logs / f"rank-{rank}.log"
 
+    def driver_log(self, run_id: str) -> Path:
+        """The output of a run that has no Ray Job log (a tune trial started by the trial
+        host, ``dcsched.training.host``)."""
+        return self.logs / f"driver-{run_id}.log"
+
     # -- writing ---------------------------------------------------------------------
 
     def write_spec(self, document: dict[str, Any]) -> None:

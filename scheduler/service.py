@@ -31,7 +31,7 @@ from dcsched.core.admission import Admit, Cancel, Preempt, SchedulingInput, Wait
 from dcsched.core.cluster import ClusterSnapshot
 from dcsched.core.config import ClusterConfig, load_config_yaml
 from dcsched.core.fairshare import decayed_usage
-from dcsched.core.job import Job, JobEvent
+from dcsched.core.job import Job, JobEvent, job_id_of
 from dcsched.core.lifecycle import JobState
 from dcsched.core.placement import fits_cluster_at_all
 from dcsched.core.resources import Resources
@@ -327,7 +327,11 @@ class SchedulerService:
         return self.store.events(job_id)
 
     def logs(self, run_id: str) -> str:
-        """What a run's driver wrote, as the executor has it."""
+        """What a run's driver wrote: its own log file when it has no Ray Job (a trial on
+        its node's trial host), else as the executor has it."""
+        own = self.run_files(job_id_of(run_id)).driver_log(run_id)
+        if own.is_file():
+            return own.read_text(errors="replace")
         return self.executor.logs(run_id)
 
     def stored_config(self) -> tuple[str, float] | None:
@@ -787,12 +791,6 @@ def _sum_total(jobs: Any) -> Resources:
     for job in jobs:
         total = total + job.request.resources.total()
     return total
-
-
-def job_id_of(run_id: str) -> str:
-    """The job of a run id (``Job.run_id``: the job id, ``-runN`` after the first run)."""
-    head, sep, tail = run_id.rpartition("-run")
-    return head if sep and tail.isdigit() else run_id
 
 
 FAULT_POINT_ENV = "DCSCHED_FAULT_POINT"

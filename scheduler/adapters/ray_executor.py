@@ -16,6 +16,11 @@ How each kind runs (``entrypoint``):
   imported, which saves seconds per job, most of a short tune trial), ``run`` as the
   user's command under a small launcher (``dcsched.runs.launch``). This saves a
   ``ray.init`` and a second worker (~3 s here).
+- A tune job's trials (single-worker CPU ``train`` jobs) have no Ray Job of their own:
+  the node's trial host (``dcsched.training.host``, a detached actor) has the warm runner
+  fork them, which saves Ray's job supervisor start (1.7-3.3 s here, most of a short
+  trial). They still hold their own placement group. If the host cannot be had, the trial
+  runs as a Ray Job like any other train job.
 - Jobs with GPUs, and ``run`` gangs, run inside the group: a ``train`` as a Ray task in
   bundle 0 (``dcsched.training.group_runner``), a GPU ``serve`` replica likewise
   (``dcsched.serving.group_replica``), a ``run`` as one actor per bundle
@@ -46,6 +51,7 @@ from typing import Any
 from dcsched.core.cluster import ClusterSnapshot, NodeState
 from dcsched.core.job import Job
 from dcsched.core.resources import Resources
+from dcsched.kinds.tune import TRIAL_ID, is_trial_run
 from dcsched.ports import RunPhase, RunStatus
 from dcsched.rundir import RunDir
 
@@ -79,6 +85,18 @@ def needs_group_task(job: Job) -> bool:
     return job.per_worker.gpus > 0
 
 
+def on_trial_host(job: Job, run_in_group: Callable[[Job], bool] = needs_group_task) -> bool:
+    """Whether a job is one that its node's trial host runs: a tune trial (a ``train``
+    job with a trial's id) on one worker, outside its group (no GPUs)."""
+    return (
+        job.kind == "train"
+        and job.workers == 1
+        and bool(job.nodes)
+        and not run_in_group(job)
+        and TRIAL_ID.match(job.id) is not None
+    )
+
+
 class RayExecutor:
     def __init__(
         self,
@@ -87,6 +105,7 @@ class RayExecutor:
         run_in_group: Callable[[Job], bool] = needs_group_task,
         agent_wait_s: float = 30.0,
         warm_train: bool = True,
+        trial_host: bool = True,
     ):
         from ray.job_submission import JobSubmissionClient
 
@@ -95,7 +114,11 @@ class RayExecutor:
         self.run_in_group = run_in_group
         self.agent_wait_s = agent_wait_s
         self.warm_train = warm_train
+        self.trial_host = trial_host and warm_train
         self._client = JobSubmissionClient(dashboard_url)
+        self._hosts: dict[str, Any] = {}  # node id -> its trial host's actor handle
+        self._hosted: dict[str, str] = {}  # run id -> node whose trial host runs it
+        self._host_class: Any = None
 
     # -- reservations ------------------------------------------------------------------
 
@@ -148,6 +171,7 @@ class RayExecutor:
         group = self._group(run_id)
         if group is not None:
             remove_placement_group(group)
+        self._hosted.pop(run_id, None)
 
     # -- runs --------------------------------------------------------------------------
 
@@ -156,6 +180,16 @@ class RayExecutor:
             return  # already submitted (e.g. before a server restart)
         if self._group(job.run_id) is None:
             raise RuntimeError(f"job {job.id} has no reservation to run in")
+        if self.hosted(job):
+            try:
+                self._start_hosted(job, run_dir)
+                return
+            except Exception as exc:
+                logger.warning(
+                    "the trial host could not start run %s (%s); running it as a Ray Job",
+                    job.run_id,
+                    exc,
+                )
         argv = self.entrypoint(job, run_dir)
         entrypoint = shlex.join([self.python, *argv])
         env_vars = {
@@ -219,6 +253,9 @@ class RayExecutor:
         return ["-m", "dcsched.training.runner", str(run_dir)]
 
     def status(self, run_id: str) -> RunStatus | None:
+        hosted = self._hosted_status(run_id)
+        if hosted is not None:
+            return hosted
         try:
             info = self._client.get_job_info(run_id)
         except RuntimeError as exc:
@@ -228,7 +265,10 @@ class RayExecutor:
         return RunStatus(RunPhase(str(info.status.value)), info.message or "")
 
     def stop(self, run_id: str, wait_s: float = 15.0) -> None:
-        """Stop the Ray job (a PENDING one by killing its supervisor) and wait for the end."""
+        """Stop the run and wait for its end: a hosted trial through its host, a Ray job
+        with Ray's stop (a PENDING one by killing its supervisor)."""
+        if self._stop_hosted(run_id, wait_s):
+            return
         status = self.status(run_id)
         if status is None or status.phase.is_terminal():
             return
@@ -254,6 +294,113 @@ class RayExecutor:
         except ValueError:
             return
         ray.kill(actor, no_restart=True)
+
+    # -- trials on the node's trial host ---------------------------------------------------
+
+    def hosted(self, job: Job) -> bool:
+        """Whether ``job`` runs on its node's trial host (see the module docstring)."""
+        return self.trial_host and on_trial_host(job, self.run_in_group)
+
+    def _host(self, node: str, create: bool) -> Any | None:
+        import ray
+
+        from dcsched.training.host import TrialHost, host_name
+
+        handle = self._hosts.get(node)
+        if handle is not None:
+            return handle
+        try:
+            handle = ray.get_actor(host_name(node), namespace=NAMESPACE)
+        except ValueError:
+            if not create:
+                return None
+            if self._host_class is None:
+                self._host_class = ray.remote(TrialHost)
+            handle = self._host_class.options(
+                name=host_name(node),
+                namespace=NAMESPACE,
+                lifetime="detached",
+                get_if_exists=True,
+                num_cpus=0,
+                max_concurrency=32,
+                max_restarts=0,
+                label_selector={NODE_ID_LABEL: node},
+            ).remote()
+        self._hosts[node] = handle
+        return handle
+
+    def _host_node(self, run_id: str) -> str | None:
+        """The node whose trial host would run ``run_id``: bundle 0's node."""
+        node = self._hosted.get(run_id)
+        if node is not None:
+            return node
+        from ray.util import placement_group_table
+
+        group = self._group(run_id)
+        if group is None:
+            return None
+        placed = placement_group_table(group).get("bundles_to_node_id") or {}
+        first = placed.get(0)
+        return str(first) if first else None
+
+    def _start_hosted(self, job: Job, run_dir: Path) -> None:
+        import ray
+        from ray.exceptions import RayActorError
+
+        node = job.nodes[0]
+        env = {
+            "DCSCHED_JOB_ID": job.id,
+            "DCSCHED_TEAM": job.team,
+            "DCSCHED_RUN_ATTEMPT": str(job.attempt),
+        }
+        umask = os.umask(0o077)
+        os.umask(umask)
+        for attempt in (1, 2):  # a host that idled out just now: make a new one
+            host = self._host(node, create=True)
+            if host is None:
+                raise RuntimeError(f"no trial host on node {node}")
+            try:
+                ray.get(host.start.remote(job.run_id, str(run_dir), env, umask), timeout=60)
+                self._hosted[job.run_id] = node
+                return
+            except RayActorError:
+                self._hosts.pop(node, None)
+                if attempt == 2:
+                    raise
+
+    def _call_host(self, run_id: str, method: str, *args: Any, timeout_s: float) -> Any:
+        """``method`` of the trial host that runs ``run_id``; None if there is no such
+        host (never started, idled out, or its node is gone)."""
+        if not self.trial_host or not is_trial_run(run_id):
+            return None
+        import ray
+        from ray.exceptions import RayActorError
+
+        node = self._host_node(run_id)
+        if node is None:
+            return None
+        host = self._host(node, create=False)
+        if host is None:
+            return None
+        try:
+            return ray.get(getattr(host, method).remote(run_id, *args), timeout=timeout_s)
+        except RayActorError:
+            self._hosts.pop(node, None)
+            return None
+
+    def _hosted_status(self, run_id: str) -> RunStatus | None:
+        answer = self._call_host(run_id, "status", timeout_s=30)
+        if answer is None:
+            return None
+        phase, message = answer
+        return RunStatus(RunPhase(phase), message)
+
+    def _stop_hosted(self, run_id: str, wait_s: float) -> bool:
+        """Stop a run its trial host knows; False if no host knows it."""
+        if self._hosted_status(run_id) is None:
+            return False
+        self._call_host(run_id, "stop", wait_s, timeout_s=2 * wait_s + 30)
+        return True
 
     def logs(self, run_id: str) -> str:
         try:

@@ -76,3 +76,9 @@ class JobEvent:
     from_state: JobState | None
     to_state: JobState
     reason: str | None
+
+
+def job_id_of(run_id: str) -> str:
+    """The job of a run id (``Job.run_id``: the job id, ``-runN`` after the first run)."""
+    head, sep, tail = run_id.rpartition("-run")
+    return head if sep and tail.isdigit() else run_id

@@ -19,6 +19,7 @@ each end of a range is a value the plugin accepts, the metric is reported).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,6 +33,7 @@ from pydantic import (
     model_validator,
 )
 
+from dcsched.core.job import job_id_of
 from dcsched.core.spec import SchedulingRequest, StrictModel
 from dcsched.kinds.train import DataSpec, ModelSpec, TrainSpec
 
@@ -316,3 +318,21 @@ def _refused(plugin: ModelPlugin, document: dict[str, Any], section: str, name: 
     if name == "lr" and not math.isfinite(float(document["train"]["lr"])):
         return "not finite"
     return ""
+
+
+TRIAL_ID = re.compile(r"^(?P<parent>.+)-trial-(?P<number>[0-9]+)$")
+"""A trial's job id: ``<tune job id>-trial-<N>`` (N: Optuna's trial number, from 0)."""
+
+
+def trial_job_id(parent_id: str, number: int) -> str:
+    return f"{parent_id}-trial-{number}"
+
+
+def trial_name(parent_name: str, number: int) -> str:
+    suffix = f"-trial-{number}"
+    return parent_name[: 63 - len(suffix)].rstrip("-") + suffix
+
+
+def is_trial_run(run_id: str) -> bool:
+    """Whether a run id is a tune trial's (its first run or a later one)."""
+    return TRIAL_ID.match(job_id_of(run_id)) is not None

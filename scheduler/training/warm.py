@@ -164,20 +164,46 @@ def _read_line(sock: socket.socket, buffer: bytearray) -> str | None:
     return line.decode()
 
 
-def run_warm(sock: socket.socket, run_dir: str) -> int | None:
-    """Have the runner fork the training; its exit status, or None if it never started."""
-    umask = os.umask(0o077)
-    os.umask(umask)
-    request = json.dumps(
-        {"run_dir": run_dir, "env": dict(os.environ), "cwd": os.getcwd(), "umask": umask}
-    )
+def request_training(
+    sock: socket.socket, run_dir: str, env: dict[str, str], cwd: str, umask: int, fds: list[int]
+) -> tuple[int, bytearray] | None:
+    """Have the runner fork the training of ``run_dir`` with this environment, working
+    directory, umask and standard streams (``fds``: stdin, stdout, stderr); the training
+    process's pid and what was read past its line, or None if the runner refused."""
+    request = json.dumps({"run_dir": run_dir, "env": env, "cwd": cwd, "umask": umask})
     body = request.encode()
-    socket.send_fds(sock, [HEADER.pack(len(body)) + body], [0, 1, 2])
+    socket.send_fds(sock, [HEADER.pack(len(body)) + body], fds)
     buffer = bytearray()
     line = _read_line(sock, buffer)
     if line is None or not line.startswith("started "):
         return None
-    pid = int(line.split()[1])
+    return int(line.split()[1]), buffer
+
+
+def exit_status(sock: socket.socket, buffer: bytearray) -> int | None:
+    """Wait for the runner to report the training's end: its exit status as a shell says
+    it (128 + N when killed by signal N), or None if the runner was lost first."""
+    try:
+        line = _read_line(sock, buffer)
+    except OSError:
+        line = None
+    if line is None or not line.startswith("exit "):
+        return None
+    code = int(line.split()[1])
+    return 128 - code if code < 0 else code
+
+
+LOST = "the warm runner was lost while training ran"
+
+
+def run_warm(sock: socket.socket, run_dir: str) -> int | None:
+    """Have the runner fork the training; its exit status, or None if it never started."""
+    umask = os.umask(0o077)
+    os.umask(umask)
+    started = request_training(sock, run_dir, dict(os.environ), os.getcwd(), umask, [0, 1, 2])
+    if started is None:
+        return None
+    pid, buffer = started
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -185,20 +211,15 @@ def run_warm(sock: socket.socket, run_dir: str) -> int | None:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    try:
-        line = _read_line(sock, buffer)
-    except OSError:
-        line = None
-    if line is None or not line.startswith("exit "):
+    code = exit_status(sock, buffer)
+    if code is None:
         from dcsched.rundir import RunDir
 
-        reason = "the warm runner was lost while training ran"
-        print(f"training failed: {reason}", file=sys.stderr)
+        print(f"training failed: {LOST}", file=sys.stderr)
         with contextlib.suppress(OSError):
-            RunDir(Path(run_dir)).write_error(reason)
+            RunDir(Path(run_dir)).write_error(LOST)
         return 1
-    code = int(line.split()[1])
-    return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell says
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 from collections import Counter
 from pathlib import Path
@@ -36,7 +35,15 @@ from optuna.trial import FrozenTrial, TrialState
 from dcsched.core.job import Job
 from dcsched.core.lifecycle import JobState
 from dcsched.kinds import document_of, parse_job_spec, split
-from dcsched.kinds.tune import TuneJobSpec, apply_params, effective_space, metric_of
+from dcsched.kinds.tune import (
+    TRIAL_ID,
+    TuneJobSpec,
+    apply_params,
+    effective_space,
+    metric_of,
+    trial_job_id,
+    trial_name,
+)
 from dcsched.ports import ModelNameTaken
 from dcsched.rundir import RunDir, tail_lines
 from dcsched.tuning.study import Study
@@ -46,18 +53,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-TRIAL_ID = re.compile(r"^(?P<parent>.+)-trial-(?P<number>[0-9]+)$")
 PRUNED = "pruned"
 """How the reason of a pruned trial's job begins."""
-
-
-def trial_job_id(parent_id: str, number: int) -> str:
-    return f"{parent_id}-trial-{number}"
-
-
-def trial_name(parent_name: str, number: int) -> str:
-    suffix = f"-trial-{number}"
-    return parent_name[: 63 - len(suffix)].rstrip("-") + suffix
 
 
 class TuneController:

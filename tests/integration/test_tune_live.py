@@ -97,6 +97,16 @@ def placement_groups(cluster: Any, server: Server) -> list[dict[str, Any]]:
     return data
 
 
+def ray_job_ids(cluster: Any, server: Server) -> set[str]:
+    """The submission ids of the cluster's Ray Jobs, from the dashboard's job API."""
+    token = Path(server.env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+    request = urllib.request.Request(f"{dashboard_url(cluster)}/api/jobs/")
+    request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        jobs: Any = json.loads(response.read())
+    return {str(job.get("submission_id")) for job in jobs}
+
+
 def most_at_once(server: Server, job_ids: list[str]) -> int:
     """The most of these jobs that held resources at one moment, from their events."""
     marks: list[tuple[str, int]] = []
@@ -193,6 +203,13 @@ def test_trials_run_under_the_team_quota_and_the_best_model_is_registered(
         assert drawn.returncode == 0, drawn.stderr
         for name in ("history", "importances", "intermediate"):
             assert (plots / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        # The trials ran on their nodes' trial hosts, not as Ray Jobs of their own, and a
+        # trial's output is its own log (dcsched.training.host).
+        assert not ray_job_ids(cluster, server).intersection(t["id"] for t in trials)
+        finished = next(t for t in trials if t["state"] == "SUCCEEDED")
+        logs = server.cli("logs", finished["id"])
+        assert logs.returncode == 0, logs.stderr
+        assert "done in" in logs.stdout, logs.stdout[-2000:]
         # /metrics showed the study's trials by state and its best value while it ran.
         assert any(line.startswith("dcsched_tune_trials{") for line in scraped), scraped[-5:]
         assert any(line.startswith("dcsched_tune_best_value{") for line in scraped)

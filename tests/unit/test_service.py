@@ -14,12 +14,12 @@ import pytest
 
 from dcsched.adapters.sqlite_store import SQLiteStore
 from dcsched.core.cluster import ClusterSnapshot, NodeState
-from dcsched.core.job import Job
+from dcsched.core.job import Job, job_id_of
 from dcsched.core.lifecycle import JobState
 from dcsched.core.resources import Resources
 from dcsched.paths import Paths
 from dcsched.ports import RUN_PHASE_STATES, RunPhase, RunStatus, StoreFull, job_state_of
-from dcsched.service import SchedulerService, ServiceSettings, job_id_of
+from dcsched.service import SchedulerService, ServiceSettings
 
 GiB = 1024**3
 
