@@ -75,8 +75,13 @@ def distribution(dimension: Dimension) -> BaseDistribution:
     return FloatDistribution(dimension.uniform[0], dimension.uniform[1])
 
 
-def sampler(settings: TuneSettings, space: Mapping[str, Dimension]) -> optuna.samplers.BaseSampler:
-    seed = settings.seed
+def sampler(
+    settings: TuneSettings, space: Mapping[str, Dimension], seed_offset: int = 0
+) -> optuna.samplers.BaseSampler:
+    """The study's sampler. ``seed_offset``: the trials the study already has when it is
+    opened again (a restarted server), so that the sampler does not replay the random
+    draws it made for the first trials (the same seed gives the same study from start)."""
+    seed = settings.seed + seed_offset
     if settings.algorithm == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if settings.algorithm == "grid":
@@ -128,6 +133,9 @@ class Study:
             direction="maximize" if mode == "max" else "minimize",
             load_if_exists=True,
         )
+        existing = len(self.study.get_trials(deepcopy=False))
+        if existing:
+            self.study.sampler = sampler(settings, space, seed_offset=existing)
         self._live: dict[int, optuna.trial.Trial] = {}
         self.lock = threading.RLock()
 

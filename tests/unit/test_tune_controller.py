@@ -268,3 +268,22 @@ def test_the_study_journal_is_under_the_home(world: World, tmp_path: Path) -> No
     journal = tmp_path / "tuning" / f"{tune.id}.journal"
     assert journal.is_file() and journal.stat().st_size > 0
     assert isinstance(world.tuning.study_of(world.service.store.get_job(tune.id)), Study)
+
+
+def test_a_reopened_study_does_not_replay_the_draws_of_its_first_trials(tmp_path: Path) -> None:
+    """A restarted server opens the study again: its sampler must not start over from the
+    seed (it would propose the first trials' values again), yet one seed still gives one
+    study from the start."""
+    from dcsched.kinds.tune import Dimension, TuneSettings
+
+    settings = TuneSettings(trials=10, algorithm="random", seed=1)
+    space = {"train.lr": Dimension(loguniform=(1e-4, 1e-1))}
+
+    def study(name: str) -> Study:
+        return Study(tmp_path / f"{name}.journal", name, settings, space, "max", 3)
+
+    first = study("a")
+    drawn = [first.ask().params["train.lr"] for _ in range(3)]
+    reopened = study("a")  # the same journal, as after a restart
+    assert reopened.ask().params["train.lr"] not in drawn
+    assert study("b").ask().params["train.lr"] == drawn[0]
