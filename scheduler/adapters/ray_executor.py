@@ -389,7 +389,9 @@ class RayExecutor:
             return None
 
     def _hosted_status(self, run_id: str) -> RunStatus | None:
-        answer = self._call_host(run_id, "status", timeout_s=30)
+        # Short: a host on a node that died but is not yet known dead does not answer,
+        # and the pass waits for this call (the next pass asks again).
+        answer = self._call_host(run_id, "status", timeout_s=5)
         if answer is None:
             return None
         phase, message = answer
