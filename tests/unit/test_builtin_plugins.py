@@ -17,19 +17,25 @@ DIGITS = Path(__file__).resolve().parents[2] / "examples" / "digits.npz"
 
 
 @pytest.mark.parametrize(
-    ("name", "source", "params", "train"),
+    ("name", "source", "params", "train", "validation_size"),
     [
-        ("mlp", "sklearn:iris", {"hidden": [8]}, TrainSpec(epochs=3, batch_size=32, lr=0.01)),
-        ("mlp", "sklearn:diabetes", {"hidden": [8]}, TrainSpec(epochs=2, lr=0.01)),
-        ("gbdt", "sklearn:breast_cancer", {"trees_per_epoch": 5}, TrainSpec(epochs=3)),
-        ("gbdt", "sklearn:diabetes", {"trees_per_epoch": 5}, TrainSpec(epochs=2)),
-        ("cnn", f"npz:{DIGITS}", {"channels": [4, 8], "hidden": 16}, TrainSpec(epochs=2)),
+        ("mlp", "sklearn:iris", {"hidden": [8]}, TrainSpec(epochs=3, batch_size=32, lr=0.01), 0.2),
+        ("mlp", "sklearn:diabetes", {"hidden": [8]}, TrainSpec(epochs=2, lr=0.01), 0.0),
+        ("gbdt", "sklearn:breast_cancer", {"trees_per_epoch": 5}, TrainSpec(epochs=3), 0.2),
+        ("gbdt", "sklearn:diabetes", {"trees_per_epoch": 5}, TrainSpec(epochs=2), 0.0),
+        ("cnn", f"npz:{DIGITS}", {"channels": [4, 8], "hidden": 16}, TrainSpec(epochs=2), 0.2),
     ],
 )
 def test_builtin_conforms(
-    name: str, source: str, params: dict[str, object], train: TrainSpec, tmp_path: Path
+    name: str,
+    source: str,
+    params: dict[str, object],
+    train: TrainSpec,
+    validation_size: float,
+    tmp_path: Path,
 ) -> None:
-    check_plugin(load_plugin(name), DataSpec(source=source), tmp_path, params=params, train=train)
+    data = DataSpec(source=source, validation_size=validation_size)
+    check_plugin(load_plugin(name), data, tmp_path, params=params, train=train)
 
 
 def test_gbdt_refuses_images(tmp_path: Path) -> None:
