@@ -47,10 +47,10 @@ class SplitSizes:
     def parts(self) -> tuple[str, ...]:
         return ("train", "validation", "test") if self.validation else ("train", "test")
 
-    def describe(self) -> str:
+    def describe(self, what: str = "rows") -> str:
         if self.validation:
-            return f"{self.train} train, {self.validation} validation and {self.test} test rows"
-        return f"{self.train} train and {self.test} test rows"
+            return f"{self.train} train, {self.validation} validation and {self.test} test {what}"
+        return f"{self.train} train and {self.test} test {what}"
 
 
 def split_sizes(n_rows: int, data: DataSpec) -> SplitSizes:
@@ -80,7 +80,7 @@ def split_problems(
         if getattr(sizes, part) < need:
             problems.append(
                 f"{fields[part]}: {n_rows} {what} split into "
-                f"{sizes.describe().replace('rows', what)}; the {part} part needs {why}: "
+                f"{sizes.describe(what)}; the {part} part needs {why}: "
                 "give more data or change the fractions"
             )
     return problems

@@ -121,7 +121,7 @@ class TuneController:
         counts = Counter(_state_name(t) for t in trials)
         best = study.best()
         return {
-            "metric": metric,
+            "metric": f"{VALIDATION_PREFIX}{metric}",  # every figure here is a validation one
             "mode": mode,
             "total": spec.tune.trials,
             "parallel": spec.tune.parallel,
