@@ -50,7 +50,12 @@ def run_dcsched(
             "team": "bench",
             "resources": {"cpus": 1, "memory": "512MiB"},
             "model": {"type": "mlp"},
-            "data": {"source": "sklearn:breast_cancer", "test_size": 0.2, "seed": 42},
+            "data": {
+                "source": "sklearn:breast_cancer",
+                "test_size": 0.2,
+                "validation_size": 0.2,
+                "seed": 42,
+            },
             "train": {"epochs": epochs},
             "tune": {
                 "trials": trials,
@@ -191,7 +196,13 @@ def trainable(config: dict[str, Any]) -> None:
     torch.set_num_threads(1)
     plugin = load_plugin("mlp")
     data = plugin.load_data(
-        DataSpec(source="sklearn:breast_cancer", target=None, test_size=0.2, seed=42)
+        DataSpec(
+            source="sklearn:breast_cancer",
+            target=None,
+            test_size=0.2,
+            validation_size=0.2,
+            seed=42,
+        )
     )
     params = plugin.validate_params({"hidden": HIDDEN[config["hidden"]]})
     model = plugin.create(params, data.info, "cpu")
@@ -202,7 +213,7 @@ def trainable(config: dict[str, Any]) -> None:
     def on_epoch(report: Any) -> None:
         tune.report({"f1": float(report.metrics["f1"]), "epoch": report.epoch})
 
-    model.fit(data, train, 42, on_epoch, None)
+    model.fit(data.for_fit(), train, 42, on_epoch, None)  # as dcsched's runner: no test rows
 
 
 def run_ray_tune(

@@ -5,8 +5,8 @@ A model type is a ``ModelPlugin`` subclass that declares ``api_version = 1``. It
   frozen, no inf or NaN; the base of every spec model, re-exported here);
 - its **data**: ``data_sources`` (the ``data.source`` schemes it accepts: ``sklearn``,
   ``csv``, ``npz``, ``text``), ``check_data`` (cheap, run by the server at submit; never
-  imports torch) and ``load_data`` (on the worker: a ``Dataset`` of train and held-out
-  rows, plus the preprocessing fitted on the training rows);
+  imports torch) and ``load_data`` (on the worker: a ``Dataset`` of train, validation
+  and test rows, plus the preprocessing fitted on the training rows);
 - its **metrics**: ``metrics``, per task, the names it reports, the default objective and
   its direction;
 - its **model**: ``create`` a ``TrainedModel``, whose ``fit`` trains (reporting each epoch
@@ -48,14 +48,23 @@ Invariants and words:
 - ``predict_arrays`` returns class probabilities ``(n, k)`` for classifiers (binary too)
   and values ``(n,)`` for regression; ``predict`` returns one JSON value per input.
 - epoch: one pass over the training set (or one round of boosting); numbered from 1.
-- validation metrics in an epoch report are computed on the held-out split.
+- parts: a ``Dataset`` holds train, test and, when ``DataSpec.validation_size`` > 0,
+  validation rows (``x_val``/``y_val``; None otherwise), disjoint. ``fit`` never sees
+  the test rows when there is a validation part: the runner passes it
+  ``Dataset.for_fit()``, whose test part *is* the validation part.
+- validation metrics in an epoch report are computed on ``Dataset.validation``: the
+  validation part, or the test part when a job has none (``validation_size: 0``, the
+  default of ``kind: train``; ``kind: tune`` always has one).
+- version 1 stays: ``x_val``/``y_val`` are optional fields with defaults, so a plugin
+  written before them (building ``Dataset`` without them, validating on ``x_test`` in
+  ``fit``) works unchanged and validates on the validation part through ``for_fit``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
@@ -173,7 +182,8 @@ class Dataset:
     """A plugin's data, split, ready for ``fit``: what ``ModelPlugin.load_data`` returns.
 
     ``preprocessing`` is the JSON of whatever was fitted on the training rows (a scaler,
-    a vocabulary); the model saves it and applies it in ``predict``.
+    a vocabulary); the model saves it and applies it in ``predict``. ``x_val``/``y_val``:
+    the validation rows (``DataSpec.validation_size``), both None when the job has none.
     """
 
     x_train: npt.NDArray[Any]
@@ -182,6 +192,14 @@ class Dataset:
     y_test: npt.NDArray[Any]
     info: DatasetInfo
     preprocessing: Mapping[str, Any] = field(default_factory=dict)
+    x_val: npt.NDArray[Any] | None = None
+    y_val: npt.NDArray[Any] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.x_val is None) != (self.y_val is None):
+            raise ValueError("give both x_val and y_val, or neither")
+        if self.x_val is not None and self.y_val is not None and len(self.x_val) != len(self.y_val):
+            raise ValueError(f"{len(self.x_val)} validation inputs but {len(self.y_val)} targets")
 
     @property
     def n_train(self) -> int:
@@ -190,6 +208,29 @@ class Dataset:
     @property
     def n_test(self) -> int:
         return len(self.x_test)
+
+    @property
+    def n_val(self) -> int:
+        return 0 if self.x_val is None else len(self.x_val)
+
+    @property
+    def has_validation(self) -> bool:
+        return self.x_val is not None
+
+    @property
+    def validation(self) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+        """(inputs, targets) that per-epoch validation metrics are computed on: the
+        validation part, or the test part when there is none."""
+        if self.x_val is not None and self.y_val is not None:
+            return self.x_val, self.y_val
+        return self.x_test, self.y_test
+
+    def for_fit(self) -> Dataset:
+        """What the runner passes to ``fit``: with a validation part, the test rows are
+        withheld (the test part is the validation part); without one, this dataset."""
+        if self.x_val is None or self.y_val is None:
+            return self
+        return replace(self, x_test=self.x_val, y_test=self.y_val)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +244,7 @@ class EpochReport:
     samples_per_s: float
     seconds: float
     metrics: Mapping[str, float] = field(default_factory=dict)
-    """Validation metrics after this epoch (on the held-out rows), by name."""
+    """Validation metrics after this epoch (on ``Dataset.validation``), by name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +284,8 @@ class TrainedModel(ABC):
         When ``checkpoint_dir`` holds a checkpoint, training resumes after its epoch (and
         does nothing if it already reached ``train.epochs``); otherwise it starts from
         fresh. A checkpoint is written atomically after every epoch, before ``on_epoch``
-        is called with that epoch's report (validation metrics on ``data.x_test``).
+        is called with that epoch's report (validation metrics on ``data.validation``;
+        the runner passes ``Dataset.for_fit()``, so ``data.x_test`` is the same rows).
         """
 
     @abstractmethod
@@ -368,7 +410,8 @@ class ModelPlugin(ABC):
         check_source(data)
 
     def load_data(self, data: DataSpec) -> Dataset:
-        """Load and split ``data`` (on the worker). Default: tabular, standardised."""
+        """Load and split ``data`` (on the worker) into train, validation and test parts
+        (``dcsched.training.splits``). Default: tabular, standardised."""
         from dcsched.training.data import load_dataset
 
         prepared = load_dataset(data)
@@ -377,6 +420,8 @@ class ModelPlugin(ABC):
             y_train=prepared.y_train,
             x_test=prepared.x_test,
             y_test=prepared.y_test,
+            x_val=prepared.x_val,
+            y_val=prepared.y_val,
             info=prepared.info,
             preprocessing={
                 "feature_names": list(prepared.info.feature_names),

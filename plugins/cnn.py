@@ -203,7 +203,7 @@ class CNNModel(TrainedModel):
                         loss=mean_loss,
                         samples_per_s=n / seconds if seconds > 0 else float("inf"),
                         seconds=seconds,
-                        metrics=self.evaluate(data.x_test, data.y_test) if len(data.x_test) else {},
+                        metrics=self.evaluate(*data.validation) if len(data.validation[0]) else {},
                     )
                 )
         self._net.eval()

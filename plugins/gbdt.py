@@ -197,7 +197,7 @@ class GBDTModel(TrainedModel):
                     loss=loss,
                     samples_per_s=len(x) / seconds if seconds > 0 else float("inf"),
                     seconds=seconds,
-                    metrics=self.evaluate(data.x_test, data.y_test) if len(data.x_test) else {},
+                    metrics=self.evaluate(*data.validation) if len(data.validation[0]) else {},
                 )
             )
 

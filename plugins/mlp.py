@@ -225,8 +225,8 @@ class MLPModel(TrainedModel):
                         checkpoint_path, stamp, epoch, optimizer, generator, on_cuda
                     )
                 validation = (
-                    self.evaluate(data.x_test, data.y_test)
-                    if distributed.is_main() and len(data.x_test)
+                    self.evaluate(*data.validation)
+                    if distributed.is_main() and len(data.validation[0])
                     else {}
                 )
                 on_epoch(

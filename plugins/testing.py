@@ -4,7 +4,7 @@
     from dcsched.plugins.testing import check_plugin
 
     def test_my_plugin_conforms(tmp_path):
-        check_plugin(MyPlugin(), DataSpec(source="sklearn:iris"), tmp_path)
+        check_plugin(MyPlugin(), DataSpec(source="sklearn:iris", validation_size=0.2), tmp_path)
 
 It raises ``AssertionError`` naming the first broken promise of the API
 (``dcsched.plugins.api``):
@@ -12,8 +12,13 @@ It raises ``AssertionError`` naming the first broken promise of the API
   model that forbids extra fields, metric sets whose objective is one of their names
   with a direction, a search space over real params;
 - params round-trip: the checked params, dumped to JSON and checked again, are equal;
-- data: ``check_data`` accepts the spec, ``load_data`` gives a train and a test part;
-- training: ``fit`` reports epochs 1..N, each with the task's validation metrics;
+- data: ``check_data`` accepts the spec, ``load_data`` gives a train and a test part,
+  and a validation part exactly when ``data.validation_size`` > 0 (give one: that is
+  what a tune job's trials get);
+- training: ``fit``, given ``Dataset.for_fit()`` as the runner gives it, reports epochs
+  1..N, each with the task's validation metrics, the last ones those ``evaluate`` gives
+  on ``Dataset.validation`` (to 1e-6): the validation rows, never the test rows of a
+  job that has validation rows;
 - resume: a run stopped after epoch 1 and resumed from its checkpoint predicts exactly
   (to 1e-6) as an uninterrupted run, and reports only the remaining epochs;
 - save/load: the loaded model predicts as the saved one, on arrays and on JSON inputs
@@ -56,6 +61,10 @@ def check_plugin(
     plugin.check_data(data)
     dataset = plugin.load_data(data)
     assert dataset.n_train > 0 and dataset.n_test > 0, "load_data gave an empty part"
+    if data.has_validation:
+        assert dataset.n_val > 0, "validation_size > 0 but load_data gave no validation part"
+    else:
+        assert not dataset.has_validation, "validation_size is 0 but load_data gave a part"
     metric_set = plugin.metrics.get(dataset.info.task)
     assert metric_set is not None, f"{plugin.name} declares no metrics for {dataset.info.task}"
 
@@ -65,6 +74,15 @@ def check_plugin(
     for report in reports:
         missing = set(metric_set.names) - set(report.metrics)
         assert not missing, f"epoch {report.epoch} report lacks validation metrics {missing}"
+    on_validation = straight.evaluate(*dataset.validation)
+    for name in metric_set.names:
+        np.testing.assert_allclose(
+            reports[-1].metrics[name],
+            on_validation[name],
+            rtol=1e-6,
+            atol=1e-9,
+            err_msg=f"the last epoch's {name} is not evaluate's on Dataset.validation",
+        )
 
     stopped = train.model_copy(update={"epochs": 1})
     _fit(plugin, checked, dataset, stopped, tmp_path / "resumed", [])
@@ -121,5 +139,5 @@ def _fit(
     reports: list[EpochReport],
 ) -> TrainedModel:
     model = plugin.create(params, dataset.info, "cpu")
-    model.fit(dataset, train, 0, reports.append, checkpoint_dir)
+    model.fit(dataset.for_fit(), train, 0, reports.append, checkpoint_dir)
     return model

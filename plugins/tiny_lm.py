@@ -2,11 +2,14 @@
 
 Data: ``text:FILE``, a UTF-8 text (example: ``examples/tiny-lm/genesis-exodus.txt``,
 Genesis and Exodus of the King James Version, public domain; where it came from:
-``examples/tiny-lm/README.md``). The first ``1 - data.test_size`` of the characters train,
-the rest validates (a contiguous split, as usual for language models: no shuffling of
-characters across the cut). The vocabulary is every character of the file, sorted; it
-is the model's ``classes`` and is saved with it, so ``load`` + ``predict`` need nothing
-else. ``Dataset.x_*`` hold character indices and ``y_*`` the next character's index.
+``examples/tiny-lm/README.md``). The text is cut into contiguous parts, in order: train,
+validation (``data.validation_size`` of the characters, none when 0) and test
+(``data.test_size``), as usual for language models: no shuffling of characters across a
+cut (sizes: ``dcsched.training.splits``). The vocabulary is every character of the file,
+sorted (the label space, like a classifier's classes); it is the model's ``classes`` and
+is saved with it, so ``load`` + ``predict`` need nothing else. The unigram counts are of
+the training part only. ``Dataset.x_*`` hold character indices and ``y_*`` the next
+character's index.
 
 Network: character and position embeddings of width ``width``, ``layers`` pre-norm
 transformer blocks (causal self-attention with ``heads`` heads, a 4x MLP), a final
@@ -15,12 +18,13 @@ An epoch is ``steps_per_epoch`` optimizer steps, each on ``train.batch_size`` wi
 ``context`` characters drawn at random from the training part (one pass over a text of a
 few hundred KB would take minutes on a CPU; the number of steps says the work done).
 
-Metrics, on the validation part, each position predicted from up to ``context``
-characters before it (non-overlapping windows): ``perplexity`` (the objective,
-minimised), ``cross_entropy`` (nats per character), ``accuracy`` (next character top-1)
-and ``unigram_perplexity``: the perplexity of the baseline that predicts every character
-by its frequency in the training part (add-one smoothed over the vocabulary). A model
-that learned anything beats it. Both print in every epoch's report and the result.
+Metrics, on the validation part (the test part when there is none), each position
+predicted from up to ``context`` characters before it (non-overlapping windows):
+``perplexity`` (the objective, minimised), ``cross_entropy`` (nats per character),
+``accuracy`` (next character top-1) and ``unigram_perplexity``: the perplexity of the
+baseline that predicts every character by its frequency in the training part (add-one
+smoothed over the vocabulary). A model that learned anything beats it. Both print in
+every epoch's report and the result.
 
 ``predict`` generates text: one input is ``{"prompt": str, "max_new_chars": int,
 "temperature": float, "seed": int}`` (only ``prompt`` required; ``temperature`` 0 is
@@ -149,6 +153,8 @@ class TinyLMPlugin(ModelPlugin):
         _check_utf8(head, final=len(head) == size, where=where)
 
     def load_data(self, data: DataSpec) -> Dataset:
+        from dcsched.training.splits import contiguous_parts
+
         self.check_data(data)
         raw = Path(data.location).read_bytes()
         _check_utf8(raw, final=True, where="data.source: text file")
@@ -165,13 +171,15 @@ class TinyLMPlugin(ModelPlugin):
             )
         index = {char: i for i, char in enumerate(vocabulary)}
         ids = np.fromiter((index[c] for c in text), dtype=np.int64, count=len(text))
-        cut = round(len(ids) * (1 - data.test_size))
-        train, test = ids[:cut], ids[cut:]
-        if len(train) < 3 or len(test) < 3:
+        train_part, validation_part, test_part = contiguous_parts(len(ids), data)
+        train, validation, test = ids[train_part], ids[validation_part], ids[test_part]
+        parts = [train, test, *([validation] if data.has_validation else [])]
+        if min(len(part) for part in parts) < 3:
             raise DataError(
                 [
                     f"data.source: the text has {len(ids)} characters; with test_size "
-                    f"{data.test_size} a part would hold fewer than 3. Give a longer text"
+                    f"{data.test_size} and validation_size {data.validation_size} a part "
+                    "would hold fewer than 3. Give a longer text"
                 ]
             )
         counts = np.bincount(train, minlength=len(vocabulary))
@@ -186,6 +194,8 @@ class TinyLMPlugin(ModelPlugin):
             y_train=train[1:],
             x_test=test[:-1],
             y_test=test[1:],
+            x_val=validation[:-1] if data.has_validation else None,
+            y_val=validation[1:] if data.has_validation else None,
             info=info,
             preprocessing={"vocabulary": vocabulary, "train_counts": counts.tolist()},
         )
@@ -301,7 +311,7 @@ class TinyLMModel(TrainedModel):
                         loss=mean_loss,
                         samples_per_s=chars / seconds if seconds > 0 else float("inf"),
                         seconds=seconds,
-                        metrics=self.evaluate(data.x_test, data.y_test) if len(data.x_test) else {},
+                        metrics=self.evaluate(*data.validation) if len(data.validation[0]) else {},
                     )
                 )
         self._net.eval()

@@ -5,6 +5,12 @@ the plugin validates), ``data`` (where the rows come from) and ``train`` (the lo
 settings). A data file is never named by a path the server opens: the CLI uploads it
 (``csv:upload:sha256:HEX``) or it lies under a data root an admin listed
 (``csv:/ROOT/...``); see ``dcsched.inputs``.
+
+Splits: ``data.test_size`` of the rows are held out for the final test metrics and
+``data.validation_size`` (0 by default here; a tune job's default is 0.2) for the
+per-epoch validation metrics; the rest train (``dcsched.training.splits``). With
+``validation_size: 0`` the per-epoch metrics are on the test rows, as before validation
+splits existed; the result says which (``validation_on``).
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ from pydantic import Field, field_validator, model_validator
 from dcsched.core.spec import SchedulingRequest, StrictModel
 
 DATA_SCHEMES = ("sklearn", "csv", "npz", "text")
+VALIDATION_PREFIX = "val_"
+"""A train job's result metrics (and its registered model's) named ``val_NAME`` are on
+the validation rows; those named ``NAME`` are on the test rows."""
 FILE_SCHEMES = ("csv", "npz", "text")
 """Schemes whose location is a file: uploaded by the CLI, resolved by dcsched.inputs."""
 
@@ -38,7 +47,17 @@ class DataSpec(StrictModel):
     target: str | None = Field(
         None, max_length=256, description="Target column; required for csv sources."
     )
-    test_size: float = Field(0.2, gt=0, lt=1, description="Fraction held out for evaluation.")
+    test_size: float = Field(
+        0.2, gt=0, lt=1, description="Fraction of the rows held out for the final test metrics."
+    )
+    validation_size: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Fraction of the rows held out for the per-epoch validation metrics, "
+        "apart from the test rows; 0 (the default of train jobs): the per-epoch metrics are "
+        "computed on the test rows. Tune jobs default to 0.2 and need it above 0.",
+    )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the split and of training.")
 
     @field_validator("source")
@@ -57,6 +76,20 @@ class DataSpec(StrictModel):
         if self.scheme == "csv" and not self.target:
             raise ValueError("a csv source needs `target:` naming the column to predict")
         return self
+
+    @model_validator(mode="after")
+    def _room_to_train(self) -> DataSpec:
+        if self.test_size + self.validation_size >= 1:
+            raise ValueError(
+                f"test_size ({self.test_size}) plus validation_size ({self.validation_size}) "
+                "leaves no rows to train on; their sum must be below 1"
+            )
+        return self
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether rows are held out for validation apart from the test rows."""
+        return self.validation_size > 0
 
     @property
     def scheme(self) -> str:

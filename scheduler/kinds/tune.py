@@ -9,7 +9,10 @@ Words:
   spec: ``params.NAME`` (``model.params.NAME``) or ``train.NAME`` (a ``TrainSpec`` field);
   its value is exactly one of ``choice: [...]``, ``uniform: [low, high]``,
   ``loguniform: [low, high]`` or ``int: [low, high]`` (inclusive).
-- metric: a validation metric the plugin reports (``f1``; ``val_f1`` is the same).
+- metric: a validation metric the plugin reports (``f1``; ``val_f1`` is the same). It is
+  read on the validation rows (``data.validation_size``, 0.2 by default and never 0 here),
+  never on the test rows: per epoch for pruning and, when a trial ends, for choosing the
+  best one; the test rows give the best trial's final metrics only.
 
 What the schema checks here (shape, bounds, ``parallel <= trials``, grid only over
 discrete dimensions) needs no plugin; ``check_tune`` adds what does (the paths exist and
@@ -35,7 +38,7 @@ from pydantic import (
 
 from dcsched.core.job import job_id_of
 from dcsched.core.spec import SchedulingRequest, StrictModel
-from dcsched.kinds.train import DataSpec, ModelSpec, TrainSpec
+from dcsched.kinds.train import VALIDATION_PREFIX, DataSpec, ModelSpec, TrainSpec
 
 if TYPE_CHECKING:
     from dcsched.plugins.api import ModelPlugin
@@ -175,12 +178,40 @@ class TuneSettings(StrictModel):
         return self
 
 
+DEFAULT_TUNE_VALIDATION_SIZE = 0.2
+
+
+class TuneDataSpec(DataSpec):
+    """The data section of a tune job: a train job's, with a validation split required,
+    so that neither pruning nor the choice of the best trial looks at the test rows."""
+
+    validation_size: float = Field(
+        DEFAULT_TUNE_VALIDATION_SIZE,
+        ge=0,
+        lt=1,
+        description="Fraction of the rows held out for validation, on which trials are "
+        "pruned and the best one chosen; above 0 (default 0.2). The test rows give the "
+        "best trial's final metrics only.",
+    )
+
+    @field_validator("validation_size")
+    @classmethod
+    def _needs_validation(cls, value: float) -> float:
+        if value <= 0:
+            default = DEFAULT_TUNE_VALIDATION_SIZE
+            raise ValueError(
+                "a tune job prunes and picks its best trial on validation rows, apart from "
+                f"the test rows: give validation_size above 0 (default {default})"
+            )
+        return value
+
+
 class TuneJobSpec(SchedulingRequest):
     """A tuning study: the base train sections plus ``tune``; resources are per trial."""
 
     kind: Literal["tune"] = Field(description="Tune hyper-parameters; each trial is a train job.")
     model: ModelSpec
-    data: DataSpec
+    data: TuneDataSpec
     train: TrainSpec = Field(default_factory=lambda: TrainSpec())
     tune: TuneSettings
 
@@ -236,7 +267,7 @@ def metric_of(spec: TuneJobSpec, plugin: ModelPlugin, task: str | None) -> tuple
         sets = {task: sets[task]}
     reported = sorted({name for s in sets.values() for name in s.names})
     if spec.tune.metric is not None:
-        name = spec.tune.metric.removeprefix("val_")
+        name = spec.tune.metric.removeprefix(VALIDATION_PREFIX)
         if name not in reported:
             what = f" for {task} data" if task else ""
             raise ValueError(

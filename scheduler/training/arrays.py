@@ -6,9 +6,11 @@ construction of an array; a ragged folder of images must be resized before packi
 
 ``check_npz`` is for the server at submit time: it reads the zip's directory and the two
 ``.npy`` headers only (never the arrays; ``allow_pickle`` is never on), and its errors
-never quote the file's contents. ``load_npz`` splits (stratified, ``data.seed``) and
-standardises with the mean and standard deviation of the training pixels (one each):
-``Dataset.preprocessing`` is ``{"mean", "std", "input_shape"}``.
+never quote the file's contents; it also checks that the images split into non-empty
+parts. ``load_npz`` splits into train, validation and test images as every loader does
+(``dcsched.training.splits``: stratified, ``data.seed``) and standardises with the mean
+and standard deviation of the training pixels (one each): ``Dataset.preprocessing`` is
+``{"mean", "std", "input_shape"}``.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from dcsched.core.spec import SpecError
 from dcsched.kinds.train import DataSpec
 from dcsched.plugins.api import ClassLabel, Dataset, DatasetInfo
+from dcsched.training.splits import class_problems, split_indices, split_problems
 
 MAX_IMAGE_VALUES = 1 << 26
 
@@ -83,11 +87,13 @@ def check_npz(data: DataSpec) -> None:
         raise SpecError([f"{where}: y must have shape ({x_shape[0]},), got {y_shape}"])
     if int(np.prod(x_shape)) > MAX_IMAGE_VALUES:
         raise SpecError([f"{where}: x has more than {MAX_IMAGE_VALUES} values"])
+    # the labels are not read here: two classes at least, as every classifier has
+    problems = split_problems(x_shape[0], data, n_classes=2, what="images")
+    if problems:
+        raise SpecError(problems)
 
 
 def load_npz(data: DataSpec) -> Dataset:
-    from sklearn.model_selection import train_test_split
-
     check_npz(data)
     with np.load(data.location, allow_pickle=False) as arrays:
         x = np.asarray(arrays["x"], dtype=np.float32)
@@ -101,12 +107,17 @@ def load_npz(data: DataSpec) -> Dataset:
         raise SpecError(["data.source: npz: y has a single label; nothing to learn"])
     index = {label: i for i, label in enumerate(classes)}
     y = np.fromiter((index[v] for v in labels.tolist()), dtype=np.int64, count=len(labels))
+    problems = split_problems(len(x), data, len(classes), what="images")
+    if not problems:
+        counts = dict(zip(classes, np.bincount(y, minlength=len(classes)).tolist(), strict=True))
+        problems = class_problems(counts, data, len(x), what="images")
+    if problems:
+        raise SpecError(problems)
     try:
-        x_train, x_test, y_train, y_test = train_test_split(
-            x, y, test_size=data.test_size, random_state=data.seed, stratify=y
-        )
+        train, validation, test = split_indices(y, data, stratified=True)
     except ValueError as exc:
         raise SpecError([f"data.test_size: cannot split {len(x)} images: {exc}"]) from None
+    x_train = x[train]
     mean, std = float(x_train.mean()), float(x_train.std()) or 1.0
     shape = tuple(int(n) for n in x.shape[1:])
     info = DatasetInfo(
@@ -116,11 +127,17 @@ def load_npz(data: DataSpec) -> Dataset:
         feature_names=tuple(f"p{i}" for i in range(int(np.prod(shape)))),
         input_shape=shape,
     )
+
+    def scaled(rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        return ((x[rows] - mean) / std).astype(np.float32)
+
     return Dataset(
-        x_train=((x_train - mean) / std).astype(np.float32),
-        y_train=y_train,
-        x_test=((x_test - mean) / std).astype(np.float32),
-        y_test=y_test,
+        x_train=scaled(train),
+        y_train=y[train],
+        x_test=scaled(test),
+        y_test=y[test],
+        x_val=scaled(validation) if len(validation) else None,
+        y_val=y[validation] if len(validation) else None,
         info=info,
         preprocessing={"mean": mean, "std": std, "input_shape": list(shape)},
     )

@@ -14,10 +14,14 @@ classes, else ``multiclass``); any other numeric target is ``regression``.
 Invariants of ``PreparedData``: features are float32, standardised with a scaler fitted
 on the training rows only; targets are int64 class indices ``0..k-1`` (labels in sorted
 order, ``info.classes[i]`` is the original label of index i) or float32 values. The split
-is deterministic for a given ``DataSpec.seed`` and stratified for classifiers.
+into train, validation (when ``DataSpec.validation_size`` > 0) and test rows is
+``dcsched.training.splits``': deterministic for a given ``DataSpec.seed``, stratified for
+classifiers, the three parts disjoint.
 
 ``check_source`` is for the server at submit time: it never imports torch, never imports
-scikit-learn, and reads at most a CSV's header.
+scikit-learn, and reads at most a CSV's header. For an ``sklearn:`` source it also checks
+that the rows split into non-empty parts (``SKLEARN_SIZES``); a CSV's rows are counted
+only when the job loads them.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import numpy.typing as npt
 from dcsched.core.spec import SpecError
 from dcsched.kinds.train import DataSpec
 from dcsched.plugins.api import ClassLabel, DatasetInfo, TaskType
+from dcsched.training.splits import class_problems, split_indices, split_problems
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +49,15 @@ SKLEARN_DATASETS: dict[str, TaskType] = {
     "digits": "multiclass",
     "diabetes": "regression",
 }
+SKLEARN_SIZES: dict[str, tuple[int, int]] = {
+    "breast_cancer": (569, 2),
+    "iris": (150, 3),
+    "wine": (178, 3),
+    "digits": (1797, 10),
+    "diabetes": (442, 0),
+}
+"""Rows and classes (0: regression) of each ``SKLEARN_DATASETS`` entry, for the split
+check at submit (the unit tests compare them with scikit-learn's)."""
 MAX_HEADER_BYTES = 1024 * 1024
 MAX_CLASSES = 20
 """An integer-valued CSV target with more distinct values than this is regression."""
@@ -51,12 +65,15 @@ MAX_CLASSES = 20
 
 @dataclass(frozen=True)
 class PreparedData:
-    """A dataset split into train and test parts, features standardised."""
+    """A dataset split into train, validation and test parts, features standardised.
+    ``x_val``/``y_val`` are None when ``DataSpec.validation_size`` is 0."""
 
     x_train: npt.NDArray[np.float32]
     x_test: npt.NDArray[np.float32]
     y_train: npt.NDArray[Any]
     y_test: npt.NDArray[Any]
+    x_val: npt.NDArray[np.float32] | None
+    y_val: npt.NDArray[Any] | None
     info: DatasetInfo
     scaler_mean: npt.NDArray[np.float64]
     """Per-feature mean of the raw training rows."""
@@ -71,11 +88,19 @@ class PreparedData:
     def n_test(self) -> int:
         return len(self.x_test)
 
+    @property
+    def n_val(self) -> int:
+        return 0 if self.x_val is None else len(self.x_val)
+
 
 def check_source(data: DataSpec) -> None:
     """Raise SpecError if the source cannot be loaded; cheap (a CSV's header at most)."""
     if data.scheme == "sklearn":
         _sklearn_task(data.location)
+        rows, classes = SKLEARN_SIZES[data.location]
+        problems = split_problems(rows, data, classes)
+        if problems:
+            raise SpecError(problems)
         return
     path = _csv_path(data)
     header = _read_header(path)
@@ -287,7 +312,6 @@ def _prepare(
     task: TaskType,
     feature_names: list[str],
 ) -> PreparedData:
-    from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
 
     classes: tuple[ClassLabel, ...] = ()
@@ -300,18 +324,21 @@ def _prepare(
         y = np.fromiter(
             (index[label] for label in labels.tolist()), dtype=np.int64, count=len(labels)
         )
+    stratified = task != "regression"
+    problems = split_problems(len(x), data, len(classes))
+    if stratified and not problems:
+        counts = np.bincount(y, minlength=len(classes))
+        problems = class_problems(dict(zip(classes, counts.tolist(), strict=True)), data, len(x))
+    if problems:
+        raise SpecError(problems)
     try:
-        x_train, x_test, y_train, y_test = train_test_split(
-            x,
-            y,
-            test_size=data.test_size,
-            random_state=data.seed,
-            stratify=None if task == "regression" else y,
-        )
+        train, validation, test = split_indices(y, data, stratified)
     except ValueError as exc:
+        parts = "train, validation and test" if data.has_validation else "train and test"
         raise SpecError(
-            [f"data.test_size: cannot split {len(x)} rows into train and test parts: {exc}"]
+            [f"data.test_size: cannot split {len(x)} rows into {parts} parts: {exc}"]
         ) from None
+    x_train, y_train = x[train], y[train]
     scaler = StandardScaler().fit(x_train)
     info = DatasetInfo(
         task=task,
@@ -319,12 +346,25 @@ def _prepare(
         classes=classes,
         feature_names=tuple(feature_names),
     )
-    logger.debug("prepared %s: %s train, %s test rows", data.source, len(x_train), len(x_test))
+    logger.debug(
+        "prepared %s: %s train, %s validation, %s test rows",
+        data.source,
+        len(train),
+        len(validation),
+        len(test),
+    )
+
+    def scaled(rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        standardised: npt.NDArray[np.float32] = scaler.transform(x[rows]).astype(np.float32)
+        return standardised
+
     return PreparedData(
-        x_train=scaler.transform(x_train).astype(np.float32),
-        x_test=scaler.transform(x_test).astype(np.float32),
+        x_train=scaled(train),
+        x_test=scaled(test),
         y_train=y_train,
-        y_test=y_test,
+        y_test=y[test],
+        x_val=scaled(validation) if len(validation) else None,
+        y_val=y[validation] if len(validation) else None,
         info=info,
         scaler_mean=np.asarray(scaler.mean_, dtype=np.float64),
         scaler_scale=np.asarray(scaler.scale_, dtype=np.float64),

@@ -6,13 +6,20 @@ The run directory is the whole interface with the scheduler:
 - ``checkpoint/``: the plugin's checkpoint after every epoch; a rerun resumes from it;
 - ``progress.jsonl``: one JSON line per epoch ``{"epoch", "loss", "samples_per_s",
   "seconds", "at", "metrics"}`` (``at``: unix time; ``metrics``: the plugin's validation
-  metrics), appended as training goes;
+  metrics, on the validation rows, or on the test rows when the job has none),
+  appended as training goes;
 - ``model/``: the trained model (``ModelPlugin.load`` reads it back), preprocessing
   fitted at training time included;
-- ``result.json``: written last and atomically, so its presence means success;
+- ``result.json``: written last and atomically, so its presence means success. Its
+  ``metrics`` (registered with the model) follow one rule: ``NAME`` is on the test rows,
+  ``val_NAME`` on the validation rows (present when ``data.validation_size`` > 0);
+  ``validation_on`` says which rows the per-epoch metrics were on (``validation`` or
+  ``test``);
 - ``error.txt``: one line saying why the run failed (exit status 1).
 
-stdout carries a short human log (it shows in the Ray dashboard). ``run`` does the same
+``fit`` never sees the test rows of a job with a validation split: it gets
+``Dataset.for_fit()``. stdout carries a short human log (it shows in the Ray dashboard).
+``run`` does the same
 work in-process and returns the result dict. torch is imported only for a plugin whose
 ``uses_torch`` is true (a ``gbdt`` job never imports it); scikit-learn inside functions.
 """
@@ -30,6 +37,7 @@ from typing import Any
 
 from dcsched.core.spec import SpecError
 from dcsched.kinds import TrainJobSpec, parse_job_spec
+from dcsched.kinds.train import VALIDATION_PREFIX
 from dcsched.plugins.api import (
     CheckpointError,
     DataError,
@@ -120,11 +128,12 @@ def run(
     timings["data"] = time.time()
     info = data.info
     logger.info(
-        "data %s: %s task, %s features, %s train rows, %s test rows",
+        "data %s: %s task, %s features, %s train rows, %s validation rows, %s test rows",
         spec.data.source,
         info.task,
         info.n_features,
         data.n_train,
+        data.n_val,
         data.n_test,
     )
 
@@ -188,7 +197,7 @@ def run(
         began = time.perf_counter()
         timings["fit"] = time.time()
         try:
-            model.fit(data, spec.train, spec.data.seed, on_epoch, checkpoint_dir)
+            model.fit(data.for_fit(), spec.train, spec.data.seed, on_epoch, checkpoint_dir)
         except EXPECTED_ERRORS:
             raise
         except Exception as exc:
@@ -205,6 +214,13 @@ def run(
     logger.info(
         "test metrics: %s", ", ".join(f"{name} {value:.4f}" for name, value in metrics.items())
     )
+    if data.x_val is not None and data.y_val is not None:
+        validation = model.evaluate(data.x_val, data.y_val)
+        logger.info(
+            "validation metrics: %s",
+            ", ".join(f"{name} {value:.4f}" for name, value in validation.items()),
+        )
+        metrics = {**metrics, **{f"{VALIDATION_PREFIX}{k}": v for k, v in validation.items()}}
     model_dir = files.model
     model.save(model_dir)
 
@@ -215,7 +231,9 @@ def run(
         "plugin": plugin.name,
         "params": params.model_dump(mode="json"),
         "n_train": data.n_train,
+        "n_validation": data.n_val,
         "n_test": data.n_test,
+        "validation_on": "validation" if data.has_validation else "test",
         "n_features": info.n_features,
         "classes": list(info.classes),
         "epochs": spec.train.epochs,

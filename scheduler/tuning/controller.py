@@ -10,11 +10,17 @@ Each pass (``step``, called by the service under its lock, before admission):
 2. for each unfinished Optuna trial: create its job if a crash came between ``ask`` and
    the job's creation; report the epochs its run wrote to progress.jsonl since the last
    pass and stop it at once if the pruner says so (the job is cancelled with a reason
-   beginning ``pruned``, which frees its resources); tell Optuna how an ended job ended;
+   beginning ``pruned``, which frees its resources); tell Optuna how an ended job ended
+   (a succeeded one with its result's ``val_METRIC``);
 3. ask for new trials while fewer than ``parallel`` are unfinished and fewer than
    ``trials`` exist (Optuna numbers them in its storage, so never more, never twice);
 4. once every trial has ended, register the best trial's model as the tune job's model
    (one version, with its params and metrics) and the tune job succeeds.
+
+No test row is looked at before step 4: a trial's job has ``data.validation_size`` > 0
+(``TuneDataSpec``), so the epochs reported to the pruner and the value told when it ends
+are on its validation rows; its test metrics (``NAME`` beside ``val_NAME`` in the result)
+are recorded, and registered for the best trial, but never compared.
 
 Everything is read back from the store and the study each pass, so a server killed at
 any point resumes where it was: finished trials are kept, a trial's job still in the
@@ -35,6 +41,7 @@ from optuna.trial import FrozenTrial, TrialState
 from dcsched.core.job import Job
 from dcsched.core.lifecycle import JobState
 from dcsched.kinds import document_of, parse_job_spec, split
+from dcsched.kinds.train import VALIDATION_PREFIX
 from dcsched.kinds.tune import (
     TRIAL_ID,
     TuneJobSpec,
@@ -111,7 +118,7 @@ class TuneController:
         counts = Counter(_state_name(t) for t in trials)
         best = study.best()
         return {
-            "metric": metric,
+            "metric": f"{VALIDATION_PREFIX}{metric}",  # every figure here is a validation one
             "mode": mode,
             "total": spec.tune.trials,
             "parallel": spec.tune.parallel,
@@ -224,12 +231,13 @@ class TuneController:
             return False
         files = self.service.run_files(child.id)
         if child.state is JobState.SUCCEEDED:
-            value = ((child.result or {}).get("metrics") or {}).get(metric)
+            name = f"{VALIDATION_PREFIX}{metric}"  # never the test rows' figure
+            value = ((child.result or {}).get("metrics") or {}).get(name)
             if isinstance(value, int | float):
                 self._report_epochs(study, trial, files, metric)
                 study.tell(trial, TrialState.COMPLETE, float(value))
             else:
-                logger.warning("trial %s ended without metric %s", child.id, metric)
+                logger.warning("trial %s ended without metric %s", child.id, name)
                 study.tell(trial, TrialState.FAIL)
             return True
         if child.state is JobState.CANCELLED and (child.reason or "").startswith(PRUNED):
@@ -276,7 +284,9 @@ class TuneController:
         child_id = trial_job_id(job.id, trial.number)
         if self.store.get_job(child_id) is not None:
             return
-        document = document_of(job.request, job.kind, dict(job.payload))
+        # parsed, not the stored payload as is: defaults (the validation split) included
+        stored = document_of(job.request, job.kind, dict(job.payload))
+        document = parse_job_spec(stored).model_dump(mode="json", by_alias=True)
         document.pop("tune", None)
         document.update(kind="train", name=trial_name(job.name, trial.number))
         spec = parse_job_spec(apply_params(document, study.values(trial)))

@@ -188,7 +188,14 @@ def test_trials_run_under_the_team_quota_and_the_best_model_is_registered(
         models = [m["name"] for m in get(server, "/v1/models")["models"]]
         assert models == ["quota-tune"], models
         version = get(server, "/v1/models/quota-tune")["versions"][0]
-        assert version["metrics"]["f1"] == pytest.approx(summary["best"]["value"])
+        # Trials were ranked on their validation rows; the registered version keeps the
+        # best trial's test figures beside them.
+        assert version["metrics"]["val_f1"] == pytest.approx(summary["best"]["value"])
+        assert 0.5 < version["metrics"]["f1"] <= 1.0
+        best = get(server, f"/v1/jobs/{job['result']['best_job']}")
+        assert best["result"]["validation_on"] == "validation"
+        n_split = [best["result"][f"n_{part}"] for part in ("train", "validation", "test")]
+        assert n_split == [341, 114, 114]
         assert version["params"]["tuned"] == summary["best"]["params"]
         # The CLI: status, trials as CSV, plots into a folder the user names.
         shown = server.cli("status", tune_id)

@@ -17,19 +17,25 @@ DIGITS = Path(__file__).resolve().parents[2] / "examples" / "digits.npz"
 
 
 @pytest.mark.parametrize(
-    ("name", "source", "params", "train"),
+    ("name", "source", "params", "train", "validation_size"),
     [
-        ("mlp", "sklearn:iris", {"hidden": [8]}, TrainSpec(epochs=3, batch_size=32, lr=0.01)),
-        ("mlp", "sklearn:diabetes", {"hidden": [8]}, TrainSpec(epochs=2, lr=0.01)),
-        ("gbdt", "sklearn:breast_cancer", {"trees_per_epoch": 5}, TrainSpec(epochs=3)),
-        ("gbdt", "sklearn:diabetes", {"trees_per_epoch": 5}, TrainSpec(epochs=2)),
-        ("cnn", f"npz:{DIGITS}", {"channels": [4, 8], "hidden": 16}, TrainSpec(epochs=2)),
+        ("mlp", "sklearn:iris", {"hidden": [8]}, TrainSpec(epochs=3, batch_size=32, lr=0.01), 0.2),
+        ("mlp", "sklearn:diabetes", {"hidden": [8]}, TrainSpec(epochs=2, lr=0.01), 0.0),
+        ("gbdt", "sklearn:breast_cancer", {"trees_per_epoch": 5}, TrainSpec(epochs=3), 0.2),
+        ("gbdt", "sklearn:diabetes", {"trees_per_epoch": 5}, TrainSpec(epochs=2), 0.0),
+        ("cnn", f"npz:{DIGITS}", {"channels": [4, 8], "hidden": 16}, TrainSpec(epochs=2), 0.2),
     ],
 )
 def test_builtin_conforms(
-    name: str, source: str, params: dict[str, object], train: TrainSpec, tmp_path: Path
+    name: str,
+    source: str,
+    params: dict[str, object],
+    train: TrainSpec,
+    validation_size: float,
+    tmp_path: Path,
 ) -> None:
-    check_plugin(load_plugin(name), DataSpec(source=source), tmp_path, params=params, train=train)
+    data = DataSpec(source=source, validation_size=validation_size)
+    check_plugin(load_plugin(name), data, tmp_path, params=params, train=train)
 
 
 def test_gbdt_refuses_images(tmp_path: Path) -> None:
@@ -143,3 +149,35 @@ def test_npz_and_text_sources_are_inputs_like_csv() -> None:
         ("data.source", "book.txt")
     ]
     assert input_fields("train", {"data": {"source": "sklearn:iris"}}) == []
+
+
+def test_images_split_into_disjoint_train_validation_and_test_parts(tmp_path: Path) -> None:
+    import numpy as np
+
+    from dcsched.core.spec import SpecError
+
+    path = tmp_path / "images.npz"
+    x = np.arange(60, dtype=np.float64)[:, None, None] * np.ones((60, 4, 4))  # image i is all i
+    np.savez(path, x=x, y=np.arange(60) % 3)
+    plugin = load_plugin("cnn")
+    data = plugin.load_data(DataSpec(source=f"npz:{path}", validation_size=0.2, seed=1))
+    assert data.x_val is not None and data.y_val is not None
+    mean, std = data.preprocessing["mean"], data.preprocessing["std"]
+
+    def ids(images: np.ndarray) -> set[int]:
+        return {round(float(v)) for v in images[:, 0, 0, 0] * std + mean}
+
+    train, validation, test = ids(data.x_train), ids(data.x_val), ids(data.x_test)
+    assert (len(train), len(validation), len(test)) == (36, 12, 12)
+    assert train | validation | test == set(range(60)) and not (validation & test)
+    assert not (train & validation) and not (train & test)
+    assert mean == pytest.approx(np.mean(sorted(train)))  # the training images only
+    assert np.bincount(data.y_val).tolist() == [4, 4, 4]
+    # Too few images for a validation part: refused at submit, from the npz header alone.
+    with pytest.raises(SpecError) as excinfo:
+        plugin.check_data(DataSpec(source=f"npz:{path}", validation_size=0.01))
+    assert excinfo.value.problems == [
+        "data.validation_size: 60 images split into 47 train, 1 validation and 12 test "
+        "images; the validation part needs at least 2 (one per class, the split is "
+        "stratified): give more data or change the fractions"
+    ]

@@ -216,3 +216,90 @@ def test_check_source_imports_neither_torch_nor_sklearn(tmp_path: Path) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+# -- validation split --------------------------------------------------------------------
+
+
+def _raw_rows(data: data_module.PreparedData, x: np.ndarray) -> set[int]:
+    """The indices in scikit-learn's breast cancer data of the (scaled) rows ``x``."""
+    scaled = (load_breast_cancer().data - data.scaler_mean) / data.scaler_scale
+    distances = ((x.astype(np.float64)[:, None, :] - scaled[None, :, :]) ** 2).sum(axis=2)
+    assert distances.min(axis=1).max() < 1e-6  # each row is one of the data set's
+    return set(np.argmin(distances, axis=1).tolist())
+
+
+def test_validation_rows_are_held_out_apart_from_train_and_test_rows() -> None:
+    spec = DataSpec(source="sklearn:breast_cancer", test_size=0.2, validation_size=0.2, seed=42)
+    data = load_dataset(spec)
+    assert data.x_val is not None and data.y_val is not None
+    assert (data.n_train, data.n_val, data.n_test) == (341, 114, 114)
+    train = _raw_rows(data, data.x_train)
+    validation = _raw_rows(data, data.x_val)
+    test = _raw_rows(data, data.x_test)
+    assert len(train) + len(validation) + len(test) == 569  # every row once (they are distinct)
+    assert not validation & test and not validation & train and not train & test
+    # The test rows are those of a job without a validation split: adding one only takes
+    # validation rows out of the training rows.
+    without = load_dataset(spec.model_copy(update={"validation_size": 0.0}))
+    assert without.x_val is None and without.n_val == 0
+    assert np.array_equal(without.y_test, data.y_test)
+    assert _raw_rows(without, without.x_test) == test
+    assert _raw_rows(without, without.x_train) == train | validation
+
+
+def test_the_scaler_ignores_the_validation_rows_and_the_split_is_stratified() -> None:
+    data = load_dataset(DataSpec(source="sklearn:iris", validation_size=0.2, seed=3))
+    assert data.x_val is not None and data.y_val is not None
+    np.testing.assert_allclose(data.x_train.mean(axis=0), 0.0, atol=1e-5)
+    assert np.abs(data.x_val.mean(axis=0)).max() > 0.01
+    assert np.bincount(data.y_val).tolist() == [10, 10, 10]
+    assert np.bincount(data.y_test).tolist() == [10, 10, 10]
+    again = load_dataset(DataSpec(source="sklearn:iris", validation_size=0.2, seed=3))
+    assert np.array_equal(again.x_val, data.x_val)
+
+
+def test_sklearn_sizes_are_scikit_learns() -> None:
+    import sklearn.datasets
+
+    assert set(data_module.SKLEARN_SIZES) == set(SKLEARN_DATASETS)
+    for name, (rows, classes) in data_module.SKLEARN_SIZES.items():
+        target = getattr(sklearn.datasets, f"load_{name}")().target
+        expected_classes = 0 if SKLEARN_DATASETS[name] == "regression" else len(set(target))
+        assert (len(target), expected_classes) == (rows, classes), name
+
+
+def test_splits_too_small_for_every_class_are_refused_at_submit() -> None:
+    with pytest.raises(SpecError) as excinfo:
+        check_source(DataSpec(source="sklearn:iris", validation_size=0.01))
+    assert excinfo.value.problems == [
+        "data.validation_size: 150 rows split into 118 train, 2 validation and 30 test rows; "
+        "the validation part needs at least 3 (one per class, the split is stratified): "
+        "give more data or change the fractions"
+    ]
+    with pytest.raises(SpecError, match=r"^data\.test_size: 150 rows split into"):
+        check_source(DataSpec(source="sklearn:iris", test_size=0.01))
+    check_source(DataSpec(source="sklearn:iris", validation_size=0.2))
+
+
+def test_test_and_validation_fractions_must_leave_training_rows() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"leaves no rows to train on"):
+        DataSpec(source="sklearn:iris", test_size=0.5, validation_size=0.5)
+    with pytest.raises(ValidationError, match="validation_size"):
+        DataSpec(source="sklearn:iris", validation_size=-0.1)
+    assert DataSpec(source="sklearn:iris").validation_size == 0.0
+
+
+def test_a_class_too_rare_for_three_parts_is_named(tmp_path: Path) -> None:
+    rows = "\n".join(f"{i},{'b' if i < 2 else 'a'}" for i in range(40))
+    path = _csv(tmp_path, "x,y\n" + rows + "\n")
+    load_dataset(_spec(path))  # two parts: two rows of b are enough
+    with pytest.raises(SpecError) as excinfo:
+        load_dataset(_spec(path, validation_size=0.2))
+    assert excinfo.value.problems == [
+        "data.validation_size: cannot split 40 rows stratified into 3 parts: every class "
+        "needs at least 3 rows (one per part); too few for 1 class(es): 'b' (2). Give more "
+        "data or set validation_size: 0"
+    ]

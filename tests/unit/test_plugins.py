@@ -477,3 +477,71 @@ def test_every_builtin_describes_itself() -> None:
         assert entry["data_sources"] and entry["metrics"] and entry["resources"]
         for metric_set in entry["metrics"].values():
             assert metric_set["direction"] in ("maximize", "minimize")
+
+
+# -- the validation part -------------------------------------------------------------------
+
+
+def test_a_dataset_built_without_validation_rows_validates_on_its_test_rows() -> None:
+    info, x, y = _toy("binary")
+    data = Dataset(x_train=x[16:], y_train=y[16:], x_test=x[:16], y_test=y[:16], info=info)
+    assert not data.has_validation and data.n_val == 0
+    assert data.validation[0] is data.x_test and data.validation[1] is data.y_test
+    assert data.for_fit() is data
+
+
+def test_fit_is_given_the_validation_rows_and_never_the_test_rows() -> None:
+    info, x, y = _toy("binary")
+    data = Dataset(
+        x_train=x[32:],
+        y_train=y[32:],
+        x_test=x[:16],
+        y_test=y[:16],
+        info=info,
+        x_val=x[16:32],
+        y_val=y[16:32],
+    )
+    assert data.has_validation and data.n_val == 16
+    assert data.validation[0] is data.x_val
+    seen = data.for_fit()
+    assert seen.x_test is data.x_val and seen.y_test is data.y_val  # a v1 plugin's x_test
+    assert seen.validation[0] is data.x_val and seen.x_train is data.x_train
+    with pytest.raises(ValueError, match="both x_val and y_val"):
+        Dataset(x_train=x, y_train=y, x_test=x, y_test=y, info=info, x_val=x)
+    with pytest.raises(ValueError, match="16 validation inputs but 8 targets"):
+        Dataset(x_train=x, y_train=y, x_test=x, y_test=y, info=info, x_val=x[:16], y_val=y[:8])
+
+
+def test_the_conformance_check_refuses_epochs_scored_off_the_validation_rows(
+    tmp_path: Path,
+) -> None:
+    from dataclasses import replace
+
+    from dcsched.kinds.train import DataSpec
+    from dcsched.plugins.api import EpochCallback
+    from dcsched.plugins.mlp import MLPModel
+    from dcsched.plugins.testing import check_plugin
+
+    class ScoredOnTrainingRows(MLPModel):
+        def fit(
+            self,
+            data: Dataset,
+            train: TrainSpec,
+            seed: int,
+            on_epoch: EpochCallback,
+            checkpoint_dir: Path | None,
+        ) -> None:
+            def report(epoch: EpochReport) -> None:
+                on_epoch(replace(epoch, metrics=self.evaluate(data.x_train, data.y_train)))
+
+            super().fit(data, train, seed, report, checkpoint_dir)
+
+    class Leaky(MLPPlugin):
+        def create(self, params: BaseModel, info: DatasetInfo, device: str) -> MLPModel:
+            return ScoredOnTrainingRows(MLPParams.model_validate(params.model_dump()), info, device)
+
+    data = DataSpec(source="sklearn:iris", validation_size=0.2)
+    params = {"hidden": [8]}
+    check_plugin(MLPPlugin(), data, tmp_path / "good", params=params)
+    with pytest.raises(AssertionError, match=r"is not evaluate's on Dataset\.validation"):
+        check_plugin(Leaky(), data, tmp_path / "leaky", params=params)

@@ -21,22 +21,39 @@ PROMPTS = [
 ]
 
 
-def _small_text(tmp_path: Path, size: int = 20_000) -> DataSpec:
+def _small_text(tmp_path: Path, size: int = 20_000, validation_size: float = 0.0) -> DataSpec:
     path = tmp_path / "small.txt"
     path.write_bytes(BOOK.read_bytes()[:size])
-    return DataSpec(source=f"text:{path}", test_size=0.2)
+    return DataSpec(source=f"text:{path}", test_size=0.2, validation_size=validation_size)
 
 
 def test_tiny_lm_conforms(tmp_path: Path) -> None:
     metrics = check_plugin(
         load_plugin("tiny-lm"),
-        _small_text(tmp_path),
+        _small_text(tmp_path, validation_size=0.1),
         tmp_path / "check",
         params=SMALL,
         train=TrainSpec(epochs=2, batch_size=8, lr=0.003),
         inputs=PROMPTS,
     )
     assert set(metrics) == {"perplexity", "cross_entropy", "accuracy", "unigram_perplexity"}
+
+
+def test_the_text_is_cut_into_train_validation_and_test_parts_in_order(tmp_path: Path) -> None:
+    plugin = load_plugin("tiny-lm")
+    data = plugin.load_data(_small_text(tmp_path, size=1000, validation_size=0.1))
+    assert data.x_val is not None and data.y_val is not None
+    text = BOOK.read_bytes()[:1000].decode()
+    index = {char: i for i, char in enumerate(data.info.classes)}
+    ids = [index[c] for c in text]
+    # 1000 characters: 700 train, 100 validation, 200 test, contiguous and in that order
+    assert [*data.x_train, data.y_train[-1]] == ids[:700]
+    assert [*data.x_val, data.y_val[-1]] == ids[700:800]
+    assert [*data.x_test, data.y_test[-1]] == ids[800:]
+    counts = data.preprocessing["train_counts"]
+    assert sum(counts) == 700  # the unigram baseline counts the training part only
+    without = plugin.load_data(_small_text(tmp_path, size=1000))
+    assert without.x_val is None and list(without.x_test) == list(data.x_test)
 
 
 def test_tiny_lm_generates_from_a_prompt_and_keeps_its_vocabulary(tmp_path: Path) -> None:

@@ -128,6 +128,8 @@ def test_runner_writes_result_progress_and_a_human_log(straight_run: StraightRun
     assert result["plugin"] == "mlp"
     assert result["params"] == {"hidden": [64, 32], "activation": "relu", "dropout": 0.0}
     assert (result["n_train"], result["n_test"], result["n_features"]) == (455, 114, 30)
+    # validation_size 0 (a train job's default): the per-epoch metrics are on the test rows
+    assert (result["n_validation"], result["validation_on"]) == (0, "test")
     assert result["classes"] == [0, 1]
     assert result["epochs"] == 3 and result["epochs_run"] == 3
     assert result["device"] == "cpu"
@@ -141,7 +143,7 @@ def test_runner_writes_result_progress_and_a_human_log(straight_run: StraightRun
     assert not (finished.run_dir / "error.txt").exists()
     assert not list(finished.run_dir.rglob("*.tmp"))
 
-    assert "455 train rows, 114 test rows" in finished.stdout
+    assert "455 train rows, 0 validation rows, 114 test rows" in finished.stdout
     assert "epoch 3/3 loss" in finished.stdout
     assert "test metrics: accuracy" in finished.stdout
 
@@ -172,6 +174,34 @@ def test_saved_model_reloads_and_predicts_identically(straight_run: StraightRun)
     preprocessing = json.loads((model_dir / "preprocessing.json").read_text())
     np.testing.assert_allclose(preprocessing["mean"], data.scaler_mean)
     np.testing.assert_allclose(preprocessing["scale"], data.scaler_scale)
+
+
+def test_with_a_validation_split_epochs_are_scored_on_it_and_the_result_names_both(
+    tmp_path: Path,
+) -> None:
+    from dcsched.plugins.mlp import MLPPlugin
+    from dcsched.training.data import load_dataset
+
+    data = {**SPEC["data"], "validation_size": 0.2}
+    spec = _spec(epochs=2, data=data)
+    result = run(spec, tmp_path)
+    assert (result["n_train"], result["n_validation"], result["n_test"]) == (341, 114, 114)
+    assert result["validation_on"] == "validation"
+    names = {"accuracy", "precision", "recall", "f1", "log_loss"}
+    assert set(result["metrics"]) == names | {f"val_{name}" for name in names}
+    # The last epoch's report is the final model on the validation rows: the result's
+    # val_ figures, recomputed here from the saved model; the unprefixed ones are the
+    # test rows'.
+    split = load_dataset(spec.data)
+    assert split.x_val is not None and split.y_val is not None
+    model = MLPPlugin().load(tmp_path / "model", "cpu")
+    on_validation = model.evaluate(split.x_val, split.y_val)
+    on_test = model.evaluate(split.x_test, split.y_test)
+    last = _progress(tmp_path)[-1]["metrics"]
+    assert last == pytest.approx(on_validation, rel=1e-6)
+    assert {k: result["metrics"][f"val_{k}"] for k in names} == pytest.approx(on_validation)
+    assert {k: result["metrics"][k] for k in names} == pytest.approx(on_test)
+    assert last["log_loss"] != pytest.approx(on_test["log_loss"], rel=1e-3)
 
 
 @pytest.mark.parametrize(

@@ -67,7 +67,7 @@ def test_trials_and_plots_of_a_study(api: Api, client: Client) -> None:
     assert trials["trials"] == []
     summary = trials["summary"]
     assert (summary["metric"], summary["mode"], summary["total"], summary["created"]) == (
-        "f1",
+        "val_f1",
         "max",
         4,
         0,

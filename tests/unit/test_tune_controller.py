@@ -84,12 +84,18 @@ class World:
     def holding(self, tune_id: str) -> list[Any]:
         return [j for j in self.trials(tune_id) if j.state.holds_resources()]
 
-    def end(self, job_id: str, values: list[float], succeed: bool = True) -> None:
-        """The trial's run writes its epochs and, if it succeeds, its result and model."""
+    def end(
+        self, job_id: str, values: list[float], succeed: bool = True, test: float | None = None
+    ) -> None:
+        """The trial's run writes its epochs (validation f1) and, if it succeeds, its
+        result (validation ``val_f1``, the last epoch's, and test ``f1``, by default
+        ``1 - val_f1``: ranking trials by it would pick the worst) and model."""
         self.write_epochs(job_id, values)
         files = self.service.run_files(job_id)
         if succeed:
-            files.write_result({"metrics": {"f1": values[-1]}, "plugin": "mlp", "params": {}})
+            test = 1.0 - values[-1] if test is None else test
+            metrics = {"f1": test, "val_f1": values[-1]}
+            files.write_result({"metrics": metrics, "plugin": "mlp", "params": {}})
             files.model.mkdir(parents=True, exist_ok=True)
             (files.model / "weights.bin").write_bytes(job_id.encode())
         job = self.service.store.get_job(job_id)
@@ -140,7 +146,8 @@ def test_trials_are_train_jobs_under_the_quota_and_the_best_model_is_registered_
     names = [name for name, *_ in world.service.store.model_names()]
     assert names == ["study"]
     version = world.service.store.model_versions("study")[0]
-    assert version.metrics == {"f1": pytest.approx(value)}
+    # chosen on its validation f1 (the best); registered with its test f1 beside it
+    assert version.metrics == {"f1": pytest.approx(1 - value), "val_f1": pytest.approx(value)}
     summary = world.tuning.summary(done)
     assert summary is not None
     assert (summary["done"], summary["running"], summary["total"]) == (6, 0, 6)
@@ -157,6 +164,40 @@ def test_trials_are_train_jobs_under_the_quota_and_the_best_model_is_registered_
         }
         for r in rows
     )
+
+
+def test_the_best_trial_is_chosen_on_validation_figures_never_on_test_ones(
+    world: World,
+) -> None:
+    tune = world.service.submit(tune_spec(trials=2, parallel=2))
+    world.tick(2)
+    first, second = world.trials(tune.id)
+    # Trial jobs hold validation rows apart from the test rows (a tune job's default).
+    assert first.payload["data"]["validation_size"] == 0.2
+    # first: better on validation, worse on test; the study must prefer it.
+    world.end(first.id, [0.7, 0.9], test=0.80)
+    world.end(second.id, [0.6, 0.8], test=0.99)
+    world.tick(3)
+    done = world.service.store.get_job(tune.id)
+    assert done.state is JobState.SUCCEEDED
+    assert done.result is not None and done.result["best_job"] == first.id
+    summary = world.tuning.summary(done)
+    assert summary is not None and summary["best"]["value"] == pytest.approx(0.9)
+    version = world.service.store.model_versions("study")[0]
+    assert version.metrics == {"f1": pytest.approx(0.80), "val_f1": pytest.approx(0.9)}
+
+
+def test_a_trial_whose_result_has_no_validation_figure_fails_rather_than_use_test_rows(
+    world: World,
+) -> None:
+    tune = world.service.submit(tune_spec(trials=1, parallel=1))
+    world.tick(2)
+    (trial,) = world.trials(tune.id)
+    world.end(trial.id, [0.9])
+    files = world.service.run_files(trial.id)
+    files.write_result({"metrics": {"f1": 0.9}, "plugin": "mlp", "params": {}})  # test only
+    world.tick(3)
+    assert world.service.store.get_job(tune.id).state is JobState.FAILED
 
 
 def test_a_restart_and_a_crash_between_ask_and_create_never_exceed_the_budget(

@@ -166,3 +166,29 @@ def test_the_example_study_is_accepted(tmp_path: Path) -> None:
     inputs = InputStore(tmp_path, data_roots=list, max_upload=lambda: 1 << 20)
     assert isinstance(spec, TuneJobSpec) and check_runnable(spec, inputs) == []
     assert (spec.tune.trials, spec.tune.parallel) == (6, 2)
+
+
+def test_a_study_holds_validation_rows_apart_from_its_test_rows(tmp_path: Path) -> None:
+    spec = parse_job_spec(tune_spec())
+    assert isinstance(spec, TuneJobSpec) and spec.data.validation_size == 0.2
+    _, _, payload = split(spec)
+    assert payload["data"]["validation_size"] == 0.2  # so each trial's train job has it
+    no_validation = tune_spec()
+    no_validation["data"] = {"source": "sklearn:breast_cancer", "validation_size": 0}
+    assert problems_of(no_validation, tmp_path) == [
+        "data.validation_size: a tune job prunes and picks its best trial on validation "
+        "rows, apart from the test rows: give validation_size above 0 (default 0.2)"
+    ]
+    too_much = tune_spec()
+    too_much["data"] = {"source": "sklearn:iris", "test_size": 0.5, "validation_size": 0.5}
+    assert problems_of(too_much, tmp_path) == [
+        "data: test_size (0.5) plus validation_size (0.5) leaves no rows to train on; their "
+        "sum must be below 1"
+    ]
+    too_few = tune_spec()
+    too_few["data"] = {"source": "sklearn:iris", "validation_size": 0.01}
+    assert problems_of(too_few, tmp_path) == [
+        "data.validation_size: 150 rows split into 118 train, 2 validation and 30 test rows; "
+        "the validation part needs at least 3 (one per class, the split is stratified): "
+        "give more data or change the fractions"
+    ]

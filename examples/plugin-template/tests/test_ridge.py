@@ -13,7 +13,7 @@ from dcsched.plugins.testing import check_plugin
 def test_ridge_conforms(tmp_path: Path) -> None:
     check_plugin(
         RidgePlugin(),
-        DataSpec(source="sklearn:diabetes"),
+        DataSpec(source="sklearn:diabetes", validation_size=0.2),
         tmp_path,
         train=TrainSpec(epochs=3, batch_size=32, lr=0.01),
     )

@@ -7,7 +7,8 @@ It shows every part of a plugin in about 200 lines:
   dcsched; the fitted scaler (``Dataset.preprocessing``) is saved with the model;
 - metrics: the regression set (mse, rmse, mae, r2; objective r2, maximised);
 - fit: ``train.epochs`` passes over the shuffled training rows, a checkpoint after each
-  (weights, RNG state, epoch, in JSON), then ``on_epoch`` with validation metrics;
+  (weights, RNG state, epoch, in JSON), then ``on_epoch`` with validation metrics on
+  ``data.validation`` (the validation rows; the test rows when the job has none);
   resuming from the checkpoint ends exactly where a straight run does;
 - save/load/predict: ``model.json`` holds everything; ``predict`` takes raw rows
   (``{feature: number}`` or a list in feature order) and answers one number each.
@@ -160,7 +161,7 @@ class RidgeModel(TrainedModel):
                     loss=total / len(x),
                     samples_per_s=len(x) / seconds if seconds > 0 else float("inf"),
                     seconds=seconds,
-                    metrics=self.evaluate(data.x_test, data.y_test),
+                    metrics=self.evaluate(*data.validation),
                 )
             )
 
