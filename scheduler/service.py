@@ -27,7 +27,15 @@ from typing import Any, Protocol
 from dcsched.core import accounting
 from dcsched.core.accounting import AllocationInterval
 from dcsched.core.activeset import ActiveSet
-from dcsched.core.admission import Admit, Cancel, Preempt, SchedulingInput, Wait, plan
+from dcsched.core.admission import (
+    Admit,
+    Cancel,
+    Preempt,
+    SchedulingInput,
+    Wait,
+    plan,
+    preemptors_after,
+)
 from dcsched.core.cluster import ClusterSnapshot
 from dcsched.core.config import ClusterConfig, load_config_yaml
 from dcsched.core.fairshare import decayed_usage
@@ -173,7 +181,7 @@ class SchedulerService:
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._waiting: dict[str, Wait] = {}
-        self._preemptors: set[str] = set()
+        self._preemptors: frozenset[str] = frozenset()
         """Jobs whose Preempt was applied and that wait for the room (SchedulingInput)."""
         self.config = config or self._stored_config() or ClusterConfig()
         self.monotonic = monotonic
@@ -568,7 +576,7 @@ class SchedulerService:
                 now=now,
                 past_usage=self._past_usage(now) if config.queueing.policy == "fair" else {},
                 job_states=self._dependency_states(pending),
-                preemptors=frozenset(self._preemptors.intersection(j.id for j in pending)),
+                preemptors=self._preemptors.intersection(j.id for j in pending),
             )
         )
         self.events.admission_pass(time.perf_counter() - started, len(pending))
@@ -581,7 +589,6 @@ class SchedulerService:
                 for victim in decision.victims:
                     self._preempt(by_id[victim], decision.reason)
                 waiting[decision.job_id] = decision.pending()
-                self._preemptors.add(decision.job_id)
             elif isinstance(decision, Cancel):
                 job = self.store.transition(
                     decision.job_id, JobState.CANCELLED, now, decision.reason
@@ -590,8 +597,7 @@ class SchedulerService:
             else:
                 waiting[decision.job_id] = decision
         self._waiting = waiting
-        # A preemptor stays owed its room only while it waits (see SchedulingInput).
-        self._preemptors.intersection_update(waiting)
+        self._preemptors = preemptors_after(self._preemptors, decisions)
         self.store.set_reasons({job_id: w.why for job_id, w in waiting.items()})
         return True
 

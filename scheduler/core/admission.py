@@ -55,7 +55,8 @@ shrinks, quota answers are cached until the ledger changes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from dcsched.core.activeset import ActiveSet, QueuedJob
@@ -170,6 +171,17 @@ positions and estimated starts are known."""
 def plan(inp: SchedulingInput) -> list[Decision]:
     """One decision per pending job, in queue order (see the module docstring)."""
     return _Walk(inp).run()
+
+
+def preemptors_after(owed: AbstractSet[str], decisions: Iterable[Decision]) -> frozenset[str]:
+    """``SchedulingInput.preemptors`` for the next pass, once ``decisions`` are applied: the
+    jobs that preempted in this pass, and those owed their room before it that still wait.
+    One that started, was cancelled or was not in the pass is owed nothing."""
+    return frozenset(
+        d.job_id
+        for d in decisions
+        if isinstance(d, Preempt) or (isinstance(d, Wait) and d.job_id in owed)
+    )
 
 
 # -- the walk ------------------------------------------------------------------------------

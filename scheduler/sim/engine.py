@@ -12,7 +12,9 @@ them, with a perfect executor:
   ``max_runtime`` the trace gave (then it FAILED, as the live server stops it).
 - ``Preempt``: the victims stop at once and go back to the queue; they keep their
   progress (they resume from where they stopped, as a checkpoint every moment would
-  let them) and count a preemption. Another pass follows at the same instant.
+  let them) and count a preemption. Another pass follows at the same instant, in
+  which the preemptor comes first (``SchedulingInput.preemptors``, kept as the service
+  keeps them), so the room its victims freed is its own.
 - ``Cancel`` (a failed dependency) and jobs that can never start are reported as
   unschedulable, with the core's reason. A job is checked when it arrives: a pass of
   the core with that job alone on its empty partition must admit it; else it never could.
@@ -26,8 +28,9 @@ quota), so capacity alone decides and the queue is strict: a job that does not f
 blocks those behind it.
 
 Lookahead: a pass sees the first ``lookahead`` pending jobs of each team, in the team's
-own queue order (fifo: submit time; priority and fair: class, then submit time). Jobs
-further back wait until they come within reach, like SLURM's queue depth limits. When a
+own queue order (fifo: submit time; priority and fair: class, then submit time), and
+every preemptor still owed its room. Jobs further back wait until they come within
+reach, like SLURM's queue depth limits. When a
 team with more jobs had its whole window started, another pass follows at the same
 instant, so without backfill the decisions equal those of an unlimited pass as long as
 no team has more than ``lookahead`` jobs waiting ahead of one that could start.
@@ -52,7 +55,15 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from dcsched.core.activeset import ActiveSet
-from dcsched.core.admission import Admit, Cancel, Preempt, SchedulingInput, Wait, plan
+from dcsched.core.admission import (
+    Admit,
+    Cancel,
+    Preempt,
+    SchedulingInput,
+    Wait,
+    plan,
+    preemptors_after,
+)
 from dcsched.core.cluster import ClusterSnapshot, NodeState
 from dcsched.core.config import ClusterConfig, PlacementPolicy, QueueingPolicy, Quota
 from dcsched.core.job import Job
@@ -132,6 +143,8 @@ class _Partition:
     never: dict[int, str | None] = field(default_factory=dict)
     """``can_run``'s answer per spec (by identity: the simulation keeps its specs)."""
     class_values: dict[str, int] = field(default_factory=dict)
+    preemptors: frozenset[str] = frozenset()
+    """Pending jobs that preempted and wait for their room (``SchedulingInput``)."""
     next_pass: float = -math.inf
     pass_due: bool = False
 
@@ -505,7 +518,8 @@ class Simulation:
     # -- passes ------------------------------------------------------------------------
 
     def _window(self, partition: _Partition) -> tuple[list[Job], set[str]]:
-        """The first ``lookahead`` pending jobs of each team, and the teams cut short."""
+        """The first ``lookahead`` pending jobs of each team and the preemptors owed their
+        room, and the teams cut short."""
         limit = self.options.lookahead
         jobs: list[Job] = []
         truncated = set()
@@ -514,6 +528,9 @@ class Simulation:
             if len(queue) > limit:
                 truncated.add(team)
             jobs.extend(partition.pending[str(key[-1])] for key in queue[:limit])
+        if partition.preemptors:
+            seen = {job.id for job in jobs}
+            jobs.extend(partition.pending[i] for i in sorted(partition.preemptors - seen))
         return jobs, truncated
 
     def _passes(self, partition: _Partition, now: float) -> None:
@@ -530,6 +547,7 @@ class Simulation:
                     now=now,
                     past_usage=partition.usage.usage(now) if fair else {},
                     estimate_starts=False,
+                    preemptors=partition.preemptors,
                 )
             )
             # Each decided job is still in ``partition.pending`` when its decision is applied
@@ -555,6 +573,7 @@ class Simulation:
                     record.state, record.reason = "UNSCHEDULABLE", decision.reason
                 else:
                     waiting.add(queued[decision.job_id].team)
+            partition.preemptors = preemptors_after(partition.preemptors, decisions)
             # Again at once after preemptions, and when a team cut short had its whole
             # window started: its next jobs come within reach.
             if not (preempted or truncated - waiting):

@@ -14,7 +14,15 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from dcsched.core.activeset import ActiveSet
-from dcsched.core.admission import Admit, Decision, Preempt, SchedulingInput, Wait, plan
+from dcsched.core.admission import (
+    Admit,
+    Decision,
+    Preempt,
+    SchedulingInput,
+    Wait,
+    plan,
+    preemptors_after,
+)
 from dcsched.core.cluster import ClusterSnapshot
 from dcsched.core.config import GPU_TYPE_LABEL, ClusterConfig
 from dcsched.core.job import Job
@@ -58,7 +66,7 @@ class Loop:
         self.finished: set[str] = set()
         self.preemptions: list[tuple[str, str]] = []  # (preemptor, victim)
         self.passes: list[tuple[SchedulingInput, list[Decision]]] = []
-        self.preemptors: set[str] = set()  # as the service keeps them
+        self.preemptors: frozenset[str] = frozenset()  # as the service keeps them
 
     def snapshot(self) -> ClusterSnapshot:
         return snapshot(self.nodes, list(self.active.values()))  # asserts no over-commit
@@ -72,7 +80,7 @@ class Loop:
             pending=sorted(self.pending.values(), key=lambda j: j.id),
             active=ActiveSet(self.snapshot(), self.cfg, held=active),
             now=self.now,
-            preemptors=frozenset(self.preemptors.intersection(self.pending)),
+            preemptors=self.preemptors,
         )
         decisions = plan(inp)
         self.passes.append((inp, decisions))
@@ -80,11 +88,10 @@ class Loop:
             if isinstance(d, Admit):
                 self.active[d.job_id] = running(self.pending.pop(d.job_id), d.nodes, self.now)
             elif isinstance(d, Preempt):
-                self.preemptors.add(d.job_id)
                 for victim in d.victims:
                     self.preemptions.append((d.job_id, victim))
                     self.pending[victim] = requeued(self.active.pop(victim))
-        self.preemptors.intersection_update(self.pending)
+        self.preemptors = preemptors_after(self.preemptors, decisions)
         self.snapshot()
         return decisions
 

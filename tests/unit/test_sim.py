@@ -138,6 +138,39 @@ def test_backfill_lets_the_small_job_through_when_it_ends_in_time(tmp_path: Path
     assert rows["j5"]["state"] == "FAILED" and "max_runtime" in rows["j5"]["reason"]
 
 
+def test_the_room_a_preemption_freed_goes_to_its_preemptor() -> None:
+    """As in the service, the preemptor comes first in the pass after its preemption
+    (SchedulingInput.preemptors). One node of 2 GPUs; team b's quota is 2 GPUs; fifo.
+    t=0 x (high, 1 GPU) starts, ends at 5. t=1 older (low, 2 GPUs) and t=2 preemptor
+    (normal, 2 GPUs) wait for quota; neither has a lower-priority job to preempt.
+    t=3 victim (low, 1 GPU) fits the quota and starts. t=5 x ends: older still waits
+    (victim is not below it); preemptor preempts victim. In the next pass at t=5, submit
+    order would put older first and start it on the freed room (preemptor waiting to 55,
+    as the simulator did before it kept preemptors); the room is preemptor's: it runs
+    5-25, then older 25-75, then victim resumes with 98 s left: 75-173."""
+    config = load_config_yaml(
+        """
+queueing: {policy: fifo, backfill: false, preemption: true}
+teams: [{name: b, quota: {gpus: 2}}]
+nodes: [{type: box, count: 1, gpus: 2, cpus: 16, memory: 64GiB}]
+"""
+    )
+    jobs = [
+        TraceJob("x", "b", 0, 5, gpus=1, cpus=1, memory=GiB, priority="high"),
+        TraceJob("older", "b", 1, 50, gpus=2, cpus=1, memory=GiB, priority="low"),
+        TraceJob("preemptor", "b", 2, 20, gpus=2, cpus=1, memory=GiB, priority="normal"),
+        TraceJob("victim", "b", 3, 100, gpus=1, cpus=1, memory=GiB, priority="low"),
+    ]
+    result = Simulation(jobs, config, SimOptions(predictor=False)).run()
+    got = {r.trace.id: (r.start, r.end, r.preemptions) for r in result.records}
+    assert got == {
+        "x": (0, 5, 0),
+        "preemptor": (5, 25, 0),
+        "older": (25, 75, 0),
+        "victim": (3, 173, 1),
+    }
+
+
 def test_same_inputs_give_byte_identical_outputs(tmp_path: Path) -> None:
     """A crowded replay of Philly's first 600 jobs on 6 nodes (fair, backfill by
     predicted run times, quotas with borrowing and reclaim preemption), twice."""
