@@ -20,12 +20,22 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dcsched.paths import DEFAULT_PORT, Paths
 from dcsched.processes import HomeLocked, lock_home, pid_alive, process_matches, spawn_detached
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from dcsched.adapters.sqlite_store import SQLiteStore
+    from dcsched.core.resources import Resources
+    from dcsched.exporters.scheduler import SchedulerMetrics
+    from dcsched.service import SchedulerService
+    from dcsched.tuning.controller import TuneController
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +138,42 @@ def _check_port_free(host: str, port: int) -> None:
             ) from None
 
 
+def scheduler_metrics(
+    registry: CollectorRegistry, store: SQLiteStore, service: Callable[[], SchedulerService]
+) -> SchedulerMetrics:
+    """The server's series fed by the service's job events, and its allocated seconds,
+    read from ``service()`` (made after its events) at scrape time (docs/metrics.md)."""
+    from dcsched.core import accounting
+    from dcsched.exporters.scheduler import SchedulerMetrics
+
+    totals = accounting.RunningTotals()
+    totals_lock = threading.Lock()
+
+    def allocated_by_team() -> dict[str, Resources]:
+        with totals_lock:
+            return totals.totals(service().allocations, service().now())
+
+    return SchedulerMetrics(registry, store.counts_by_state, allocated_by_team)
+
+
+def register_state_collectors(
+    registry: CollectorRegistry,
+    service: SchedulerService,
+    replica_counts: Callable[[], list[dict[str, Any]]],
+    tuning: TuneController,
+) -> None:
+    """The rest of the server's series, read at scrape time: queues, quotas, nodes and
+    running jobs from the service, serving deployments from ``replica_counts``, studies
+    from ``tuning`` (docs/metrics.md)."""
+    from dcsched.exporters.scheduler import SchedulerStateCollector
+    from dcsched.serving.metrics import DeploymentCollector
+    from dcsched.tuning.metrics import TuneCollector
+
+    registry.register(SchedulerStateCollector(service))
+    registry.register(DeploymentCollector(replica_counts))
+    registry.register(TuneCollector(tuning))
+
+
 def run_server(paths: Paths, options: ServerOptions) -> None:
     """Run the server in this process until SIGTERM or Ctrl-C."""
     import uvicorn
@@ -143,8 +189,6 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
         RemoteExecutor,
     )
     from dcsched.adapters.sqlite_store import SQLiteStore
-    from dcsched.core import accounting
-    from dcsched.exporters.scheduler import SchedulerMetrics, SchedulerStateCollector
     from dcsched.inference import models as infer_models
     from dcsched.inputs import InputStore, resolve_payload
     from dcsched.kinds import document_of
@@ -211,15 +255,7 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
     store = SQLiteStore(paths.db, paths.models)
     registry = CollectorRegistry()
     service_ref: list[Any] = []
-
-    totals = accounting.RunningTotals()
-    totals_lock = threading.Lock()
-
-    def allocated_by_team() -> dict[str, Any]:
-        with totals_lock:
-            return totals.totals(service_ref[0].allocations, service_ref[0].now())
-
-    metrics = SchedulerMetrics(registry, store.counts_by_state, allocated_by_team)
+    metrics = scheduler_metrics(registry, store, lambda: service_ref[0])
     inputs = InputStore(
         paths.uploads,
         data_roots=lambda: service_ref[0].config.data_roots,
@@ -263,13 +299,7 @@ def run_server(paths: Paths, options: ServerOptions) -> None:
         "DCSCHED_SERVE_HOST", "127.0.0.1" if host in ("127.0.0.1", "localhost") else host
     )
     deployments.append(ServeController(service, paths, host=serve_host))
-    registry.register(SchedulerStateCollector(service))
-    from dcsched.serving.metrics import DeploymentCollector
-
-    registry.register(DeploymentCollector(deployments[0].replica_counts))
-    from dcsched.tuning.metrics import TuneCollector
-
-    registry.register(TuneCollector(tuning))
+    register_state_collectors(registry, service, deployments[0].replica_counts, tuning)
     url = f"http://{host}:{port}"
     info = {
         "api_url": url,

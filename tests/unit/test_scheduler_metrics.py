@@ -8,6 +8,7 @@ metrics` (Prometheus' own linter)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from dcsched import daemon
 from dcsched.adapters.sqlite_store import SQLiteStore
 from dcsched.core.cluster import ClusterSnapshot, NodeState
 from dcsched.core.job import Job
@@ -26,6 +28,7 @@ from dcsched.exporters.scheduler import SchedulerMetrics, SchedulerStateCollecto
 from dcsched.paths import Paths
 from dcsched.ports import RunPhase, RunStatus
 from dcsched.service import SchedulerService
+from tests.conftest import REPO
 
 GiB = 1024**3
 CONFIG = """
@@ -228,3 +231,115 @@ def test_promtool_accepts_the_exposition(
         timeout=30,
     )
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+# -- the contract: docs/metrics.md ---------------------------------------------------------
+
+
+def documented_server_series() -> dict[str, tuple[str, frozenset[str]]]:
+    """name -> (type, label names) from the server's table of docs/metrics.md."""
+    text = (REPO / "docs" / "metrics.md").read_text()
+    section = text.split("## Server (`/metrics`)", 1)[1].split("\n## ", 1)[0]
+    series = {}
+    for row in re.finditer(r"(?m)^\| `(dcsched_\w+)` \| (\w+) \|([^|]*)\|", section):
+        labels = re.sub(r"\([^)]*\)", "", row.group(3))
+        series[row.group(1)] = (
+            row.group(2),
+            frozenset(w.strip() for w in labels.split(",") if w.strip()),
+        )
+    return series
+
+
+class FakeStudies:
+    """What the tune collector reads of the tune controller: the store, and one running
+    study's summary (a real study needs Optuna and trial runs: tests/e2e)."""
+
+    def __init__(self, job: Job) -> None:
+        self.store = self
+        self._job = job
+
+    def list_jobs(self, states: Any = None) -> list[Job]:
+        return [self._job]
+
+    def summary(self, job: Job) -> dict[str, Any]:
+        return {
+            "done": 3,
+            "running": 1,
+            "pruned": 1,
+            "failed": 0,
+            "total": 8,
+            "created": 5,
+            "metric": "accuracy",
+            "best": {"value": 0.9},
+        }
+
+
+def test_the_server_serves_exactly_the_documented_series(tmp_path: Path) -> None:
+    """The registry as `dcsched server` builds it (dcsched.daemon's two functions), after
+    a preemption, a finished run and a running job that reports training and inference
+    progress, serves every series of docs/metrics.md's server table with its type and
+    labels, and no other."""
+    paths = Paths(tmp_path)
+    store = SQLiteStore(paths.db, paths.models)
+    node = NodeState(
+        "node-a", "127.0.0.1", True, Resources(16, 2, 64 * GiB), Resources(16, 2, 64 * GiB)
+    )
+    clock = Clock(1_000.0)
+    registry = CollectorRegistry()
+    services: list[SchedulerService] = []
+    metrics = daemon.scheduler_metrics(registry, store, lambda: services[0])
+    service = SchedulerService(
+        store=store,
+        executor=RecordingExecutor(),
+        cluster=FixedCluster((node,)),
+        paths=paths,
+        check_runnable=lambda _: [],
+        clock=clock,
+        events=metrics,
+    )
+    services.append(service)
+    service.apply_config(CONFIG.replace("{policy: fifo}", "{policy: priority, preemption: true}"))
+    low = service.submit({**spec("low", "research", gpus=2), "priority": "low"})
+    study = Job("study", low.request, JobState.RUNNING, 0.0, kind="tune")
+    daemon.register_state_collectors(
+        registry,
+        service,
+        lambda: [{"deployment": "bc", "team": "vision", "wanted": 2, "replicas": {"ready": 1}}],
+        FakeStudies(study),  # type: ignore[arg-type]
+    )
+    service.tick()
+    service.tick()
+    clock.t += 60
+    urgent = service.submit({**spec("urgent", "research", gpus=2), "priority": "high"})
+    service.tick()  # preempts `low`
+    service.tick()
+    service.tick()
+    assert service.store.get_job(urgent.id).state is JobState.RUNNING  # type: ignore[union-attr]
+    assert service.store.get_job(low.id).state is JobState.PENDING  # type: ignore[union-attr]
+    run_dir = service.paths.run_dir(urgent.id)
+    run_dir.mkdir(parents=True)
+    progress = {"epoch": 1, "loss": 0.5, "samples_per_s": 100.0}
+    progress |= {"rows_done": 10, "rows_total": 20, "rows_per_s": 5.0}
+    (run_dir / "progress.jsonl").write_text(json.dumps(progress) + "\n")
+    clock.t += 30
+    finished = service.submit(spec("short", "vision", cpus=1))
+    service.tick()
+    service.tick()
+    service.cancel(finished.id)  # a run that ended: run-time histogram
+
+    documented = documented_server_series()
+    served: dict[str, tuple[str, frozenset[str]]] = {}
+    text = generate_latest(registry).decode()
+    for family in text_string_to_metric_families(text):
+        name = family.name + ("_total" if family.type == "counter" else "")
+        start = name.removesuffix("_created")
+        of = documented.get(start + "_total") or documented.get(start)
+        if start != name and of is not None and of[0] in ("counter", "histogram"):
+            continue  # prometheus_client's start time of a counter or histogram (the note)
+        labels = {key for sample in family.samples for key in sample.labels} - {"le"}
+        assert family.samples, f"{name}: no sample; make this test produce one"
+        served[name] = (family.type, frozenset(labels))
+    assert sorted(set(served) - set(documented)) == [], "served but not documented"
+    assert sorted(set(documented) - set(served)) == [], "documented but not served"
+    for name, (kind, labels) in documented.items():
+        assert served[name] == (kind, labels), f"{name}: served {served[name]}, documented"
