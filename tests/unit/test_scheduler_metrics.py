@@ -24,7 +24,6 @@ from dcsched.core.cluster import ClusterSnapshot, NodeState
 from dcsched.core.job import Job
 from dcsched.core.lifecycle import JobState
 from dcsched.core.resources import Resources
-from dcsched.exporters.scheduler import SchedulerMetrics, SchedulerStateCollector
 from dcsched.paths import Paths
 from dcsched.ports import RunPhase, RunStatus
 from dcsched.service import SchedulerService
@@ -102,8 +101,37 @@ def spec(name: str, team: str, gpus: int = 0, cpus: int = 1) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> tuple[SchedulerService, CollectorRegistry, Clock]:
+class FakeStudies:
+    """What the tune collector reads of the tune controller: the store, and each running
+    study's summary (a real study needs Optuna and trial runs: tests/e2e)."""
+
+    def __init__(self, jobs: list[Job]) -> None:
+        self.store = self
+        self._jobs = jobs
+
+    def list_jobs(self, states: Any = None) -> list[Job]:
+        return self._jobs
+
+    def summary(self, job: Job) -> dict[str, Any]:
+        return {
+            "done": 3,
+            "running": 1,
+            "pruned": 1,
+            "failed": 0,
+            "total": 8,
+            "created": 5,
+            "metric": "accuracy",
+            "best": {"value": 0.9},
+        }
+
+
+def server(
+    tmp_path: Path,
+    studies: FakeStudies | None = None,
+    replicas: list[dict[str, Any]] | None = None,
+) -> tuple[SchedulerService, CollectorRegistry, Clock]:
+    """The service and its registry as `dcsched server` builds them (dcsched.daemon), on
+    one fixed node; ``studies`` and ``replicas`` stand for the tune and serve controllers."""
     paths = Paths(tmp_path)
     store = SQLiteStore(paths.db, paths.models)
     node = NodeState(
@@ -111,7 +139,7 @@ def setup(tmp_path: Path) -> tuple[SchedulerService, CollectorRegistry, Clock]:
     )
     clock = Clock(1_000.0)
     registry = CollectorRegistry()
-    metrics = SchedulerMetrics(registry, store.counts_by_state)
+    made: list[SchedulerService] = []
     service = SchedulerService(
         store=store,
         executor=RecordingExecutor(),
@@ -119,11 +147,22 @@ def setup(tmp_path: Path) -> tuple[SchedulerService, CollectorRegistry, Clock]:
         paths=paths,
         check_runnable=lambda _: [],
         clock=clock,
-        events=metrics,
+        events=daemon.scheduler_metrics(registry, store, lambda: made[0]),
     )
+    made.append(service)
     service.apply_config(CONFIG)
-    registry.register(SchedulerStateCollector(service))
+    daemon.register_state_collectors(
+        registry,
+        service,
+        lambda: replicas or [],
+        studies or FakeStudies([]),  # type: ignore[arg-type]
+    )
     return service, registry, clock
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[SchedulerService, CollectorRegistry, Clock]:
+    return server(tmp_path)
 
 
 def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -250,63 +289,16 @@ def documented_server_series() -> dict[str, tuple[str, frozenset[str]]]:
     return series
 
 
-class FakeStudies:
-    """What the tune collector reads of the tune controller: the store, and one running
-    study's summary (a real study needs Optuna and trial runs: tests/e2e)."""
-
-    def __init__(self, job: Job) -> None:
-        self.store = self
-        self._job = job
-
-    def list_jobs(self, states: Any = None) -> list[Job]:
-        return [self._job]
-
-    def summary(self, job: Job) -> dict[str, Any]:
-        return {
-            "done": 3,
-            "running": 1,
-            "pruned": 1,
-            "failed": 0,
-            "total": 8,
-            "created": 5,
-            "metric": "accuracy",
-            "best": {"value": 0.9},
-        }
-
-
 def test_the_server_serves_exactly_the_documented_series(tmp_path: Path) -> None:
-    """The registry as `dcsched server` builds it (dcsched.daemon's two functions), after
-    a preemption, a finished run and a running job that reports training and inference
-    progress, serves every series of docs/metrics.md's server table with its type and
-    labels, and no other."""
-    paths = Paths(tmp_path)
-    store = SQLiteStore(paths.db, paths.models)
-    node = NodeState(
-        "node-a", "127.0.0.1", True, Resources(16, 2, 64 * GiB), Resources(16, 2, 64 * GiB)
-    )
-    clock = Clock(1_000.0)
-    registry = CollectorRegistry()
-    services: list[SchedulerService] = []
-    metrics = daemon.scheduler_metrics(registry, store, lambda: services[0])
-    service = SchedulerService(
-        store=store,
-        executor=RecordingExecutor(),
-        cluster=FixedCluster((node,)),
-        paths=paths,
-        check_runnable=lambda _: [],
-        clock=clock,
-        events=metrics,
-    )
-    services.append(service)
+    """The registry as `dcsched server` builds it, after a preemption, a finished run and
+    a running job that reports training and inference progress, serves every series of
+    docs/metrics.md's server table with its type and labels, and no other."""
+    studies = FakeStudies([])
+    replicas = [{"deployment": "bc", "team": "vision", "wanted": 2, "replicas": {"ready": 1}}]
+    service, registry, clock = server(tmp_path, studies, replicas)
     service.apply_config(CONFIG.replace("{policy: fifo}", "{policy: priority, preemption: true}"))
     low = service.submit({**spec("low", "research", gpus=2), "priority": "low"})
-    study = Job("study", low.request, JobState.RUNNING, 0.0, kind="tune")
-    daemon.register_state_collectors(
-        registry,
-        service,
-        lambda: [{"deployment": "bc", "team": "vision", "wanted": 2, "replicas": {"ready": 1}}],
-        FakeStudies(study),  # type: ignore[arg-type]
-    )
+    studies._jobs.append(Job("study", low.request, JobState.RUNNING, 0.0, kind="tune"))
     service.tick()
     service.tick()
     clock.t += 60
