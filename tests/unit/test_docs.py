@@ -338,3 +338,15 @@ def test_the_serving_table_is_what_a_replica_serves() -> None:
         name: labels for name, labels in metrics_table().items() if f"`{name}`" in section
     }
     assert documented == served
+
+
+def test_the_architecture_lists_every_table_of_the_store() -> None:
+    """docs/architecture.md's "Tables:" sentence names each table the SQLite store creates
+    (schema_migrations is named just before it), and no other."""
+    schema = (ROOT / "scheduler" / "adapters" / "sqlite_store.py").read_text()
+    created = set(re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", schema))
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    sentence = text.split("Tables: ", 1)[1].split(". ", 1)[0]
+    listed = set(re.findall(r"`(\w+)`", sentence)) | {"schema_migrations"}
+    assert "schema_migrations" in text.split("Tables: ", 1)[0]
+    assert listed == created
