@@ -25,7 +25,9 @@ plugins that say so; a non-torch plugin's job never imports torch).
 
 The tabular defaults (``sklearn:``/``csv:`` sources, standardised float32 features, the
 classification and regression metrics) live in ``dcsched.training.data`` and
-``dcsched.training.evaluation`` and are imported lazily.
+``dcsched.training.evaluation`` and are imported lazily. A model of such data subclasses
+``TabularModel``, which gives ``predict`` on raw rows, ``prepare`` and ``input_schema``
+from the preprocessing it keeps (``dcsched.plugins.tabular``).
 
 Adding a model type from another package
 ----------------------------------------
@@ -77,6 +79,7 @@ from dcsched.core.spec import StrictModel as StrictModel
 
 if TYPE_CHECKING:
     from dcsched.kinds.train import DataSpec, TrainSpec
+    from dcsched.plugins.tabular import Preprocessing
 
 API_VERSION = 1
 """The version of this API; a plugin declaring another is refused (listed as broken)."""
@@ -319,6 +322,42 @@ class TrainedModel(ABC):
         from dcsched.training.evaluation import evaluate
 
         return evaluate(self.info, y, self.predict_arrays(x))
+
+
+class TabularModel(TrainedModel):
+    """A ``TrainedModel`` of tabular data (the default data hooks) that keeps the
+    preprocessing fitted on its training rows in ``preprocessing`` (``fit`` sets it from
+    ``Dataset.preprocessing``, ``save`` writes it, ``load`` restores it). It gives
+    ``predict`` on raw rows (an object ``{feature: number}`` or a list in feature order;
+    one ``{"label", "probabilities"}`` per row for classifiers, a number for regression),
+    its vectorised form ``prepare`` (batch inference) and ``input_schema``."""
+
+    preprocessing: Mapping[str, Any]
+
+    def predict(self, inputs: Sequence[Any]) -> list[Any]:
+        from dcsched.plugins.tabular import format_outputs
+
+        return format_outputs(self.info, self.predict_arrays(self.scaler().transform(inputs)))
+
+    def prepare(self, features: FloatArray) -> npt.NDArray[Any]:
+        return self.scaler().transform_array(features)
+
+    def input_schema(self) -> dict[str, Any]:
+        from dcsched.plugins.tabular import input_schema
+
+        return input_schema(self.info)
+
+    def scaler(self) -> Preprocessing:
+        """The fitted scaler of ``preprocessing``, built once per value of it (batch
+        inference calls ``prepare`` for every batch)."""
+        from dcsched.plugins.tabular import Preprocessing
+
+        built = self.__dict__.get("_scaler_of")
+        if built is None or built[0] is not self.preprocessing:
+            built = (self.preprocessing, Preprocessing.from_json(self.preprocessing, self.info))
+            self._scaler_of = built
+        scaler: Preprocessing = built[1]
+        return scaler
 
 
 class PluginParamsError(ValueError):

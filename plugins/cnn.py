@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,7 +43,9 @@ from dcsched.plugins.api import (
     StrictModel,
     TrainedModel,
 )
+from dcsched.plugins.saved import META_FILE, read_meta
 from dcsched.plugins.tabular import PREPROCESSING_FILE, format_outputs
+from dcsched.rundir import write_text_atomically
 
 if TYPE_CHECKING:
     import torch
@@ -54,7 +55,6 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.pt"
 WEIGHTS_FILE = "weights.pt"
-META_FILE = "model.json"
 _METRICS = ("accuracy", "precision", "recall", "f1", "log_loss")
 
 
@@ -113,12 +113,7 @@ class CNNPlugin(ModelPlugin):
         import torch
 
         directory = Path(directory)
-        for path in (directory / META_FILE, directory / WEIGHTS_FILE):
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} is missing; is {directory} a saved cnn model?")
-        meta = json.loads((directory / META_FILE).read_text())
-        if meta.get("plugin") != self.name or meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{directory} does not hold a cnn model of format {FORMAT_VERSION}")
+        meta = read_meta(directory, self.name, FORMAT_VERSION, [WEIGHTS_FILE, PREPROCESSING_FILE])
         model = CNNModel(
             CNNParams.model_validate(meta["params"]), DatasetInfo.from_json(meta["info"]), device
         )
@@ -263,8 +258,10 @@ class CNNModel(TrainedModel):
             "params": self._params.model_dump(mode="json"),
             "info": self._info.to_json(),
         }
-        _write(directory / PREPROCESSING_FILE, json.dumps(self._preprocessing) + "\n")
-        _write(directory / META_FILE, json.dumps(meta, indent=2) + "\n")
+        write_text_atomically(
+            directory / PREPROCESSING_FILE, json.dumps(self._preprocessing) + "\n"
+        )
+        write_text_atomically(directory / META_FILE, json.dumps(meta, indent=2) + "\n")
 
     def _write_checkpoint(
         self, path: Path, stamp: dict[str, Any], epoch: int, optimizer: Any, generator: Any
@@ -296,9 +293,3 @@ def _build(params: CNNParams, info: DatasetInfo, device: str) -> torch.nn.Sequen
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return nn.Sequential(*layers).to(device)
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -27,12 +27,10 @@ import logging
 import os
 import pickle
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 from pydantic import BaseModel, Field
 
 from dcsched.kinds.train import TrainSpec
@@ -46,21 +44,16 @@ from dcsched.plugins.api import (
     ModelPlugin,
     Resources,
     StrictModel,
-    TrainedModel,
+    TabularModel,
 )
-from dcsched.plugins.tabular import (
-    PREPROCESSING_FILE,
-    Preprocessing,
-    format_outputs,
-    input_schema,
-)
+from dcsched.plugins.saved import META_FILE, read_meta
+from dcsched.plugins.tabular import PREPROCESSING_FILE
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.pkl"
 MODEL_FILE = "model.pkl"
-META_FILE = "model.json"
 
 
 class GBDTParams(StrictModel):
@@ -96,36 +89,26 @@ class GBDTPlugin(ModelPlugin):
 
     def load(self, directory: Path, device: str) -> GBDTModel:
         directory = Path(directory)
-        meta_path, model_path = directory / META_FILE, directory / MODEL_FILE
-        for path in (meta_path, model_path):
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} is missing; is {directory} a saved gbdt model?")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("plugin") != self.name or meta.get("format") != FORMAT_VERSION:
-            raise ValueError(
-                f"{directory} holds a {meta.get('plugin')!r} model of format "
-                f"{meta.get('format')!r}; expected {self.name!r} format {FORMAT_VERSION}"
-            )
+        meta = read_meta(directory, self.name, FORMAT_VERSION, [MODEL_FILE])
         model = GBDTModel(
             GBDTParams.model_validate(meta["params"]), DatasetInfo.from_json(meta["info"])
         )
-        with open(model_path, "rb") as handle:
+        with open(directory / MODEL_FILE, "rb") as handle:
             model._estimator = pickle.load(handle)  # written by dcsched (module doc)
         preprocessing_path = directory / PREPROCESSING_FILE
         if preprocessing_path.is_file():
-            model._preprocessing = json.loads(preprocessing_path.read_text())
+            model.preprocessing = json.loads(preprocessing_path.read_text())
         return model
 
 
-class GBDTModel(TrainedModel):
+class GBDTModel(TabularModel):
     """A HistGradientBoosting estimator for one dataset."""
 
     def __init__(self, params: GBDTParams, info: DatasetInfo):
         self._params = params
         self._info = info
         self._estimator: Any = None
-        self._preprocessing: dict[str, Any] = {}
-        self._scaler: Preprocessing | None = None
+        self.preprocessing: dict[str, Any] = {}
 
     @property
     def info(self) -> DatasetInfo:
@@ -167,8 +150,7 @@ class GBDTModel(TrainedModel):
         x, y = np.asarray(data.x_train), np.asarray(data.y_train)
         if len(x) == 0 or len(x) != len(y):
             raise ValueError(f"cannot fit on {len(x)} feature rows and {len(y)} targets")
-        self._preprocessing = dict(data.preprocessing)
-        self._scaler = None
+        self.preprocessing = dict(data.preprocessing)
         stamp = {
             "format": FORMAT_VERSION,
             "params": self._params.model_dump(mode="json"),
@@ -215,18 +197,6 @@ class GBDTModel(TrainedModel):
         probabilities: FloatArray = np.asarray(self._estimator.predict_proba(x), dtype=np.float64)
         return probabilities
 
-    def prepare(self, features: FloatArray) -> npt.NDArray[Any]:
-        if self._scaler is None:  # built once: batch inference calls this per batch
-            self._scaler = Preprocessing.from_json(self._preprocessing, self._info)
-        return self._scaler.transform_array(features)
-
-    def predict(self, inputs: Sequence[Any]) -> list[Any]:
-        scaler = Preprocessing.from_json(self._preprocessing, self._info)
-        return format_outputs(self._info, self.predict_arrays(scaler.transform(inputs)))
-
-    def input_schema(self) -> dict[str, Any]:
-        return input_schema(self._info)
-
     def save(self, directory: Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -239,7 +209,7 @@ class GBDTModel(TrainedModel):
         }
         _atomic_write_bytes(
             directory / PREPROCESSING_FILE,
-            (json.dumps(self._preprocessing, indent=2) + "\n").encode(),
+            (json.dumps(self.preprocessing, indent=2) + "\n").encode(),
         )
         _atomic_write_bytes(directory / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
 

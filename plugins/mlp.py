@@ -25,12 +25,11 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 from pydantic import BaseModel, Field
 
 from dcsched.kinds.train import TrainSpec
@@ -44,15 +43,11 @@ from dcsched.plugins.api import (
     ModelPlugin,
     Resources,
     StrictModel,
+    TabularModel,
     TargetArray,
-    TrainedModel,
 )
-from dcsched.plugins.tabular import (
-    PREPROCESSING_FILE,
-    Preprocessing,
-    format_outputs,
-    input_schema,
-)
+from dcsched.plugins.saved import META_FILE, read_meta
+from dcsched.plugins.tabular import PREPROCESSING_FILE
 from dcsched.rundir import write_text_atomically
 from dcsched.training import distributed
 
@@ -64,7 +59,6 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.pt"
 WEIGHTS_FILE = "weights.pt"
-META_FILE = "model.json"
 _PREDICT_CHUNK = 65536
 
 
@@ -106,34 +100,25 @@ class MLPPlugin(ModelPlugin):
     def load(self, directory: Path, device: str) -> MLPModel:
         import torch
 
-        meta_path = Path(directory) / META_FILE
-        weights_path = Path(directory) / WEIGHTS_FILE
-        for path in (meta_path, weights_path):
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} is missing; is {directory} a saved mlp model?")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("plugin") != self.name or meta.get("format") != FORMAT_VERSION:
-            raise ValueError(
-                f"{directory} holds a {meta.get('plugin')!r} model of format "
-                f"{meta.get('format')!r}; expected {self.name!r} format {FORMAT_VERSION}"
-            )
+        directory = Path(directory)
+        meta = read_meta(directory, self.name, FORMAT_VERSION, [WEIGHTS_FILE])
         model = MLPModel(
             MLPParams.model_validate(meta["params"]),
             DatasetInfo.from_json(meta["info"]),
             device,
         )
-        preprocessing_path = Path(directory) / PREPROCESSING_FILE
+        preprocessing_path = directory / PREPROCESSING_FILE
         if preprocessing_path.is_file():
-            model._preprocessing = json.loads(preprocessing_path.read_text())
+            model.preprocessing = json.loads(preprocessing_path.read_text())
         scaling = meta.get("target_scaling")
         if scaling is not None:
             model._y_mean, model._y_std = float(scaling["mean"]), float(scaling["std"])
-        state = torch.load(weights_path, map_location=device, weights_only=True)
+        state = torch.load(directory / WEIGHTS_FILE, map_location=device, weights_only=True)
         model._net.load_state_dict(state)
         return model
 
 
-class MLPModel(TrainedModel):
+class MLPModel(TabularModel):
     """An MLP for one dataset on one device."""
 
     def __init__(self, params: MLPParams, info: DatasetInfo, device: str):
@@ -144,8 +129,7 @@ class MLPModel(TrainedModel):
         # Regression targets are standardised for training; these undo it.
         self._y_mean = 0.0
         self._y_std = 1.0
-        self._preprocessing: dict[str, Any] = {}
-        self._scaler: Preprocessing | None = None
+        self.preprocessing: dict[str, Any] = {}
 
     @property
     def info(self) -> DatasetInfo:
@@ -166,8 +150,7 @@ class MLPModel(TrainedModel):
         import torch
 
         x_train, y_train = data.x_train, data.y_train
-        self._preprocessing = dict(data.preprocessing)
-        self._scaler = None
+        self.preprocessing = dict(data.preprocessing)
 
         self._check_x(x_train)
         if len(y_train) != len(x_train):
@@ -240,18 +223,6 @@ class MLPModel(TrainedModel):
                 )
         self._net.eval()
 
-    def prepare(self, features: FloatArray) -> npt.NDArray[Any]:
-        if self._scaler is None:  # built once: batch inference calls this per batch
-            self._scaler = Preprocessing.from_json(self._preprocessing, self._info)
-        return self._scaler.transform_array(features)
-
-    def predict(self, inputs: Sequence[Any]) -> list[Any]:
-        scaler = Preprocessing.from_json(self._preprocessing, self._info)
-        return format_outputs(self._info, self.predict_arrays(scaler.transform(inputs)))
-
-    def input_schema(self) -> dict[str, Any]:
-        return input_schema(self._info)
-
     def predict_arrays(self, x: FloatArray) -> FloatArray:
         import torch
 
@@ -283,7 +254,7 @@ class MLPModel(TrainedModel):
         the network's layers in float32, then the task's output as in ``predict_arrays``.
         The serving replicas use it (``dcsched.serving``): for one row it takes ~10 us
         where torch's per-call overhead costs ~150 us. Inference only; no dropout."""
-        scaler = Preprocessing.from_json(self._preprocessing, self._info)
+        scaler = self.scaler()
         mean = np.asarray(scaler.mean, dtype=np.float64)
         scale = np.asarray(scaler.scale, dtype=np.float64)
         layers: list[tuple[str, Any, Any]] = []
@@ -340,7 +311,7 @@ class MLPModel(TrainedModel):
             ),
         }
         write_text_atomically(
-            directory / PREPROCESSING_FILE, json.dumps(self._preprocessing, indent=2) + "\n"
+            directory / PREPROCESSING_FILE, json.dumps(self.preprocessing, indent=2) + "\n"
         )
         write_text_atomically(directory / META_FILE, json.dumps(meta, indent=2) + "\n")
 

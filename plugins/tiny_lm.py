@@ -39,7 +39,6 @@ import codecs
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,6 +64,8 @@ from dcsched.plugins.api import (
     StrictModel,
     TrainedModel,
 )
+from dcsched.plugins.saved import META_FILE, read_meta
+from dcsched.rundir import write_text_atomically
 
 if TYPE_CHECKING:
     import torch
@@ -74,7 +75,6 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.pt"
 WEIGHTS_FILE = "weights.pt"
-META_FILE = "model.json"
 VOCAB_FILE = "vocabulary.json"
 MAX_TEXT_BYTES = 64 << 20
 """Largest text file taken (64 MiB)."""
@@ -207,14 +207,7 @@ class TinyLMPlugin(ModelPlugin):
         import torch
 
         directory = Path(directory)
-        for path in (directory / META_FILE, directory / WEIGHTS_FILE, directory / VOCAB_FILE):
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} is missing; is {directory} a saved tiny-lm model?")
-        meta = json.loads((directory / META_FILE).read_text())
-        if meta.get("plugin") != self.name or meta.get("format") != FORMAT_VERSION:
-            raise ValueError(
-                f"{directory} does not hold a tiny-lm model of format {FORMAT_VERSION}"
-            )
+        meta = read_meta(directory, self.name, FORMAT_VERSION, [WEIGHTS_FILE, VOCAB_FILE])
         model = TinyLMModel(
             TinyLMParams.model_validate(meta["params"]), DatasetInfo.from_json(meta["info"]), device
         )
@@ -431,8 +424,8 @@ class TinyLMModel(TrainedModel):
             "params": self._params.model_dump(mode="json"),
             "info": self._info.to_json(),
         }
-        _write(directory / VOCAB_FILE, json.dumps(self._preprocessing) + "\n")
-        _write(directory / META_FILE, json.dumps(meta, indent=2) + "\n")
+        write_text_atomically(directory / VOCAB_FILE, json.dumps(self._preprocessing) + "\n")
+        write_text_atomically(directory / META_FILE, json.dumps(meta, indent=2) + "\n")
 
 
 def _request(i: int, item: Any) -> tuple[str, int, float, int]:
@@ -531,9 +524,3 @@ def _reset(net: torch.nn.Module) -> None:
         reset = getattr(module, "reset_parameters", None)
         if callable(reset):
             reset()
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -3,6 +3,7 @@ run as its author would, from its source folder (the live install: tests/e2e).""
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -25,3 +26,19 @@ def test_the_template_passes_its_own_tests() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 passed" in done.stdout
+
+
+def test_the_template_uses_only_the_public_plugin_surface() -> None:
+    """A third-party package imports from dcsched only the plugin API, its test helper and
+    the train spec types its hooks take (docs/plugins.md), never a built-in plugin's
+    helpers."""
+    public = {"dcsched.plugins.api", "dcsched.plugins.testing", "dcsched.kinds.train"}
+    used = set()
+    for path in TEMPLATE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dcsched."):
+                used.add(node.module)
+            elif isinstance(node, ast.Import):
+                used |= {a.name for a in node.names if a.name.startswith("dcsched.")}
+    assert "dcsched.plugins.api" in used
+    assert used <= public, used - public

@@ -545,3 +545,39 @@ def test_the_conformance_check_refuses_epochs_scored_off_the_validation_rows(
     check_plugin(MLPPlugin(), data, tmp_path / "good", params=params)
     with pytest.raises(AssertionError, match=r"is not evaluate's on Dataset\.validation"):
         check_plugin(Leaky(), data, tmp_path / "leaky", params=params)
+
+
+def test_a_tabular_model_answers_through_the_preprocessing_it_holds_now() -> None:
+    """TabularModel builds its scaler once per value of ``preprocessing``: predict and
+    prepare use the one the model holds now (a new fit or load replaces it), not the
+    first one they saw."""
+    info, x, y = _toy("regression")
+    model = _fit(info, x, y, epochs=1)
+    rows = [[1.0, 2.0, 3.0, 4.0]]
+    names = list(info.feature_names)
+    model.preprocessing = {"feature_names": names, "mean": [0.0] * 4, "scale": [1.0] * 4}
+    before = model.predict(rows)
+    assert np.array_equal(model.prepare(np.array(rows)), np.array(rows, dtype=np.float32))
+    model.preprocessing = {"feature_names": names, "mean": [1.0] * 4, "scale": [2.0] * 4}
+    scaled = np.array([[0.0, 0.5, 1.0, 1.5]], dtype=np.float32)
+    assert np.array_equal(model.prepare(np.array(rows)), scaled)
+    assert model.predict(rows) == [float(v) for v in model.predict_arrays(scaled)] != before
+
+
+@pytest.mark.parametrize("name", ["mlp", "gbdt", "cnn", "tiny-lm"])
+def test_loading_what_is_not_a_saved_model_of_the_plugin_says_why(
+    name: str, tmp_path: Path
+) -> None:
+    plugin = load_plugin(name)
+    with pytest.raises(FileNotFoundError, match=r"model\.json is missing; is .* a saved"):
+        plugin.load(tmp_path, "cpu")
+    for file in ("model.json", "weights.pt", "model.pkl", "vocabulary.json", "preprocessing.json"):
+        (tmp_path / file).write_text("{}")
+    (tmp_path / "model.json").write_text('{"plugin": "other", "format": 1}')
+    with pytest.raises(ValueError, match=f"holds a 'other' model of format 1; expected '{name}'"):
+        plugin.load(tmp_path, "cpu")
+    (tmp_path / "weights.pt").unlink()
+    (tmp_path / "model.pkl").unlink()
+    if name != "gbdt":
+        with pytest.raises(FileNotFoundError, match=r"weights\.pt is missing"):
+            plugin.load(tmp_path, "cpu")

@@ -10,8 +10,9 @@ It shows every part of a plugin in about 200 lines:
   (weights, RNG state, epoch, in JSON), then ``on_epoch`` with validation metrics on
   ``data.validation`` (the validation rows; the test rows when the job has none);
   resuming from the checkpoint ends exactly where a straight run does;
-- save/load/predict: ``model.json`` holds everything; ``predict`` takes raw rows
-  (``{feature: number}`` or a list in feature order) and answers one number each.
+- save/load/predict: ``model.json`` holds everything; ``TabularModel`` gives ``predict``
+  (raw rows, ``{feature: number}`` or a list in feature order, through the saved scaler:
+  one number each), ``prepare`` (batch inference) and ``input_schema``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -39,9 +39,8 @@ from dcsched.plugins.api import (
     ModelPlugin,
     Resources,
     StrictModel,
-    TrainedModel,
+    TabularModel,
 )
-from dcsched.plugins.tabular import Preprocessing, format_outputs, input_schema
 
 FORMAT = 1
 CHECKPOINT_FILE = "checkpoint.json"
@@ -92,7 +91,7 @@ class RidgePlugin(ModelPlugin):
         return model
 
 
-class RidgeModel(TrainedModel):
+class RidgeModel(TabularModel):
     def __init__(self, params: RidgeParams, info: DatasetInfo):
         self.params, self._info = params, info
         self.weights = np.zeros(info.n_features)
@@ -167,13 +166,6 @@ class RidgeModel(TrainedModel):
 
     def predict_arrays(self, x: Any) -> Any:
         return np.asarray(x, dtype=np.float64) @ self.weights + self.bias
-
-    def predict(self, inputs: Sequence[Any]) -> list[Any]:
-        scaler = Preprocessing.from_json(self.preprocessing, self._info)
-        return format_outputs(self._info, self.predict_arrays(scaler.transform(inputs)))
-
-    def input_schema(self) -> dict[str, Any]:
-        return input_schema(self._info)
 
     def save(self, directory: Path) -> None:
         directory = Path(directory)
