@@ -301,6 +301,20 @@ def _plain_http(
     head, separator, body = response.partition(b"\r\n\r\n")
     if not separator:
         raise ValueError("incomplete HTTP response")
+    code, reason, fields = _response_head(head)
+    if "chunked" in fields.get("transfer-encoding", "").lower():
+        body = _unchunk(body)
+    elif "content-length" in fields:
+        length = int(fields["content-length"])
+        if len(body) < length:
+            raise ValueError("the response ended early")
+        body = body[:length]
+    return code, reason, body
+
+
+def _response_head(head: bytes) -> tuple[int, str, dict[str, str]]:
+    """The status code, reason and header fields (names lower-cased) of an HTTP response
+    head; ValueError if it is not one."""
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     version, _, rest = status_line.partition(" ")
     code, _, reason = rest.partition(" ")
@@ -310,14 +324,7 @@ def _plain_http(
     for line in header_lines:
         name, _, value = line.partition(":")
         fields[name.strip().lower()] = value.strip()
-    if "chunked" in fields.get("transfer-encoding", "").lower():
-        body = _unchunk(body)
-    elif "content-length" in fields:
-        length = int(fields["content-length"])
-        if len(body) < length:
-            raise ValueError("the response ended early")
-        body = body[:length]
-    return int(code), reason, body
+    return int(code), reason, fields
 
 
 def _download(
@@ -356,26 +363,18 @@ def _download(
                 raise ValueError("incomplete HTTP response")
             buffer += chunk
         head, _, body = buffer.partition(b"\r\n\r\n")
-        status_line, *header_lines = head.decode("latin-1").split("\r\n")
-        version, _, rest = status_line.partition(" ")
-        code, _, reason = rest.partition(" ")
-        if not version.startswith("HTTP/") or not code.isdigit():
-            raise ValueError(f"not an HTTP response: {status_line[:80]!r}")
-        fields = {}
-        for line in header_lines:
-            name, _, value = line.partition(":")
-            fields[name.strip().lower()] = value.strip()
+        code, reason, fields = _response_head(head)
         chunked = "chunked" in fields.get("transfer-encoding", "").lower()
         length = int(fields["content-length"]) if "content-length" in fields else None
-        if int(code) >= 400 or chunked:
+        if code >= 400 or chunked:
             while chunk := sock.recv(1 << 16):
                 body += chunk
             if chunked:
                 body = _unchunk(body)
-            if int(code) >= 400:
-                return int(code), reason, body
+            if code >= 400:
+                return code, reason, body
             sink.write(body)
-            return int(code), reason, b""
+            return code, reason, b""
         received = len(body)
         sink.write(body)
         while length is None or received < length:
@@ -386,7 +385,7 @@ def _download(
             received += len(chunk)
         if length is not None and received < length:
             raise ValueError("the download ended early")
-        return int(code), reason, b""
+        return code, reason, b""
 
 
 def _unchunk(body: bytes) -> bytes:
