@@ -54,7 +54,6 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.pt"
-WEIGHTS_FILE = "weights.pt"
 _METRICS = ("accuracy", "precision", "recall", "f1", "log_loss")
 
 
@@ -110,16 +109,18 @@ class CNNPlugin(ModelPlugin):
         return CNNModel(CNNParams.model_validate(params.model_dump()), info, device)
 
     def load(self, directory: Path, device: str) -> CNNModel:
-        import torch
-
         directory = Path(directory)
-        meta = read_meta(directory, self.name, FORMAT_VERSION, [WEIGHTS_FILE, PREPROCESSING_FILE])
+        meta = read_meta(
+            directory,
+            self.name,
+            FORMAT_VERSION,
+            [torch_checkpoint.WEIGHTS_FILE, PREPROCESSING_FILE],
+        )
         model = CNNModel(
             CNNParams.model_validate(meta["params"]), DatasetInfo.from_json(meta["info"]), device
         )
         model._preprocessing = json.loads((directory / PREPROCESSING_FILE).read_text())
-        state = torch.load(directory / WEIGHTS_FILE, map_location=device, weights_only=True)
-        model._net.load_state_dict(state)
+        torch_checkpoint.load_weights(model._net, directory, device)
         return model
 
 
@@ -244,14 +245,9 @@ class CNNModel(TrainedModel):
         return {"type": "array", "items": image, "minItems": c, "maxItems": c}
 
     def save(self, directory: Path) -> None:
-        import torch
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        torch.save(
-            {k: v.detach().cpu() for k, v in self._net.state_dict().items()},
-            directory / WEIGHTS_FILE,
-        )
+        torch_checkpoint.save_weights(self._net, directory)
         meta = {
             "format": FORMAT_VERSION,
             "plugin": CNNPlugin.name,

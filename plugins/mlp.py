@@ -58,7 +58,6 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.pt"
-WEIGHTS_FILE = "weights.pt"
 _PREDICT_CHUNK = 65536
 
 
@@ -98,10 +97,8 @@ class MLPPlugin(ModelPlugin):
         return MLPModel(MLPParams.model_validate(params.model_dump()), info, device)
 
     def load(self, directory: Path, device: str) -> MLPModel:
-        import torch
-
         directory = Path(directory)
-        meta = read_meta(directory, self.name, FORMAT_VERSION, [WEIGHTS_FILE])
+        meta = read_meta(directory, self.name, FORMAT_VERSION, [torch_checkpoint.WEIGHTS_FILE])
         model = MLPModel(
             MLPParams.model_validate(meta["params"]),
             DatasetInfo.from_json(meta["info"]),
@@ -113,8 +110,7 @@ class MLPPlugin(ModelPlugin):
         scaling = meta.get("target_scaling")
         if scaling is not None:
             model._y_mean, model._y_std = float(scaling["mean"]), float(scaling["std"])
-        state = torch.load(directory / WEIGHTS_FILE, map_location=device, weights_only=True)
-        model._net.load_state_dict(state)
+        torch_checkpoint.load_weights(model._net, directory, device)
         return model
 
 
@@ -293,12 +289,9 @@ class MLPModel(TabularModel):
         return forward
 
     def save(self, directory: Path) -> None:
-        import torch
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {key: value.detach().cpu() for key, value in self._net.state_dict().items()}
-        torch.save(state, directory / WEIGHTS_FILE)
+        torch_checkpoint.save_weights(self._net, directory)
         meta = {
             "format": FORMAT_VERSION,
             "plugin": MLPPlugin.name,

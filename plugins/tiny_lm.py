@@ -74,7 +74,6 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.pt"
-WEIGHTS_FILE = "weights.pt"
 VOCAB_FILE = "vocabulary.json"
 MAX_TEXT_BYTES = 64 << 20
 """Largest text file taken (64 MiB)."""
@@ -204,18 +203,17 @@ class TinyLMPlugin(ModelPlugin):
         return TinyLMModel(TinyLMParams.model_validate(params.model_dump()), info, device)
 
     def load(self, directory: Path, device: str) -> TinyLMModel:
-        import torch
-
         directory = Path(directory)
-        meta = read_meta(directory, self.name, FORMAT_VERSION, [WEIGHTS_FILE, VOCAB_FILE])
+        meta = read_meta(
+            directory, self.name, FORMAT_VERSION, [torch_checkpoint.WEIGHTS_FILE, VOCAB_FILE]
+        )
         model = TinyLMModel(
             TinyLMParams.model_validate(meta["params"]), DatasetInfo.from_json(meta["info"]), device
         )
         model._preprocessing = json.loads((directory / VOCAB_FILE).read_text())
         if model._preprocessing.get("vocabulary") != list(model.info.classes):
             raise ValueError(f"{directory}: the vocabulary does not match the model")
-        state = torch.load(directory / WEIGHTS_FILE, map_location=device, weights_only=True)
-        model._net.load_state_dict(state)
+        torch_checkpoint.load_weights(model._net, directory, device)
         return model
 
 
@@ -410,14 +408,9 @@ class TinyLMModel(TrainedModel):
         }
 
     def save(self, directory: Path) -> None:
-        import torch
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        torch.save(
-            {k: v.detach().cpu() for k, v in self._net.state_dict().items()},
-            directory / WEIGHTS_FILE,
-        )
+        torch_checkpoint.save_weights(self._net, directory)
         meta = {
             "format": FORMAT_VERSION,
             "plugin": TinyLMPlugin.name,

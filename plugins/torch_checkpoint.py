@@ -1,8 +1,8 @@
 """Checkpoints of torch plugins: the weights, the optimizer and every RNG a resumed run
 needs to end exactly where an uninterrupted one would, written atomically (temp file,
 fsync, rename), and refused on resume when written for other data or settings (the
-``stamp``). Used by the built-in ``mlp``, ``cnn`` and ``tiny-lm``; torch is imported
-inside."""
+``stamp``); and a saved model's weights (``WEIGHTS_FILE``: the network's state on CPU).
+Used by the built-in ``mlp``, ``cnn`` and ``tiny-lm``; torch is imported inside."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from dcsched.plugins.api import CheckpointError, DatasetInfo
 
 if TYPE_CHECKING:
     from dcsched.kinds.train import TrainSpec
+
+WEIGHTS_FILE = "weights.pt"
 
 
 def stamp(
@@ -93,3 +95,20 @@ def restore(
     generator.set_state(state["generator"].cpu())
     torch.set_rng_state(state["torch_rng"].cpu())
     return state
+
+
+def save_weights(net: Any, directory: Path) -> None:
+    """Write ``net``'s state, on CPU, as ``directory``/``WEIGHTS_FILE``."""
+    import torch
+
+    state = {key: value.detach().cpu() for key, value in net.state_dict().items()}
+    torch.save(state, directory / WEIGHTS_FILE)
+
+
+def load_weights(net: Any, directory: Path, device: str) -> None:
+    """Load ``directory``/``WEIGHTS_FILE`` (tensors only) into ``net`` on ``device``."""
+    import torch
+
+    net.load_state_dict(
+        torch.load(directory / WEIGHTS_FILE, map_location=device, weights_only=True)
+    )
