@@ -348,3 +348,37 @@ def test_the_read_models_answer_from_the_store_and_the_executor(world: Any) -> N
     assert service.logs(job.run_id) == f"the log of {job.run_id}"
     assert service.stored_config() is None and service.model_names() == []
     assert service.model_versions("none") == []
+
+
+def test_the_room_a_preemption_freed_goes_to_its_preemptor(world: Any) -> None:
+    """One node of 4 CPUs, team t's quota 4 CPUs, fifo. x (high, 1 CPU) runs; older (low,
+    4) and preemptor (normal, 4) wait for quota, neither with a lower-priority job to
+    preempt; victim (low, 1) fits the quota and starts. When x ends, preemptor preempts
+    victim (older cannot: victim is not below it). In the next pass submit order would
+    start older on the freed room; the room is preemptor's (SchedulingInput.preemptors)."""
+    service, executor, cluster, _ = world
+    cluster.alive = {"node-a": True}
+    service.apply_config(
+        "queueing: {policy: fifo, preemption: true}\nteams: [{name: t, quota: {cpus: 4}}]\n"
+    )
+    x = service.submit(spec("x", "high", cpus=1))
+    service.tick()
+    older = service.submit(spec("older", "low", cpus=4))
+    preemptor = service.submit(spec("preemptor", "normal", cpus=4))
+    victim = service.submit(spec("victim", "low", cpus=1))
+    service.tick()
+    service.tick()
+    state = {job.name: service.store.get_job(job.id).state for job in (x, older, preemptor, victim)}
+    assert state == {
+        "x": JobState.RUNNING,
+        "older": JobState.PENDING,
+        "preemptor": JobState.PENDING,
+        "victim": JobState.RUNNING,
+    }
+    executor.phase[x.run_id] = RunPhase.SUCCEEDED
+    service.tick()  # x ends; preemptor preempts victim
+    assert service.store.get_job(victim.id).state is JobState.PENDING
+    service.tick()
+    service.tick()
+    assert service.store.get_job(preemptor.id).state is JobState.RUNNING
+    assert service.store.get_job(older.id).state is JobState.PENDING
