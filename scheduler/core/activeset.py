@@ -31,6 +31,7 @@ Words:
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -116,12 +117,39 @@ class QueuedJob:
     decided: object = None
 
 
-@dataclass(order=True, slots=True)
+@dataclass(slots=True)
 class Release:
+    """Ordered by (at, seq): the order of the active set's sorted list and the
+    timeline's heap (both compare with ``<`` only)."""
+
     at: float
     seq: int
     nodes: tuple[str, ...] = field(compare=False)
     per_worker: Resources = field(compare=False)
+
+    def __lt__(self, other: Release) -> bool:
+        # (self.at, self.seq) < (other.at, other.seq), without building the tuples: the
+        # heap of a pass's timeline compares releases often.
+        if self.at != other.at:
+            return self.at < other.at
+        return self.seq < other.seq
+
+
+_WHOLE_LIMIT = 2.0**32
+"""Whole amounts below this, as many as a node holds, add up exactly in any order."""
+
+
+def _whole_release(release: Release) -> bool:
+    """Whether a release's per-worker amounts are whole numbers, small enough that any
+    sum of what a node holds is exact (memory is whole bytes, an int)."""
+    w = release.per_worker
+    return (
+        float(w.gpus).is_integer()
+        and 0 <= w.gpus < _WHOLE_LIMIT
+        and float(w.cpus).is_integer()
+        and 0 <= w.cpus < _WHOLE_LIMIT
+        and isinstance(w.memory, int)
+    )
 
 
 def running_job(job: Job, classes: Mapping[str, PriorityClass], start: float) -> RunningJob:
@@ -168,6 +196,13 @@ class ActiveSet(Sequence[Job]):
         """Sorted by (at, seq), hence also a heap."""
         self._release_of: dict[str, Release] = {}
         self._seq = 0
+        self._due_at = -math.inf
+        """``releases`` with ``at`` up to here (a prefix of ``_due_count`` of them) are due:"""
+        self._due_count = 0
+        self._due: dict[str, list[float]] = {}
+        """per node, what the whole (``_whole_release``) due releases give back together,"""
+        self._due_fractional = 0
+        """and how many due releases are not whole (then ``due`` has no answer)."""
         self._queued: dict[str, QueuedJob] = {}
         self._shapes: dict[tuple[object, ...], int] = {}
         self._never: dict[int, str | None] = {}
@@ -254,6 +289,9 @@ class ActiveSet(Sequence[Job]):
                 release = Release(run.end, self._seq, nodes, run.per_worker)
                 insort(self.releases, release)
                 self._release_of[job.id] = release
+                if release.at <= self._due_at:
+                    self._due_count += 1
+                    self._count_due(release, 1)
 
     def remove(self, job_id: str) -> Job:
         """The job no longer holds anything (it ended, or was preempted)."""
@@ -275,6 +313,9 @@ class ActiveSet(Sequence[Job]):
         release = self._release_of.pop(job_id, None)
         if release is not None:
             del self.releases[bisect_left(self.releases, release)]
+            if release.at <= self._due_at:
+                self._due_count -= 1
+                self._count_due(release, -1)
         return run.job
 
     def group_nodes(self, team: str, group: str) -> set[str]:
@@ -386,6 +427,41 @@ class ActiveSet(Sequence[Job]):
         if never is None:
             return None
         return WaitReason(WaitKind.NEVER_FITS, f"cannot fit the cluster as it is now: {never}")
+
+    def due(self, now: float) -> tuple[int, Mapping[str, Sequence[float]]] | None:
+        """The releases due by ``now`` (they come back at once on a pass's timeline): how
+        many they are (the first ones of ``releases``) and, per node, what they give back
+        together; None if one of them is not whole (a sum of fractions depends on its
+        order). Kept up to date as jobs come and go and ``now`` moves on, so a caller
+        that runs many passes does not add them up again for each."""
+        if now < self._due_at:  # time went back: count again from the start
+            self._due_at, self._due_count, self._due, self._due_fractional = -math.inf, 0, {}, 0
+        releases = self.releases
+        k = self._due_count
+        while k < len(releases) and releases[k].at <= now:
+            self._count_due(releases[k], 1)
+            k += 1
+        self._due_count = k
+        self._due_at = now
+        if self._due_fractional:
+            return None
+        return k, self._due
+
+    def _count_due(self, release: Release, sign: int) -> None:
+        if not _whole_release(release):
+            self._due_fractional += sign
+            return
+        w = release.per_worker  # as ``CapacityBase.give`` takes it
+        g, c, m = sign * round(w.gpus, 9), sign * round(w.cpus, 9), sign * int(w.memory)
+        due = self._due
+        for node in release.nodes:
+            total = due.get(node)
+            if total is None:
+                due[node] = [g, c, m]
+            else:
+                total[0] += g
+                total[1] += c
+                total[2] += m
 
     def lowest_preemptible_prio(self, team: str) -> int | None:
         """The lowest priority value among the team's preemptible runs; None if none."""

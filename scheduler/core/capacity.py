@@ -109,23 +109,37 @@ class _Pool:
         s = self.by_gpu
         del s[bisect_left(s, (*old, node))]
         insort(s, (*new, node))
+        # The counts of each free CPU and memory amount, and their largest (``top``),
+        # written out per component: this runs for every node of every take and give.
         top = self.top
-        counted: tuple[tuple[int, dict[float, int]], ...] = ((1, self.cpus), (2, self.mems))
-        for i, counts in counted:
-            a, b = old[i], new[i]
-            if a == b:
-                continue
+        a, b = old[1], new[1]
+        if a != b:
+            counts = self.cpus
             left = counts[a] - 1
             if left:
                 counts[a] = left
             else:
                 del counts[a]
             counts[b] = counts.get(b, 0) + 1
-            if b > top[i - 1]:
-                top[i - 1] = b
-            elif not left and a == top[i - 1]:
-                top[i - 1] = max(counts)
-        self._by_cpu = self._by_mem = None
+            if b > top[0]:
+                top[0] = b
+            elif not left and a == top[0]:
+                top[0] = max(counts)
+        a, b = old[2], new[2]
+        if a != b:
+            counts = self.mems
+            left = counts[a] - 1
+            if left:
+                counts[a] = left
+            else:
+                del counts[a]
+            counts[b] = counts.get(b, 0) + 1
+            if b > top[1]:
+                top[1] = b
+            elif not left and a == top[1]:
+                top[1] = max(counts)
+        if self._by_cpu is not None or self._by_mem is not None:
+            self._by_cpu = self._by_mem = None
         if self.levels is not None:
             self.levels.move(node, old, new)
 
@@ -400,8 +414,27 @@ class CapacityBase:
                     max(round(c + k * wc, 9), 0.0),
                     m + k * wm,
                 )
+        self._moved(before)
+
+    def give_sums(self, sums: Mapping[str, Sequence[float]]) -> None:
+        """Give each node the (GPUs, CPUs, memory) that ``sums`` lists for it, in one
+        move. For whole amounts on whole free capacity (``whole``) this is what ``give``
+        of each summed worker gives, in any order; a node not alive here is skipped."""
+        free = self._free
+        before: dict[str, _Free] = {}
+        for node, (dg, dc, dm) in sums.items():
+            old = free.get(node)
+            if old is not None and (dg or dc or dm):
+                before[node] = old
+                free[node] = (old[0] + dg, old[1] + dc, old[2] + int(dm))
+        self._moved(before)
+
+    def _moved(self, before: Mapping[str, _Free]) -> None:
+        """Move the nodes whose free was ``before`` to their free now in every pool (or
+        rebuild a pool when most of its nodes changed)."""
         if not before:
             return
+        free = self._free
         for key, pool in self._pools.items():
             members = pool.members
             changed = [n for n in before if n in members]
@@ -414,25 +447,34 @@ class CapacityBase:
     def _moves(
         self, nodes: Sequence[str], per_worker: Resources, sign: int
     ) -> list[tuple[str, _Free]]:
-        counts: dict[str, int] = {}
         free = self._free
-        for node in nodes:
-            if node not in free:
-                raise KeyError(f"node {node} is not an alive node of this cluster snapshot")
-            counts[node] = counts.get(node, 0) + 1
+        count = len(nodes)
+        if count and nodes.count(nodes[0]) == count:  # one node (most gangs)
+            if nodes[0] not in free:
+                raise KeyError(f"node {nodes[0]} is not an alive node of this cluster snapshot")
+            counted: Iterable[tuple[str, int]] = ((nodes[0], count),)
+        else:
+            counts: dict[str, int] = {}
+            for node in nodes:
+                if node not in free:
+                    raise KeyError(f"node {node} is not an alive node of this cluster snapshot")
+                counts[node] = counts.get(node, 0) + 1
+            counted = counts.items()
         wg, wc, wm = round(per_worker.gpus, 9), round(per_worker.cpus, 9), int(per_worker.memory)
         moves = []
-        for node, k in counts.items():
+        for node, k in counted:
             g, c, m = free[node]
             f = sign * k
             moves.append((node, (round(g + f * wg, 9), round(c + f * wc, 9), m + f * wm)))
         return moves
 
     def _apply(self, moves: list[tuple[str, _Free]]) -> None:
-        for node, new in moves:
-            new = (max(new[0], 0.0), max(new[1], 0.0), new[2])
-            old = self._free[node]
-            self._free[node] = new
-            for pool in self._pools.values():
+        free = self._free
+        pools = self._pools.values()
+        for node, (g, c, m) in moves:
+            new = (g if g >= 0.0 else 0.0, c if c >= 0.0 else 0.0, m)  # max(x, 0.0)
+            old = free[node]
+            free[node] = new
+            for pool in pools:
                 if node in pool.members:
                     pool.move(node, old, new)

@@ -20,6 +20,7 @@ never gives anything back on the timeline.
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_left
 from collections.abc import Sequence
 
 from dcsched.core.activeset import QueuedJob, Release
@@ -67,7 +68,7 @@ class HeadReservation:
         self.reserved: frozenset[str] = frozenset()
         self.shadow: CapacityIndex | None = None
         self.nofit: dict[int, str] = {}
-        found = Timeline(state.index.copy(), releases(state), state.now).earliest(head)
+        found = timeline(state).earliest(head)
         if found is None:
             return
         self.start, placement = found
@@ -109,34 +110,72 @@ class HeadReservation:
 
 def estimate_starts(state: PassState, waiting: Sequence[QueuedJob]) -> dict[str, float]:
     """Each waiting job's start in strict queue order on the timeline, while known."""
-    timeline = Timeline(state.index.copy(), releases(state), state.now)
+    ahead = timeline(state)
     starts: dict[str, float] = {}
     for item in waiting:
-        found = timeline.earliest(item, hold=True)
+        found = ahead.earliest(item, hold=True)
         if found is None:
             break  # strict order: nothing after it has a known start either
         starts[item.job.id] = found[0]
     return starts
 
 
-class Timeline:
-    """Free capacity going forward in time as held resources come back."""
+def timeline(state: PassState) -> Timeline:
+    """The pass's timeline from now: its free capacity with what is due by now given
+    back. The active set keeps what its due releases give back per node; when those and
+    the free capacity they go to are whole (so the order of the sums does not matter)
+    and nothing of this pass is due, they are given at once, node by node, instead of
+    one release at a time (the same capacity, and the same releases left, popped in the
+    same order: ties of (at, seq) between this pass's and the set's, whose order would
+    depend on the heap's shape, take the general path)."""
+    index = state.index.copy()
+    active = state.active
+    if not state.claimed and all(extra.at > state.now for extra in state.extra):
+        due = active.due(state.now)
+        if due is not None:
+            k, sums = due
+            left = active.releases[k:]  # sorted, so already a heap
+            if index.whole(sums) and not any(_tied(left, extra) for extra in state.extra):
+                index.give_sums(sums)
+                for extra in state.extra:
+                    heapq.heappush(left, extra)
+                count = len(active.releases) + len(state.extra)  # as ``releases`` gives
+                return Timeline(index, left, state.now, count)
+    found = releases(state)
+    return Timeline(index, found, state.now, len(found))
 
-    def __init__(self, index: CapacityIndex, releases: list[Release], now: float) -> None:
+
+def _tied(ordered: list[Release], release: Release) -> bool:
+    """Whether the sorted ``ordered`` holds another release of the same (at, seq)."""
+    i = bisect_left(ordered, release)
+    return i < len(ordered) and not release < ordered[i]
+
+
+class Timeline:
+    """Free capacity going forward in time as held resources come back. ``count``: how
+    many releases the pass has in all (those already given back included); what the
+    timeline holds gets the sequence numbers after ``count + 1_000_000``."""
+
+    def __init__(
+        self, index: CapacityIndex, releases: list[Release], now: float, count: int
+    ) -> None:
         self.index = index
         self.releases = releases  # a heap
         self.now = now
         self.nofit: dict[int, str] = {}
-        self.seq = len(releases) + 1_000_000
+        self.seq = count + 1_000_000
         self._advance_to(now)
 
     def _advance_to(self, at: float) -> None:
-        released = False
-        while self.releases and self.releases[0].at <= at:
-            r = heapq.heappop(self.releases)
-            self.index.give(r.nodes, r.per_worker)
-            released = True
-        if released:
+        heap = self.releases
+        due: list[Release] = []
+        while heap and heap[0].at <= at:
+            due.append(heapq.heappop(heap))
+        if len(due) == 1:
+            self.index.give(due[0].nodes, due[0].per_worker)
+        elif due:  # in the order popped: the same as one give each, each node moved once
+            self.index.give_all((r.nodes, r.per_worker) for r in due)
+        if due:
             self.nofit.clear()  # capacity grew: old answers no longer hold
         self.now = max(self.now, at)
 
