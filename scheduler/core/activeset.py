@@ -208,6 +208,7 @@ class ActiveSet(Sequence[Job]):
         self._never: dict[int, str | None] = {}
         self._empty: CapacityIndex | None = None
         self._sizes: dict[tuple[float, float, int, int], tuple[Resources, Resources]] = {}
+        self._waits: dict[tuple[WaitKind, str], WaitReason] = {}
         self._requests: dict[int, tuple[SchedulingRequest, _Request]] = {}
         """Per request object (by identity, kept alive here): what ``_request`` says."""
         for job in held:
@@ -462,6 +463,18 @@ class ActiveSet(Sequence[Job]):
                 total[0] += g
                 total[1] += c
                 total[2] += m
+
+    def wait_reason(self, kind: WaitKind, words: str) -> WaitReason:
+        """The ``WaitReason`` of these words: the same value again while they stay the
+        same (so a job that waits for the same reason in pass after pass keeps its
+        ``Wait``, rather than getting an equal new one)."""
+        key = (kind, words)
+        found = self._waits.get(key)
+        if found is None:
+            if len(self._waits) >= 10_000:
+                self._waits.clear()  # bounded: the words carry changing numbers
+            found = self._waits[key] = WaitReason(kind, words)
+        return found
 
     def lowest_preemptible_prio(self, team: str) -> int | None:
         """The lowest priority value among the team's preemptible runs; None if none."""

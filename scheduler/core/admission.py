@@ -339,7 +339,9 @@ class _Walk:
             )
         if fit.kind == "blocked":
             preempt = None if self.head is not None else self._preempt(item, fit, None)
-            return preempt if preempt is not None else WaitReason(WaitKind.QUOTA, fit.reason)
+            if preempt is not None:
+                return preempt
+            return state.active.wait_reason(WaitKind.QUOTA, fit.reason)
         if self.head is not None:
             if not state.queueing.backfill:
                 return self.behind
@@ -359,7 +361,7 @@ class _Walk:
         self.behind = item.behind
         if state.queueing.backfill:
             self.reservation = HeadReservation(state, item, self.behind.words)
-        return WaitReason(WaitKind.CAPACITY, placed.reason)
+        return state.active.wait_reason(WaitKind.CAPACITY, placed.reason)
 
     def _admit(self, item: QueuedJob, placed: Placement) -> Admit:
         state = self.state

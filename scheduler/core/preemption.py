@@ -62,6 +62,9 @@ class Preemption:
         for prio, total in failed:
             if item.prio <= prio and total.fits_in(item.total):
                 return None  # a no-larger job of this team found no victims this pass
+        if self._none_to_take(item):
+            failed.append((item.prio, item.total))
+            return None
         now_fits: Placement | None = None
         if placed is None:
             found = self.state.place(item)
@@ -76,6 +79,15 @@ class Preemption:
             return None
         victims, placement = chosen
         return self._claim(item, victims, placement, now_fits)
+
+    def _none_to_take(self, item: QueuedJob) -> bool:
+        """Whether no run can be a victim: none of its team's ranks below it and no other
+        team shares its cohort (a quick, exact "no" before placing the job and gathering
+        candidates, which would find none)."""
+        lowest = self.state.active.lowest_preemptible_prio(item.team)
+        if lowest is not None and lowest < item.prio:
+            return False
+        return all(team == item.team for team in self.state.ledger.cohort_members(item.team))
 
     def _candidates(self, item: QueuedJob, fit: QuotaFit, placed: NoFit | None) -> list[RunningJob]:
         """Every run that may be a victim for ``item``, in victim order; none when even

@@ -68,6 +68,7 @@ class HeadReservation:
         self.reserved: frozenset[str] = frozenset()
         self.shadow: CapacityIndex | None = None
         self.nofit: dict[int, str] = {}
+        self._delay: WaitReason | None = None
         found = timeline(state).earliest(head)
         if found is None:
             return
@@ -101,11 +102,13 @@ class HeadReservation:
     def would_delay(self) -> WaitReason:
         """Why a job that cannot be backfilled past the head waits (``backfill-shadow``)."""
         assert self.start is not None
-        return WaitReason(
-            WaitKind.BACKFILL_SHADOW,
-            f"{self.behind}; backfilling it now would delay {self.head.job.id}'s reserved "
-            f"start (in {format_duration(self.start - self.state.now)})",
-        )
+        if self._delay is None:  # the same for every job behind the head
+            self._delay = self.state.active.wait_reason(
+                WaitKind.BACKFILL_SHADOW,
+                f"{self.behind}; backfilling it now would delay {self.head.job.id}'s "
+                f"reserved start (in {format_duration(self.start - self.state.now)})",
+            )
+        return self._delay
 
 
 def estimate_starts(state: PassState, waiting: Sequence[QueuedJob]) -> dict[str, float]:
