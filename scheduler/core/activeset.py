@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import overload
 
 from dcsched.core.cluster import ClusterSnapshot, NodeState
-from dcsched.core.config import ClusterConfig, PlacementPolicy, PriorityClass
+from dcsched.core.config import GPU_TYPE_LABEL, ClusterConfig, PlacementPolicy, PriorityClass
 from dcsched.core.job import Job
 from dcsched.core.placement import CapacityIndex, never_fits
 from dcsched.core.quota import QuotaLedger, job_gpu_type
@@ -210,6 +210,11 @@ class ActiveSet(Sequence[Job]):
         self._sizes: dict[tuple[float, float, int, int], tuple[Resources, Resources]] = {}
         self._waits: dict[tuple[WaitKind, str], WaitReason] = {}
         self._requests: dict[int, tuple[SchedulingRequest, _Request]] = {}
+        self._shaped: dict[
+            tuple[object, ...],
+            tuple[Resources, Resources, str | None, PlacementPolicy, int, WaitReason | None],
+        ] = {}
+        """Per request size, placement and selector: what ``_shape`` says."""
         """Per request object (by identity, kept alive here): what ``_request`` says."""
         for job in held:
             self.add(job, counted=True)
@@ -355,33 +360,57 @@ class ActiveSet(Sequence[Job]):
         if known is None or known[0] is not spec:
             if len(self._requests) >= 50_000:
                 self._requests.clear()  # bounded: many sets keep few distinct requests
-            known = self._requests[id(spec)] = (spec, self._request(job))
+            known = self._requests[id(spec)] = (spec, self._request(spec))
         per_worker, total, gpu_type, selector, key, policy, prio, shape, blocked = known[1]
-        item = QueuedJob(
-            job=job,
-            team=spec.team,
-            per_worker=per_worker,
-            workers=spec.resources.workers,
-            total=total,
-            gpu_type=gpu_type,
-            selector=selector,
-            selector_key=key,
-            policy=policy,
-            prio=prio,
-            runtime=spec.max_runtime,
-            shape=shape,
-            blocked=blocked,
-            fifo_key=(job.submitted_at, job.id),
-            priority_key=(-prio, job.submitted_at, job.id),
-            has_dependencies=bool(spec.depends_on),
-            spread_group=spec.spread_group,
+        submitted, job_id = job.submitted_at, job.id
+        item = QueuedJob(  # positional, in field order: a pass makes one per pending job
+            job,
+            spec.team,
+            per_worker,
+            spec.resources.workers,
+            total,
+            gpu_type,
+            selector,
+            key,
+            policy,
+            prio,
+            spec.max_runtime,
+            shape,
+            blocked,
+            (submitted, job_id),
+            (-prio, submitted, job_id),
+            bool(spec.depends_on),
+            spec.spread_group,
         )
         self._queued[job.id] = item
         return item
 
-    def _request(self, job: Job) -> _Request:
-        """What a pass needs of a job's request (the same for every job of that request)."""
-        spec = job.request
+    def _request(self, spec: SchedulingRequest) -> _Request:
+        """What a pass needs of a request (the same for every job of that request). The
+        part that depends on its size, placement and selector only is kept per those."""
+        request = spec.resources
+        selector = spec.node_selector or None
+        key = tuple(sorted(selector.items())) if selector else ()
+        content = (request.cpus, request.gpus, request.memory, request.workers, spec.placement, key)
+        shaped = self._shaped.get(content)
+        if shaped is None:
+            shaped = self._shaped[content] = self._shape(spec, key)
+        per_worker, total, gpu_type, policy, shape, never = shaped
+        cls = self.classes.get(spec.priority)
+        prio = cls.value if cls is not None else 0
+        blocked = never
+        if not self.ledger.known(spec.team):
+            blocked = WaitReason(
+                WaitKind.UNKNOWN_TEAM,
+                f"team {spec.team} is not a team of this cluster (unlisted teams are refused)",
+            )
+        return per_worker, total, gpu_type, selector, key, policy, prio, shape, blocked
+
+    def _shape(
+        self, spec: SchedulingRequest, key: tuple[tuple[str, str], ...]
+    ) -> tuple[Resources, Resources, str | None, PlacementPolicy, int, WaitReason | None]:
+        """Of a request: per-worker and total resources, GPU type, placement policy,
+        shape number, and why it can never fit the cluster (None if it can)."""
         request = spec.resources
         workers = request.workers
         size = (request.cpus, request.gpus, request.memory, workers)
@@ -390,31 +419,11 @@ class ActiveSet(Sequence[Job]):
             per_worker = request.per_worker()
             sizes = self._sizes[size] = (per_worker, per_worker.scaled(workers))
         per_worker, total = sizes
-        selector = spec.node_selector or None
-        key = tuple(sorted(selector.items())) if selector else ()
         policy = spec.placement or self.config.placement
         shape_key = (per_worker.cpus, per_worker.gpus, per_worker.memory, workers, policy, key)
         shape = self._shapes.get(shape_key)
         if shape is None:
             shape = self._shapes[shape_key] = len(self._shapes)
-        cls = self.classes.get(job.priority)
-        prio = cls.value if cls is not None else 0
-        blocked = self._blocked(spec.team, shape, per_worker, workers, selector)
-        return per_worker, total, job_gpu_type(job), selector, key, policy, prio, shape, blocked
-
-    def _blocked(
-        self,
-        team: str,
-        shape: int,
-        per_worker: Resources,
-        workers: int,
-        selector: Mapping[str, str] | None,
-    ) -> WaitReason | None:
-        if not self.ledger.known(team):
-            return WaitReason(
-                WaitKind.UNKNOWN_TEAM,
-                f"team {team} is not a team of this cluster (unlisted teams are refused)",
-            )
         if shape not in self._never:
             if self._empty is None:  # each alive node's total: the cluster when empty
                 self._empty = CapacityIndex(
@@ -423,11 +432,15 @@ class ActiveSet(Sequence[Job]):
                         for n in self.cluster.alive_nodes()
                     ]
                 )
+            selector = spec.node_selector or None
             self._never[shape] = never_fits(self._empty, per_worker, workers, selector)
         never = self._never[shape]
-        if never is None:
-            return None
-        return WaitReason(WaitKind.NEVER_FITS, f"cannot fit the cluster as it is now: {never}")
+        reason = None
+        if never is not None:
+            reason = WaitReason(
+                WaitKind.NEVER_FITS, f"cannot fit the cluster as it is now: {never}"
+            )
+        return per_worker, total, spec.node_selector.get(GPU_TYPE_LABEL), policy, shape, reason
 
     def due(self, now: float) -> tuple[int, Mapping[str, Sequence[float]]] | None:
         """The releases due by ``now`` (they come back at once on a pass's timeline): how
