@@ -23,12 +23,19 @@ shared machine the steadier of the two: ``decisions_per_cpu_s``). Floors: 20,000
 decisions/s for every policy on the mixed input, 5,000 admissions/s on the admitting one
 (``meets_floor`` is judged on wall time).
 
+Each line also gives ``decisions_digest``, a digest of the pass's decisions (every
+admission's nodes, every wait's reason and estimated start), and, at the default sizes,
+``decisions_unchanged``: whether it equals the digest pinned in ``PINNED`` (the decisions
+before the pass was sped up). ``tests/unit/test_admission.py`` pins the same digests on
+a smaller input.
+
 Usage: python bench/admission.py [--pending N] [--nodes N] [--repeat N]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import random
 import statistics
 import sys
@@ -54,6 +61,50 @@ ADMIT_FLOOR = 5_000.0
 GiB = 1024**3
 NOW = 1_000_000.0
 TEAMS = 50
+
+PINNED = {
+    ("mixed", "fifo", False): "eaacc5a233d1696f",
+    ("mixed", "fifo", True): "83f4842c2a85e75e",
+    ("mixed", "priority", False): "eed760a2c6b1896a",
+    ("mixed", "priority", True): "126bc18ca0db6c1f",
+    ("mixed", "fair", False): "6e5671ee488ac628",
+    ("mixed", "fair", True): "a8f6fafb57f47a40",
+    ("admitting", "fifo", False): "81caff2f8a620b72",
+    ("admitting", "fifo", True): "67ddeb2b4f4dd33a",
+    ("admitting", "priority", False): "63df6f36ca3469d4",
+    ("admitting", "priority", True): "78d5b9d75b627778",
+    ("admitting", "fair", False): "b7ddf6679a4b6add",
+    ("admitting", "fair", True): "c461a5074d99bf2f",
+}
+"""``digest`` of each pass's decisions at the default sizes (10,000 pending, 1,000 nodes),
+as main gave them before the admission pass was sped up (commit 9045eb3)."""
+
+
+def digest(decisions: list[Any]) -> str:
+    """A digest of the decisions: any change of one (an admission's nodes, a wait's
+    position, reason or estimated start) changes it."""
+    return hashlib.sha256(repr(decisions).encode()).hexdigest()[:16]
+
+
+def scheduling_input(
+    inputs: tuple[Any, ...], policy: str, backfill: bool
+) -> tuple[SchedulingInput, ClusterConfig]:
+    """One pass's input over what ``build`` or ``build_admitting`` made (a fresh active set
+    each time, as the service builds one per pass)."""
+    cluster, active, pending, team_configs, past = inputs
+    config = ClusterConfig.model_validate(
+        {
+            "queueing": {"policy": policy, "backfill": backfill, "preemption": True},
+            "teams": team_configs,
+        }
+    )
+    inp = SchedulingInput(
+        pending=pending,
+        active=ActiveSet(cluster, config, held=active),
+        now=NOW,
+        past_usage=past if policy == "fair" else {},
+    )
+    return inp, config
 
 
 def spec_factory() -> Any:
@@ -195,25 +246,16 @@ def main() -> None:
         "mixed": build(args.pending, args.nodes),
         "admitting": build_admitting(args.pending, args.nodes),
     }
-    for name, (cluster, active, pending, team_configs, past) in inputs.items():
+    default_sizes = (args.pending, args.nodes) == (10_000, 1_000)
+    for name, built in inputs.items():
+        cluster, active, pending, _, _ = built
         for policy in ("fifo", "priority", "fair"):
             for backfill in (False, True):
-                config = ClusterConfig.model_validate(
-                    {
-                        "queueing": {"policy": policy, "backfill": backfill, "preemption": True},
-                        "teams": team_configs,
-                    }
-                )
                 times = []
                 cpu_times = []
                 decisions: list[Any] = []
                 for _ in range(args.repeat):
-                    inp = SchedulingInput(
-                        pending=pending,
-                        active=ActiveSet(cluster, config, held=active),
-                        now=NOW,
-                        past_usage=past if policy == "fair" else {},
-                    )
+                    inp, _ = scheduling_input(built, policy, backfill)
                     started = time.perf_counter()
                     cpu_started = time.process_time()
                     decisions = plan(inp)
@@ -226,6 +268,7 @@ def main() -> None:
                     for kind in (Admit, Wait, Preempt, Cancel)
                 }
                 rate = len(decisions) / seconds
+                found = digest(decisions)
                 admit_rate = counts["admit"] / seconds
                 emit(
                     {
@@ -246,6 +289,10 @@ def main() -> None:
                         "cpu_median_s": round(cpu_seconds, 4),
                         "decisions_per_cpu_s": round(len(decisions) / cpu_seconds, 1),
                         "admissions_per_cpu_s": round(counts["admit"] / cpu_seconds, 1),
+                        "decisions_digest": found,
+                        "decisions_unchanged": found == PINNED[(name, policy, backfill)]
+                        if default_sizes
+                        else None,
                         "floor_decisions_per_s": FLOOR if name == "mixed" else None,
                         "floor_admissions_per_s": ADMIT_FLOOR if name == "admitting" else None,
                         "meets_floor": rate >= FLOOR

@@ -5,6 +5,7 @@ preemption, dependencies, reasons, estimates."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -35,6 +36,7 @@ from dcsched.core.quota import QuotaLedger, job_gpu_type
 from dcsched.core.resources import Resources
 from dcsched.core.spec import SchedulingRequest
 from dcsched.core.waits import WaitKind, WaitReason
+from tests.conftest import REPO
 
 GiB = 1024**3
 NOW = 1000.0
@@ -1035,3 +1037,54 @@ def test_a_spread_group_shares_a_node_when_no_other_fits() -> None:
     pending = [grouped(job(f"r{i}", at=i, placement="spread"), "svc") for i in range(3)]
     placed = admitted_nodes(decide(pending, lone))
     assert set(placed.values()) == {("a",)} and len(placed) == 3
+
+
+# The admission benchmark's inputs (bench/admission.py), smaller: 2,000 pending jobs on
+# 200 nodes. A digest of each pass's decisions (every admission's nodes, every wait's
+# position, reason and estimated start) as main gave them before the pass was sped up
+# (commit 9045eb3): any change of a decision changes it. The bench checks the same at
+# its full size.
+_BENCH_PINNED = {
+    ("mixed", "fifo", False): "fd78afda33a0623e",
+    ("mixed", "fifo", True): "9afefab4290b6277",
+    ("mixed", "priority", False): "7acf6fc3710725d5",
+    ("mixed", "priority", True): "1688363865ec460f",
+    ("mixed", "fair", False): "efaab2379ab64f14",
+    ("mixed", "fair", True): "adb5cf95a05d16db",
+    ("admitting", "fifo", False): "e35719be393c93f6",
+    ("admitting", "fifo", True): "aa3cc5ea6950b0d5",
+    ("admitting", "priority", False): "573a3f3f7bb9c03c",
+    ("admitting", "priority", True): "dfb03f905350906e",
+    ("admitting", "fair", False): "94f87ffc7688c72f",
+    ("admitting", "fair", True): "2fd09145f2aba16d",
+}
+
+
+def _admission_bench() -> Any:
+    path = REPO / "bench" / "admission.py"
+    spec = importlib.util.spec_from_file_location("admission_bench", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_admission_benchmarks_decisions_are_pinned() -> None:
+    bench = _admission_bench()
+    kinds: set[str] = set()
+    for name, build in (("mixed", bench.build), ("admitting", bench.build_admitting)):
+        built = build(2_000, 200)
+        for policy in ("fifo", "priority", "fair"):
+            for backfill in (False, True):
+                inp, _ = bench.scheduling_input(built, policy, backfill)
+                decisions = plan(inp)
+                kinds.update(type(d).__name__ for d in decisions)
+                for d in decisions:
+                    if isinstance(d, Wait):
+                        kinds.add(d.kind.value)
+                        if d.estimated_start is not None:
+                            kinds.add("estimated")
+                assert bench.digest(decisions) == _BENCH_PINNED[(name, policy, backfill)]
+    # What the digests cover: admissions, and waits of each kind a pass decides itself,
+    # with estimated starts.
+    assert kinds >= {"Admit", "quota", "capacity", "behind-head", "backfill-shadow", "estimated"}
