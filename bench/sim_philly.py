@@ -19,7 +19,10 @@ each within 15 s, every other run within 60 s, all with a pass at every event (p
 interval 0, as the live service; ``--pass-interval S`` coarsens to one pass per
 partition per S seconds of virtual time, as Pollux's scheduling interval, for
 comparison with earlier figures). Each line gives ``wall_s`` (the replay) and
-``cpu_s`` (its process CPU time: on a shared machine the steadier of the two).
+``cpu_s`` (its process CPU time: on a shared machine the steadier of the two), and
+``results_digest``, a digest of every job's outcome (id, start, end, state, reason,
+preemptions, nodes spanned; as ``tests/unit/test_sim.py`` pins on a slice): two trees
+that decide alike give equal digests.
 
 Usage: python bench/sim_philly.py [--trace PATH] [--load-factor X] [--pass-interval S]
                                   [--quick]
@@ -28,6 +31,7 @@ Usage: python bench/sim_philly.py [--trace PATH] [--load-factor X] [--pass-inter
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -56,6 +60,11 @@ def replay(jobs: list[Any], config: Any, **options: Any) -> tuple[dict[str, Any]
     data = summary(result, {})
     data["cpu_s"] = round(time.process_time() - cpu, 1)
     data["passes_run"] = result.passes
+    records = [
+        (r.trace.id, r.start, r.end, r.state, r.reason, r.preemptions, r.nodes)
+        for r in result.records
+    ]
+    data["results_digest"] = hashlib.sha256(repr(records).encode()).hexdigest()[:16]
     return data, wall
 
 
@@ -189,6 +198,7 @@ def _line(
         "wall_s": round(wall, 1),
         "cpu_s": data["cpu_s"],
         "passes": data["passes_run"],
+        "results_digest": data["results_digest"],
     }
 
 
