@@ -146,7 +146,7 @@ class QuotaLedger:
         self._pool: dict[tuple[str, str], float] = {}
         self._used: dict[str, dict[str, float]] = {}
         self._excess: dict[tuple[str, str], float] = {}
-        self._answers: dict[tuple[str, Resources, str | None], QuotaFit] = {}
+        self._answers: dict[tuple[str, int, str | None], tuple[Resources, QuotaFit]] = {}
         for team in config.teams:
             self._teams[team.name] = _TeamQuota.of(team)
         for quota in list(self._teams.values()):
@@ -259,10 +259,15 @@ class QuotaLedger:
         quota = self._teams.get(team)
         if quota is not None and not quota.nominal:
             return _FITS  # untracked everywhere: unlimited
-        key = (team, request, gpu_type)
-        answer = self._answers.get(key)
-        if answer is None:
-            answer = self._answers[key] = self._check(team, request, gpu_type)
+        # Keyed by the request object (kept alive by its entry, so its id is not reused):
+        # hashing a Resources value costs more than the lookup; an equal request in
+        # another object is only answered again.
+        key = (team, id(request), gpu_type)
+        found = self._answers.get(key)
+        if found is not None and found[0] is request:
+            return found[1]
+        answer = self._check(team, request, gpu_type)
+        self._answers[key] = (request, answer)
         return answer
 
     def _check(self, team: str, request: Resources, gpu_type: str | None) -> QuotaFit:
