@@ -117,8 +117,15 @@ def fair_order(
         a[2] += past.memory * scale
 
     def fair_order_share(team: str) -> float:
+        # max((a[i] / c for i, c in caps), default=0.0) / weights[team], as a loop: a
+        # pass calls this once per job it orders.
         a = alloc[team]
-        return max((a[i] / c for i, c in caps), default=0.0) / weights[team]
+        share = None
+        for i, c in caps:
+            s = a[i] / c
+            if share is None or s > share:
+                share = s
+        return (0.0 if share is None else share) / weights[team]
 
     heap = [(fair_order_share(team), team) for team in queues]
     heapq.heapify(heap)
