@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from dcsched.adapters import sqlite_store
 from dcsched.adapters.sqlite_store import SQLiteStore, directory_checksum
 from dcsched.core.job import Job
 from dcsched.core.lifecycle import InvalidTransition, JobState
@@ -163,3 +166,99 @@ def test_deployments_are_rows_that_survive_reopening(tmp_path: Path) -> None:
     again = make_store(tmp_path)
     assert again.deployments() == [record]
     assert again.deployments()[0].url == "http://127.0.0.1:20123"
+
+
+def _vm_steps(store: SQLiteStore, call: Callable[[], object]) -> int:
+    """SQLite virtual-machine steps (in thousands) that ``call`` makes on this thread's
+    connection."""
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    conn = store._conn()
+    conn.set_progress_handler(count, 1000)
+    try:
+        call()
+    finally:
+        conn.set_progress_handler(None, 0)
+    return steps[0]
+
+
+def test_a_warm_allocation_read_reads_only_the_events_since_the_last(tmp_path: Path) -> None:
+    # The scheduling pass asks for fair share's intervals many times a second: a warm
+    # call must not read every recent job's history again (it cost ~0.1 s a pass at
+    # 10,000 jobs).
+    store = make_store(tmp_path)
+    for n in range(400):
+        job_id = f"j{n}"
+        store.add_job(pending(job_id, at=100.0 + n))
+        store.transition(job_id, JobState.ADMITTED, 101.0 + n, nodes=["n"])
+        store.transition(job_id, JobState.RUNNING, 102.0 + n)
+        store.transition(job_id, JobState.SUCCEEDED, 103.0 + n)
+    cold = _vm_steps(store, lambda: store.allocation_intervals(since=50.0))
+    store.add_job(pending("late", at=600.0))
+    store.transition("late", JobState.ADMITTED, 601.0, nodes=["n"])
+    warm = _vm_steps(store, lambda: store.allocation_intervals(since=60.0))
+    assert cold > 20
+    assert warm * 20 < cold
+    got = store.allocation_intervals(since=60.0)
+    assert len(got) == 401 and (got[-1].job_id, got[-1].end) == ("late", None)
+
+
+def test_allocation_windows_agree_with_the_whole_history(tmp_path: Path) -> None:
+    # Random histories (requeues, cancels, tune jobs that hold nothing), read as they
+    # grow with a later and later `since` (as fair share and the metrics ask, each its
+    # own), and now and then with an earlier one (as `dcsched usage --since` may): always
+    # what the whole history says.
+    tune_request, _, tune_payload = split(
+        load_job_spec_yaml((EXAMPLES / "tune-mlp.yaml").read_text())
+    )
+    store = make_store(tmp_path)
+    reference = make_store(tmp_path)  # another instance: its unbounded reads only
+    rng = random.Random(3)
+    states: dict[str, JobState] = {}
+    now = 0.0
+    for step in range(600):
+        now += rng.uniform(0.1, 2.0)
+        live = [j for j, s in states.items() if not s.is_terminal()]
+        if not live or rng.random() < 0.2:
+            job_id = f"j{step}"
+            if rng.random() < 0.1:
+                job = Job(
+                    job_id, tune_request, JobState.PENDING, now, kind="tune", payload=tune_payload
+                )
+            else:
+                job = pending(job_id, at=now)
+            store.add_job(job)
+            states[job_id] = JobState.PENDING
+        else:
+            job_id = rng.choice(live)
+            state = states[job_id]
+            if state is JobState.PENDING:
+                target = rng.choice([JobState.ADMITTED, JobState.ADMITTED, JobState.CANCELLED])
+            elif state is JobState.ADMITTED:
+                target = rng.choice([JobState.RUNNING, JobState.PENDING, JobState.FAILED])
+            else:
+                target = rng.choice(
+                    [JobState.SUCCEEDED, JobState.FAILED, JobState.PENDING, JobState.CANCELLED]
+                )
+            nodes = ["n"] if target is JobState.ADMITTED else None
+            store.transition(job_id, target, now, nodes=nodes)
+            states[job_id] = target
+        whole = reference.allocation_intervals()
+        # two callers with their own horizons (fair share, the metrics' running totals)
+        for since in (now - 60.0 if rng.random() > 0.05 else now - 200.0, now - 5.0):
+            expected = [i for i in whole if i.end is None or i.end >= since]
+            assert store.allocation_intervals(since=since) == expected, (step, since)
+
+
+def test_parsed_specs_kept_in_memory_are_bounded(tmp_path: Path) -> None:
+    # ~3 KiB a job: a server whose store holds 100,000 jobs must not keep them all.
+    store = make_store(tmp_path)
+    for n in range(5000):
+        store.add_job(pending(f"j{n}", at=float(n)))
+    assert len(store.list_jobs()) == 5000
+    assert 0 < len(sqlite_store._spec_cache) <= 4096
+    assert store.get_job("j0") == pending("j0", at=0.0)
