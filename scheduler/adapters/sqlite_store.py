@@ -155,6 +155,11 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
+PAGE_CACHE_KIB = 512
+"""SQLite's page cache per connection (one a thread: the API's pool has up to 40). The
+default 2 MiB each is ~80 MiB of server memory once the store outgrows it (about 10,000
+jobs); reads that miss come from the OS's file cache (a 200-job list: ~1.1 ms, not 0.8)."""
+
 _DEPLOYMENT_COLUMNS = (
     "name, team, state, spec, model, version, plugin, replicas, min_replicas, max_replicas,"
     " target_in_flight, scale_down_after_s, host, port, slots, message, created_at, updated_at"
@@ -188,6 +193,7 @@ class SQLiteStore:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
             self._local.conn = conn
         return conn
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -262,3 +263,20 @@ def test_parsed_specs_kept_in_memory_are_bounded(tmp_path: Path) -> None:
     assert len(store.list_jobs()) == 5000
     assert 0 < len(sqlite_store._spec_cache) <= 4096
     assert store.get_job("j0") == pending("j0", at=0.0)
+
+
+def test_each_connection_caches_at_most_512_kib_of_pages(tmp_path: Path) -> None:
+    # One connection a thread (the API's pool has up to 40): SQLite's default 2 MiB each
+    # grew the server by ~80 MiB once its store outgrew it (bench/api_scale.py).
+    store = make_store(tmp_path)
+    sizes: list[int] = []
+
+    def read() -> None:
+        store.list_jobs()
+        sizes.append(store._conn().execute("PRAGMA cache_size").fetchone()[0])
+
+    worker = threading.Thread(target=read)
+    worker.start()
+    worker.join()
+    read()
+    assert sizes == [-512, -512]
