@@ -15,7 +15,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -133,11 +133,16 @@ def ray_cluster(
 
 
 @contextmanager
-def server_on(ray_address: str, timeout_s: float = 120) -> Iterator[dict[str, str]]:
+def server_on(
+    ray_address: str,
+    timeout_s: float = 120,
+    prepare: Callable[[Any], None] | None = None,
+) -> Iterator[dict[str, str]]:
     """`dcsched server --ray-address` (a fresh DCSCHED_HOME, explicit port, node exporters on
     loopback with free ports), started as `dcsched up` starts it
     (``dcsched.daemon.launch_server``); yields its CLI environment. Stopped with SIGTERM by
-    PID."""
+    PID. ``prepare`` is called with the home's ``dcsched.paths.Paths`` before the server
+    starts (to fill its store, say)."""
     from dcsched.daemon import launch_server
     from dcsched.paths import Paths
     from dcsched.processes import free_port
@@ -147,6 +152,8 @@ def server_on(ray_address: str, timeout_s: float = 120) -> Iterator[dict[str, st
         env.update({"DCSCHED_HOME": home, "DCSCHED_PORT": str(free_port())})
         args = ["--ray-address", ray_address, "--exporter-port", "0"]
         args += ["--exporter-host", "127.0.0.1"]
+        if prepare is not None:
+            prepare(Paths(Path(home)))
         process, _ = launch_server(Paths(Path(home)), args, env, timeout_s)
         try:
             yield env
