@@ -77,8 +77,9 @@ demo: install
 demo-down:
 	DCSCHED_HOME=$(DEMO_HOME) $(BIN)/dcsched down
 
-# bench/live_admission.py (hundreds of jobs on a 4-node cluster, ~10 minutes or more) is
-# not part of it: run it by hand (README, "Measured").
+# bench/live_admission.py and bench/soak.py (hundreds of jobs on a 4-node cluster, ~10
+# minutes or more) and bench/api_scale.py (stores of 1,000 and 10,000 jobs, ~6 minutes)
+# are not part of it: run them by hand (README, "Measured").
 bench: install
 	$(BIN)/python bench/train_overhead.py
 	$(BIN)/python bench/run_latency.py
