@@ -85,6 +85,11 @@ def needs_group_task(job: Job) -> bool:
     return job.per_worker.gpus > 0
 
 
+class HostSlow(RuntimeError):
+    """A trial host did not answer a start in time; it may still start the run, so the
+    run must not be started as a Ray Job as well (the next pass asks the host again)."""
+
+
 def on_trial_host(job: Job, run_in_group: Callable[[Job], bool] = needs_group_task) -> bool:
     """Whether a job is one that its node's trial host runs: a tune trial (a ``train``
     job with a trial's id) on one worker, outside its group (no GPUs)."""
@@ -184,6 +189,8 @@ class RayExecutor:
             try:
                 self._start_hosted(job, run_dir)
                 return
+            except HostSlow:
+                raise  # it may still start the run: never start it a second way
             except Exception as exc:
                 logger.warning(
                     "the trial host could not start run %s (%s); running it as a Ray Job",
@@ -345,7 +352,7 @@ class RayExecutor:
 
     def _start_hosted(self, job: Job, run_dir: Path) -> None:
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import GetTimeoutError, RayActorError
 
         node = job.nodes[0]
         env = {
@@ -363,6 +370,9 @@ class RayExecutor:
                 ray.get(host.start.remote(job.run_id, str(run_dir), env, umask), timeout=60)
                 self._hosted[job.run_id] = node
                 return
+            except GetTimeoutError as exc:
+                self._hosted[job.run_id] = node  # the next pass asks this host again
+                raise HostSlow(f"the trial host of node {node} did not answer in 60 s") from exc
             except RayActorError:
                 self._hosts.pop(node, None)
                 if attempt == 2:
