@@ -14,7 +14,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -26,16 +25,8 @@ from dcsched.kinds.tune import is_trial_run
 from dcsched.rundir import RunDir
 from dcsched.training import host as host_module
 from dcsched.training.host import TrialHost
+from tests.unit.test_training_warm import run_dir  # the same train spec as the warm runner's
 
-SPEC: dict[str, Any] = {
-    "name": "hosted",
-    "kind": "train",
-    "team": "research",
-    "resources": {"cpus": 1, "memory": "512MiB"},
-    "model": {"type": "mlp", "params": {"hidden": [16]}},
-    "data": {"source": "sklearn:breast_cancer", "test_size": 0.2, "seed": 42},
-    "train": {"epochs": 2, "batch_size": 32, "lr": 0.01},
-}
 JOB_ENV = {"DCSCHED_JOB_ID": "t-1-trial-0", "DCSCHED_TEAM": "research"}
 
 
@@ -51,15 +42,6 @@ def warm_folder(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         deadline = time.monotonic() + 60
         while list(Path(folder).glob("dcsched-warm-*/*.sock")) and time.monotonic() < deadline:
             time.sleep(0.2)
-
-
-def run_dir(tmp_path: Path, name: str, **train: Any) -> Path:
-    folder = tmp_path / name
-    folder.mkdir()
-    spec = json.loads(json.dumps(SPEC))
-    spec["train"].update(train)
-    (folder / "spec.json").write_text(json.dumps(spec))
-    return folder
 
 
 def wait_for(host: TrialHost, run_id: str, phases: set[str], timeout: float = 240) -> str:
