@@ -335,11 +335,8 @@ class SchedulerService:
         return self.store.events(job_id)
 
     def logs(self, run_id: str) -> str:
-        """What a run's driver wrote: its own log file when it has no Ray Job (a trial on
-        its node's trial host), else as the executor has it."""
-        own = self.run_files(job_id_of(run_id)).driver_log(run_id)
-        if own.is_file():
-            return own.read_text(errors="replace")
+        """What a run's driver wrote, as the executor has it (a trial on its node's trial
+        host has no Ray Job: its output is ``RunDir.driver_log``)."""
         return self.executor.logs(run_id)
 
     def stored_config(self) -> tuple[str, float] | None:

@@ -449,6 +449,10 @@ def create_app(
                 raise ApiError(400, f"rank {rank} does not exist; the job has {job.workers}")
             data, end = read_range(service.run_files(job.id).rank_log(rank), offset, limit)
             return {"logs": data.decode("utf-8", "replace"), "offset": end, "done": done}
+        own = service.run_files(job.id).driver_log(job.run_id)  # a hosted tune trial's
+        if own.is_file():
+            data, end = read_range(own, offset, limit)
+            return {"logs": data.decode("utf-8", "replace"), "offset": end, "done": done}
         text = "" if job.state is JobState.PENDING else service.logs(job.run_id)
         raw = text.encode("utf-8", "replace")
         start = min(offset, len(raw))

@@ -61,7 +61,6 @@ class _Run:
     run_dir: str
     pid: int | None
     """None until the training process is forked."""
-    started_at: float
     code: int | None = None
     stopped: bool = False
     message: str = ""
@@ -88,7 +87,7 @@ class TrialHost:
         with self._lock:
             if run_id in self._runs and self._runs[run_id].code is None:
                 return
-            run = self._runs[run_id] = _Run(run_dir, None, time.time())
+            run = self._runs[run_id] = _Run(run_dir, None)
             self._last_busy = time.monotonic()
         environment = {**os.environ, **env}
         threading.Thread(
@@ -125,11 +124,6 @@ class TrialHost:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(run.pid, signal.SIGKILL)
             run.ended.wait(wait_s)
-
-    def runs(self) -> list[str]:
-        """The ids of the runs this host knows (running or ended)."""
-        with self._lock:
-            return list(self._runs)
 
     # -- inside ----------------------------------------------------------------------------
 
