@@ -414,8 +414,8 @@ def overview() -> dm.Dashboard:
     board = dashboard(
         "dcsched-overview",
         "dcsched / Cluster overview",
-        "The cluster at a glance: capacity, what dcsched has reserved, what the hardware "
-        "measures, and whether every part is scraped.",
+        "The cluster at a glance: capacity, what dcsched has reserved, what the hardware measures, "
+        "and whether every part is scraped.",
     )
     panels: list[Item] = [
         row("Capacity"),
@@ -453,25 +453,24 @@ def overview() -> dm.Dashboard:
         row("Reserved and used"),
         timeseries_panel(
             "Reserved share by resource",
-            "Share of each resource that dcsched jobs hold (capacity minus free, over "
-            "capacity). A resource the cluster has none of is not drawn.",
+            "Share of each resource that dcsched jobs hold (capacity minus free, over capacity). A "
+            "resource the cluster has none of is not drawn.",
             Q("resource:dcsched_cluster_node_reserved:ratio", "{{resource}}"),
             unit=RATIO,
         ),
         timeseries_panel(
             "GPUs: capacity, allocated, used",
-            "GPUs Ray reports, GPUs allocated to running jobs (server) and "
-            "GPU-equivalents those jobs use (node exporters: their SM share summed). The "
-            "gap between allocated and used is what dcsched shows that neither DCGM nor "
-            "Ray does.",
+            "GPUs Ray reports, GPUs allocated to running jobs (server) and GPU-equivalents those "
+            "jobs use (node exporters: their SM share summed). The gap between allocated and used "
+            "is what dcsched shows that neither DCGM nor Ray does.",
             Q(cluster("capacity", "gpus"), "capacity"),
             Q("sum(dcsched_job_allocated_gpus)", "allocated"),
             Q("sum(job_id_team:dcsched_job_gpu_utilization_ratio:sum)", "used"),
         ),
         timeseries_panel(
             "CPU utilisation by node",
-            "Measured busy ratio of all CPUs of each node (node exporter), and of the "
-            "cluster weighted by CPUs.",
+            "Measured busy ratio of all CPUs of each node (node exporter), and of the cluster "
+            "weighted by CPUs.",
             Q("dcsched_node_cpu_utilization_ratio", NODE),
             Q("cluster:dcsched_node_cpu_utilization_ratio:avg", "cluster"),
             unit=RATIO,
@@ -491,8 +490,8 @@ def overview() -> dm.Dashboard:
         ),
         timeseries_panel(
             "Network and disk by node",
-            "Bytes per second received and sent (all interfaces but loopback) and read "
-            "and written (all disks).",
+            "Bytes per second received and sent (all interfaces but loopback) and read and written "
+            "(all disks).",
             Q(node_rate("dcsched_node_network_receive_bytes_total"), "{{node}} received"),
             Q(node_rate("dcsched_node_network_transmit_bytes_total"), "{{node}} sent"),
             Q(node_rate("dcsched_node_disk_read_bytes_total"), "{{node}} disk read"),
@@ -502,16 +501,15 @@ def overview() -> dm.Dashboard:
         row("Health of the monitoring"),
         table_panel(
             "Scrape targets",
-            "Every target Prometheus scrapes for dcsched: the server, one exporter per "
-            "node, Ray's metrics agents. Down targets raise DcschedSchedulerDown / "
-            "DcschedExporterDown.",
+            "Every target Prometheus scrapes for dcsched: the server, one exporter per node, Ray's "
+            "metrics agents. Down targets raise DcschedSchedulerDown / DcschedExporterDown.",
             Q('up{job=~"dcsched-server|dcsched-node|ray"}'),
             mappings=UP_MAPPING,
         ),
         timeseries_panel(
             "GPU collector by node",
-            "1 where the exporter read NVML at its last scrape, 0 where it could not (no "
-            "GPU or no driver: no GPU series then).",
+            "1 where the exporter read NVML at its last scrape, 0 where it could not (no GPU or no "
+            "driver: no GPU series then).",
             Q("dcsched_gpu_collector_up", NODE),
             unit=Unit("short", 0, 1),
         ),
@@ -533,9 +531,9 @@ def overview() -> dm.Dashboard:
         row("Ray's own metrics"),
         timeseries_panel(
             "Ray logical resources",
-            "What Ray itself reports (ray_resources, from the ray scrape job): logical "
-            "CPUs and GPUs in use and available. Ray's own dashboards (see "
-            "deploy/README.md) show much more.",
+            "What Ray itself reports (ray_resources, from the ray scrape job): logical CPUs and "
+            "GPUs in use and available. Ray's own dashboards (see deploy/README.md) show much "
+            "more.",
             Q('sum by (Name, State) (ray_resources{Name=~"CPU|GPU"})', "{{Name}} {{State}}"),
         ),
         timeseries_panel(
@@ -550,6 +548,7 @@ def overview() -> dm.Dashboard:
 
 GPU_SEL = 'node=~"$node", gpu=~"$gpu"'
 GPU_LEGEND = "{{node}} - GPU {{gpu}}"
+GPU_TYPE_LEGEND = GPU_LEGEND + " {{type}}"
 TEMPERATURE_MARKS: Marks = [(83, "orange"), (87, "red")]
 
 
@@ -558,12 +557,22 @@ def per_gpu(series: str) -> str:
     return f"max by (node, gpu, uuid) ({series}{{{GPU_SEL}}})"
 
 
+def gpu_sum(by: str, series: str) -> str:
+    """A series of the selected GPUs summed per ``by``."""
+    return f"sum by ({by}) ({series}{{{GPU_SEL}}})"
+
+
+def gpu_increase(by: str, counter: str) -> str:
+    """A counter of the selected GPUs: its increase per interval, summed per ``by``."""
+    return f"sum by ({by}) (increase({counter}{{{GPU_SEL}}}[$__rate_interval]))"
+
+
 def gpus() -> dm.Dashboard:
     board = dashboard(
         "dcsched-gpus",
         "dcsched / GPUs",
-        "The panels of NVIDIA's DCGM exporter dashboard (grafana.com 12239) on dcsched's "
-        "NVML series, then what DCGM lacks: per-job use, energy, errors.",
+        "The panels of NVIDIA's DCGM exporter dashboard (grafana.com 12239) on dcsched's NVML "
+        "series, then what DCGM lacks: per-job use, energy, errors.",
         variables=[
             query_variable("node", "Node", "label_values(dcsched_gpu_collector_up, node)"),
             query_variable(
@@ -606,35 +615,32 @@ def gpus() -> dm.Dashboard:
         ),
         timeseries_panel(
             "GPU SM Clocks",
-            "DCGM_FI_DEV_SM_CLOCK (MHz) -> dcsched_gpu_sm_clock_hertz (already in hertz, "
-            "so no x 1e6). A clock that drops under load means thermal or power "
-            "throttling.",
+            "DCGM_FI_DEV_SM_CLOCK (MHz) -> dcsched_gpu_sm_clock_hertz (already in hertz, so no x "
+            "1e6). A clock that drops under load means thermal or power throttling.",
             Q(per_gpu("dcsched_gpu_sm_clock_hertz"), GPU_LEGEND),
             unit="hertz",
             width=24,
         ),
         timeseries_panel(
             "GPU Utilization",
-            "The DCGM dashboard plots DCGM_FI_PROF_GR_ENGINE_ACTIVE (a DCGM profiling "
-            "metric: share of time the graphics engine is active). NVML has no profiling "
-            "metrics; the nearest is its utilisation rate (DCGM_FI_DEV_GPU_UTIL), here "
-            "dcsched_gpu_utilization_ratio: the share of the sample period in which at "
-            "least one kernel ran. It reads high even for one small kernel, so it "
-            "overstates how busy the SMs are.",
+            "The DCGM dashboard plots DCGM_FI_PROF_GR_ENGINE_ACTIVE (a DCGM profiling metric: "
+            "share of time the graphics engine is active). NVML has no profiling metrics; the "
+            "nearest is its utilisation rate (DCGM_FI_DEV_GPU_UTIL), here "
+            "dcsched_gpu_utilization_ratio: the share of the sample period in which at least one "
+            "kernel ran. It reads high even for one small kernel, so it overstates how busy the "
+            "SMs are.",
             Q(per_gpu("dcsched_gpu_utilization_ratio"), GPU_LEGEND),
             unit=RATIO,
             width=24,
         ),
         text_panel(
             "Tensor Core Utilization",
-            "No equivalent: the DCGM dashboard plots DCGM_FI_PROF_PIPE_TENSOR_ACTIVE, a "
-            "DCGM profiling metric. NVML, which the dcsched exporter reads, has no "
-            "tensor-pipe counter.",
+            "No equivalent: the DCGM dashboard plots DCGM_FI_PROF_PIPE_TENSOR_ACTIVE, a DCGM "
+            "profiling metric. NVML, which the dcsched exporter reads, has no tensor-pipe counter.",
             "**Tensor Core Utilization: no equivalent.** The DCGM exporter dashboard plots "
-            "`DCGM_FI_PROF_PIPE_TENSOR_ACTIVE`, which only DCGM's profiling module "
-            "measures; NVML (what `dcsched exporter` reads) has no tensor-pipe counter. "
-            "Run NVIDIA's dcgm-exporter beside dcsched when you need it; its series join "
-            "ours on the GPU UUID.",
+            "`DCGM_FI_PROF_PIPE_TENSOR_ACTIVE`, which only DCGM's profiling module measures; NVML "
+            "(what `dcsched exporter` reads) has no tensor-pipe counter. Run NVIDIA's "
+            "dcgm-exporter beside dcsched when you need it; its series join ours on the GPU UUID.",
         ),
         timeseries_panel(
             "GPU Framebuffer Mem Used",
@@ -656,8 +662,8 @@ def gpus() -> dm.Dashboard:
         ),
         stat_panel(
             "Energy in the time range",
-            "Energy the selected GPUs used in the dashboard's time range, from the "
-            "driver's energy counter (dcsched_gpu_energy_joules_total).",
+            "Energy the selected GPUs used in the dashboard's time range, from the driver's energy "
+            "counter (dcsched_gpu_energy_joules_total).",
             Q(f"sum(increase(dcsched_gpu_energy_joules_total{{{GPU_SEL}}}[$__range])) / 3.6e6"),
             unit="kwatth",
             instant=True,
@@ -666,8 +672,8 @@ def gpus() -> dm.Dashboard:
         ),
         stat_panel(
             "GPU collector",
-            "1 where the exporter read NVML at its last scrape; 0 where it could not (no "
-            "GPU, no driver), and the GPU series are absent.",
+            "1 where the exporter read NVML at its last scrape; 0 where it could not (no GPU, no "
+            "driver), and the GPU series are absent.",
             Q('dcsched_gpu_collector_up{node=~"$node"}', NODE),
             mappings=UP_MAPPING,
             width=6,
@@ -676,20 +682,12 @@ def gpus() -> dm.Dashboard:
         timeseries_panel(
             "ECC errors",
             "Volatile ECC errors per interval. Uncorrected ones raise DcschedGPUUncorrectedECC.",
-            Q(
-                "sum by (node, gpu, type) (increase(dcsched_gpu_ecc_errors_total"
-                f"{{{GPU_SEL}}}[$__rate_interval]))",
-                GPU_LEGEND + " {{type}}",
-            ),
+            Q(gpu_increase("node, gpu, type", "dcsched_gpu_ecc_errors_total"), GPU_TYPE_LEGEND),
         ),
         timeseries_panel(
             "XID errors",
             "XID events per interval (they raise DcschedGPUXidError).",
-            Q(
-                f"sum by (node, gpu) (increase(dcsched_gpu_xid_errors_total{{{GPU_SEL}}}"
-                "[$__rate_interval]))",
-                GPU_LEGEND,
-            ),
+            Q(gpu_increase("node, gpu", "dcsched_gpu_xid_errors_total"), GPU_LEGEND),
         ),
         table_panel(
             "Last XID",
@@ -700,33 +698,24 @@ def gpus() -> dm.Dashboard:
         timeseries_panel(
             "GPU memory by job",
             "GPU memory of each dcsched job's processes, over the selected GPUs.",
-            Q(
-                f"sum by (job_id, team) (dcsched_job_gpu_memory_used_bytes{{{GPU_SEL}}})",
-                JOB_LEGEND,
-            ),
+            Q(gpu_sum("job_id, team", "dcsched_job_gpu_memory_used_bytes"), JOB_LEGEND),
             unit="bytes",
             stack=True,
             job_link=True,
         ),
         timeseries_panel(
             "SM share by job",
-            "Each job's share of the SMs (NVML process samples), summed over the "
-            "selected GPUs: 1 = one whole GPU.",
-            Q(
-                f"sum by (job_id, team) (dcsched_job_gpu_utilization_ratio{{{GPU_SEL}}})",
-                JOB_LEGEND,
-            ),
+            "Each job's share of the SMs (NVML process samples), summed over the selected GPUs: 1 "
+            "= one whole GPU.",
+            Q(gpu_sum("job_id, team", "dcsched_job_gpu_utilization_ratio"), JOB_LEGEND),
             stack=True,
             job_link=True,
         ),
         timeseries_panel(
             "GPU memory outside dcsched",
-            "GPU memory of processes that belong to no dcsched job: someone using the "
-            "GPUs past the scheduler.",
-            Q(
-                f"sum by (node, gpu) (dcsched_gpu_unattributed_memory_used_bytes{{{GPU_SEL}}})",
-                GPU_LEGEND,
-            ),
+            "GPU memory of processes that belong to no dcsched job: someone using the GPUs past "
+            "the scheduler.",
+            Q(gpu_sum("node, gpu", "dcsched_gpu_unattributed_memory_used_bytes"), GPU_LEGEND),
             unit="bytes",
             width=24,
         ),
@@ -802,8 +791,8 @@ def jobs() -> dm.Dashboard:
         ),
         timeseries_panel(
             "Oldest pending job",
-            "Age of each team's oldest PENDING job (0: none). `dcsched list` says why "
-            "each one waits.",
+            "Age of each team's oldest PENDING job (0: none). `dcsched list` says why each one "
+            "waits.",
             Q(
                 f"max by (team) (dcsched_queue_oldest_pending_age_seconds{{{TEAM}}})",
                 TEAM_LEGEND,
@@ -812,16 +801,15 @@ def jobs() -> dm.Dashboard:
         ),
         timeseries_panel(
             "GPUs asked for by pending jobs",
-            "GPUs the PENDING jobs of each team ask for, beside the GPUs nobody holds. "
-            "Both above zero for 15 minutes raises DcschedJobsPendingWhileGPUsFree "
-            "(fragmentation or quota).",
+            "GPUs the PENDING jobs of each team ask for, beside the GPUs nobody holds. Both above "
+            "zero for 15 minutes raises DcschedJobsPendingWhileGPUsFree (fragmentation or quota).",
             Q(f"sum by (team) (dcsched_queue_pending_gpus{{{TEAM}}})", TEAM_LEGEND),
             Q(cluster("free", "gpus"), "free GPUs"),
         ),
         timeseries_panel(
             "Queue wait (p50, p90)",
-            "Submit-to-start time of jobs that started in the last 5 minutes, per team "
-            "(recording rule; empty when none started).",
+            "Submit-to-start time of jobs that started in the last 5 minutes, per team (recording "
+            "rule; empty when none started).",
             Q(
                 f"team_quantile:dcsched_job_queue_wait_seconds:histogram_quantile{{{TEAM}}}",
                 "{{team}} p{{quantile}}",
@@ -869,9 +857,8 @@ def jobs() -> dm.Dashboard:
         ),
         timeseries_panel(
             "GPU use per allocated GPU",
-            "Measured use over allocation of each job that holds GPUs (0 for one that "
-            "never touches them). Under 10% for 15 minutes raises "
-            "DcschedGPUAllocatedIdle.",
+            "Measured use over allocation of each job that holds GPUs (0 for one that never "
+            "touches them). Under 10% for 15 minutes raises DcschedGPUAllocatedIdle.",
             Q(f"job_id_team:dcsched_job_gpu_used_per_allocated:ratio{{{TEAM}}}", JOB_LEGEND),
             unit=RATIO,
             thresholds=IDLE_MARK,
@@ -902,9 +889,9 @@ def jobs() -> dm.Dashboard:
         row("Tuning studies"),
         timeseries_panel(
             "Trials of each tune job",
-            "Trials of each running tune job by state: COMPLETE, RUNNING (admitted or "
-            "queued like any job), PRUNED (stopped early), FAIL, WAITING (not yet asked "
-            "for; at most `parallel` are unfinished at once).",
+            "Trials of each running tune job by state: COMPLETE, RUNNING (admitted or queued like "
+            "any job), PRUNED (stopped early), FAIL, WAITING (not yet asked for; at most "
+            "`parallel` are unfinished at once).",
             Q(
                 f"sum by (job_id, state) (dcsched_tune_trials{{{TEAM}}})",
                 "{{job_id}} {{state}}",
@@ -922,8 +909,8 @@ def jobs() -> dm.Dashboard:
         row("Batch inference"),
         timeseries_panel(
             "Inference progress",
-            "Rows each running `kind: infer` job has scored over the rows of its input "
-            "(all workers; shown once every worker has read its shard).",
+            "Rows each running `kind: infer` job has scored over the rows of its input (all "
+            "workers; shown once every worker has read its shard).",
             Q(
                 f"{per_job('dcsched_job_inference_rows_done')} / on (job_id, team) "
                 f"{per_job('dcsched_job_inference_rows')}",
@@ -983,8 +970,8 @@ def serving() -> dm.Dashboard:
         "dcsched-serving",
         "dcsched / Serving",
         "Online serving deployments (`dcsched serve`): requests, errors and latency as each "
-        "replica measures them (scrape job dcsched-serving), replicas by state as the "
-        "server sees them, and the model version each replica serves.",
+        "replica measures them (scrape job dcsched-serving), replicas by state as the server sees "
+        "them, and the model version each replica serves.",
         variables=[
             query_variable(
                 "deployment",
@@ -999,8 +986,8 @@ def serving() -> dm.Dashboard:
         row("Deployments"),
         stat_panel(
             "Replicas ready / wanted",
-            "Replicas in the load balancer and passing its health check, and the count "
-            "each deployment aims for.",
+            "Replicas in the load balancer and passing its health check, and the count each "
+            "deployment aims for.",
             Q(
                 f'sum by (deployment) (dcsched_serve_replicas{{{SERVE}, state="ready"}})',
                 "{{deployment}} ready",
@@ -1017,9 +1004,8 @@ def serving() -> dm.Dashboard:
         ),
         stat_panel(
             "5xx ratio",
-            "Share of requests the replicas failed (HTTP 5xx: the model raised). Over 1% "
-            "for 5 minutes raises DcschedServeErrors; bad input is a 4xx and does not "
-            "count.",
+            "Share of requests the replicas failed (HTTP 5xx: the model raised). Over 1% for 5 "
+            "minutes raises DcschedServeErrors; bad input is a 4xx and does not count.",
             Q(
                 f'sum(rate(dcsched_serve_requests_total{{{SERVE}, code=~"5.."}}'
                 f"[$__rate_interval])) / sum({SERVE_RATE})"
@@ -1030,8 +1016,8 @@ def serving() -> dm.Dashboard:
         ),
         stat_panel(
             "p99 latency",
-            "99th percentile of the replicas' answer time, all selected deployments. Over "
-            "100 ms for 10 minutes raises DcschedServeSlow.",
+            "99th percentile of the replicas' answer time, all selected deployments. Over 100 ms "
+            "for 10 minutes raises DcschedServeSlow.",
             Q(latency(0.99)),
             unit="s",
             thresholds=SLOW_MARK,
@@ -1047,8 +1033,8 @@ def serving() -> dm.Dashboard:
         ),
         timeseries_panel(
             "Error ratio",
-            "Share of requests answered 5xx (the replica failed; DcschedServeErrors above "
-            "1%) and 4xx (the request was refused: malformed, wrong features, too large).",
+            "Share of requests answered 5xx (the replica failed; DcschedServeErrors above 1%) and "
+            "4xx (the request was refused: malformed, wrong features, too large).",
             Q(errors("deployment", "5.."), "{{deployment}} 5xx"),
             Q(errors("deployment", "4.."), "{{deployment}} 4xx"),
             unit=Unit("percentunit", 0),
@@ -1056,9 +1042,9 @@ def serving() -> dm.Dashboard:
         ),
         timeseries_panel(
             "Latency p50, p99",
-            "From a request's last byte to its answer being written, as the replicas "
-            "measure it (the load balancer's hop is not in it). p99 over 100 ms for 10 "
-            "minutes raises DcschedServeSlow.",
+            "From a request's last byte to its answer being written, as the replicas measure it "
+            "(the load balancer's hop is not in it). p99 over 100 ms for 10 minutes raises "
+            "DcschedServeSlow.",
             Q(latency(0.5, "deployment"), "{{deployment}} p50"),
             Q(latency(0.99, "deployment"), "{{deployment}} p99"),
             unit=Unit("s", 0),
@@ -1066,8 +1052,8 @@ def serving() -> dm.Dashboard:
         ),
         timeseries_panel(
             "p99 latency by replica",
-            "The same p99, each replica on its own: one slow replica (a busy node) stands "
-            "out here.",
+            "The same p99, each replica on its own: one slow replica (a busy node) stands out "
+            "here.",
             Q(latency(0.99, "deployment", "replica"), REPLICA_LEGEND),
             unit=Unit("s", 0),
             thresholds=SLOW_MARK,
@@ -1081,8 +1067,8 @@ def serving() -> dm.Dashboard:
         ),
         timeseries_panel(
             "In flight per replica",
-            "Requests each replica has received and not yet answered (autoscaling follows "
-            "the balancer's own count of these toward `target_in_flight`).",
+            "Requests each replica has received and not yet answered (autoscaling follows the "
+            "balancer's own count of these toward `target_in_flight`).",
             Q(
                 f"sum by (deployment, replica) (dcsched_serve_requests_in_flight{{{SERVE}}})",
                 REPLICA_LEGEND,
@@ -1091,10 +1077,10 @@ def serving() -> dm.Dashboard:
         ),
         timeseries_panel(
             "Replicas by state",
-            "Each deployment's live replica jobs (server): pending (waiting for "
-            "admission: `dcsched serve status` says why), starting (admitted or running, "
-            "not passing the balancer's health check), ready, draining (retired by an "
-            "update or a scale-down); and the count it aims for.",
+            "Each deployment's live replica jobs (server): pending (waiting for admission: "
+            "`dcsched serve status` says why), starting (admitted or running, not passing the "
+            "balancer's health check), ready, draining (retired by an update or a scale-down); and "
+            "the count it aims for.",
             Q(
                 f"sum by (deployment, state) (dcsched_serve_replicas{{{SERVE}}})",
                 "{{deployment}} {{state}}",
@@ -1104,8 +1090,8 @@ def serving() -> dm.Dashboard:
         ),
         timeseries_panel(
             "Replicas answering Prometheus",
-            "Replicas listed in serving.json (the server writes every replica that has a "
-            "balancer slot) and those whose /metrics answered the last scrape.",
+            "Replicas listed in serving.json (the server writes every replica that has a balancer "
+            "slot) and those whose /metrics answered the last scrape.",
             Q(
                 f'count by (deployment) (up{{job="dcsched-serving", {SERVE}}})',
                 "{{deployment}} listed",
@@ -1118,8 +1104,8 @@ def serving() -> dm.Dashboard:
         ),
         timeseries_panel(
             "Model version served",
-            "Replicas serving each model version: one version normally, two during a "
-            "rolling update (`dcsched serve update`).",
+            "Replicas serving each model version: one version normally, two during a rolling "
+            "update (`dcsched serve update`).",
             Q(
                 f"count by (deployment, model, version) (dcsched_serve_model_info{{{SERVE}}})",
                 "{{deployment}}: {{model}}:{{version}}",
@@ -1185,15 +1171,15 @@ def teams() -> dm.Dashboard:
         row("Allocated and used"),
         timeseries_panel(
             "GPUs: allocated vs used",
-            "GPUs allocated to each team's running jobs (server) and GPU-equivalents "
-            "they use (node exporters).",
+            "GPUs allocated to each team's running jobs (server) and GPU-equivalents they use "
+            "(node exporters).",
             Q(f"team:dcsched_job_allocated_gpus:sum{{{TEAM}}}", "{{team}} allocated"),
             Q(f"team:dcsched_job_gpu_utilization_ratio:sum{{{TEAM}}}", "{{team}} used"),
         ),
         timeseries_panel(
             "CPUs: allocated vs used",
-            "CPUs allocated to each team's running jobs and CPU-seconds per second their "
-            "processes burn (5-minute rate).",
+            "CPUs allocated to each team's running jobs and CPU-seconds per second their processes "
+            "burn (5-minute rate).",
             Q(f"team:dcsched_job_allocated_cpus:sum{{{TEAM}}}", "{{team}} allocated"),
             Q(f"team:dcsched_job_cpu_seconds:rate5m{{{TEAM}}}", "{{team}} used"),
         ),
@@ -1211,8 +1197,8 @@ def teams() -> dm.Dashboard:
         ),
         bargauge_panel(
             "GPU-hours allocated in the range",
-            "GPU-seconds allocated to each team in the dashboard's time range, in hours "
-            "(what `dcsched usage` reports).",
+            "GPU-seconds allocated to each team in the dashboard's time range, in hours (what "
+            "`dcsched usage` reports).",
             allocated_hours("gpu"),
             unit="h",
         ),
@@ -1225,9 +1211,9 @@ def teams() -> dm.Dashboard:
         row("Fair share"),
         timeseries_panel(
             "Dominant share vs weight",
-            "Each team's dominant share of the cluster (its largest share of any "
-            "resource) beside its weight's share of all weights. Under the fair policy, "
-            "teams that all have work converge to their weight share.",
+            "Each team's dominant share of the cluster (its largest share of any resource) beside "
+            "its weight's share of all weights. Under the fair policy, teams that all have work "
+            "converge to their weight share.",
             Q(f"dcsched_team_dominant_share_ratio{{{TEAM}}}", "{{team}} held"),
             Q(
                 f"dcsched_team_fair_share_weight{{{TEAM}}} / scalar(sum("
@@ -1244,8 +1230,8 @@ def teams() -> dm.Dashboard:
         ),
         timeseries_panel(
             "Preemptions",
-            "The team's runs preempted per interval (by higher priority jobs of the "
-            "team, or to reclaim quota it borrowed).",
+            "The team's runs preempted per interval (by higher priority jobs of the team, or to "
+            "reclaim quota it borrowed).",
             Q(team_increase("dcsched_preemptions_total"), TEAM_LEGEND),
             width=24,
         ),
@@ -1268,8 +1254,8 @@ def job() -> dm.Dashboard:
     board = dashboard(
         "dcsched-job",
         "dcsched / Job",
-        "One dcsched job by its id: what it holds, what it uses, how it trains. Per-job "
-        "series exist only while the job runs.",
+        "One dcsched job by its id: what it holds, what it uses, how it trains. Per-job series "
+        "exist only while the job runs.",
         variables=[
             query_variable(
                 "job",
