@@ -5,21 +5,28 @@ The dashboards (``dashboards/*.json``) are generated from the tables at the end 
 file; a test checks that the committed JSON is what this script writes. Edit here, run
 it, commit both.
 
-A dashboard is a function: ``dashboard()`` with its uid, title, description and
-variables, then its panels in reading order, laid out by ``laid_out()``. A panel is one
-call of the helper of its kind: ``timeseries_panel``, ``stat_panel``, ``gauge_panel``,
-``bargauge_panel``, ``table_panel`` (title, description, then its queries ``Q(expr,
-legend)`` and what sets it apart: unit, thresholds, size, links; see ``Look``) or
-``text_panel``; ``row(title)`` starts a new row. Panels are numbered in order and placed
-left to right by the SDK's dashboard builder, which starts a new line once 24 columns are
-full: keep each line of panels 24 columns wide (the unit test checks that none overlap).
+Each dashboard is a function: ``dashboard()`` with its uid, title, description and
+variables, then its table of panels, title -> panel in reading order, which
+``laid_out()`` titles, numbers from 1 and places. A panel is one call of the helper of its
+kind, ``timeseries_panel``, ``stat_panel``, ``gauge_panel``, ``bargauge_panel`` or
+``table_panel``: its description, its queries ``Q(expr, legend)``, then what sets it
+apart (``Look``: unit and range, thresholds, width and height, a link to the job
+dashboard, value mappings); ``text_panel`` is a note, ``row()`` a heading. To add a panel,
+add a line to the table, e.g.::
+
+    "Queue length": timeseries_panel("PENDING jobs.", Q("sum(dcsched_queue_length)")),
+
+The SDK's dashboard builder places the panels left to right and starts a new line once
+24 columns are full (a time series is 12 wide unless given, a stat 4), so keep each line
+of panels 24 columns wide; the unit test fails on a panel past the 24th column or over
+another.
 
 The helpers are Grafana's typed builders, ``grafana-foundation-sdk`` (its Grafana 10.1
 build, pinned in the ``test`` extra of pyproject.toml, which ``make install`` puts in
-.venv; never a runtime dependency), with each kind's display options set in one place;
-the SDK's encoder writes the JSON. Where the SDK lacks a setter or a field Grafana writes
-(the datasource variable's ``refresh`` and ``options``, a query variable's
-``definition``), the variable's model is built whole.
+.venv; never a runtime dependency), each kind's display options set in one place; the
+SDK's encoder writes the JSON. Where the SDK lacks a setter or a field Grafana writes (the
+datasource variable's ``refresh`` and ``options``, a query variable's ``definition``), the
+variable's model is built whole.
 
 PromQL conventions (see deploy/prometheus/render.py): ``job`` is the scrape job
 (dcsched-server, dcsched-node, dcsched-serving, ray), ``job_id`` the dcsched job, ``node``
@@ -34,7 +41,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict, TypeVar, Unpack
@@ -98,8 +105,8 @@ class Look(TypedDict, total=False):
 
     unit: Unit | str  # "short" unless given
     thresholds: Marks  # none unless given
-    width: int  # of 24 columns
-    height: int
+    width: int  # of 24 columns: 12 unless given (a stat 4)
+    height: int  # 8 unless given (a stat 4)
     job_link: bool  # each series links to the job dashboard of its job_id
     mappings: Sequence[dm.ValueMap]  # values shown as words
 
@@ -129,7 +136,6 @@ JOB_LINK = db.DashboardLink("Open job ${__data.fields.job_id}").url(
 
 def _fields(
     panel: FieldPanel,
-    title: str,
     description: str,
     queries: Sequence[Q],
     look: Look,
@@ -137,11 +143,11 @@ def _fields(
     instant: bool = False,
     table_format: bool = False,
 ) -> FieldPanel:
-    """What every panel of series has: title, size, datasource, unit and range,
+    """What every panel of series has: description, size, datasource, unit and range,
     thresholds, mappings, links and queries (instant ones, or a table's)."""
     unit = look.get("unit", "short")
     unit = Unit(unit) if isinstance(unit, str) else unit
-    panel.title(title).description(description).datasource(DS)
+    panel.description(description).datasource(DS)
     panel.span(look.get("width", size[0])).height(look.get("height", size[1]))
     panel.unit(unit.name).mappings(list(look.get("mappings", [])))
     if unit.min is not None:
@@ -172,9 +178,7 @@ def _fields(
     return panel.targets(targets)
 
 
-def timeseries_panel(
-    title: str, description: str, *queries: Q, **look: Unpack[SeriesLook]
-) -> timeseries.Panel:
+def timeseries_panel(description: str, *queries: Q, **look: Unpack[SeriesLook]) -> timeseries.Panel:
     """Lines over time, a colour per series; the thresholds drawn as lines."""
     stacking = cm.StackingMode.NORMAL if look.get("stack") else cm.StackingMode.NONE
     lines = cm.GraphTresholdsStyleMode
@@ -199,10 +203,10 @@ def timeseries_panel(
         .stacking(cb.StackingConfig().mode(stacking).group("A"))
         .thresholds_style(cb.GraphThresholdsStyleConfig().mode(marks))
     )
-    return _fields(panel, title, description, queries, look)
+    return _fields(panel, description, queries, look)
 
 
-def stat_panel(title: str, description: str, *queries: Q, **look: Unpack[StatLook]) -> stat.Panel:
+def stat_panel(description: str, *queries: Q, **look: Unpack[StatLook]) -> stat.Panel:
     """The last value of each query, large, over its sparkline; 4 x 4 unless sized."""
     panel = (
         stat.Panel()
@@ -215,10 +219,10 @@ def stat_panel(title: str, description: str, *queries: Q, **look: Unpack[StatLoo
         .color_scheme(BY_THRESHOLDS)
     )
     instant = look.get("instant", False)
-    return _fields(panel, title, description, queries, look, (4, 4), instant)
+    return _fields(panel, description, queries, look, (4, 4), instant)
 
 
-def gauge_panel(title: str, description: str, *queries: Q, **look: Unpack[Look]) -> gauge.Panel:
+def gauge_panel(description: str, *queries: Q, **look: Unpack[Look]) -> gauge.Panel:
     """The last value on a dial that marks the thresholds."""
     panel = (
         gauge.Panel()
@@ -227,12 +231,10 @@ def gauge_panel(title: str, description: str, *queries: Q, **look: Unpack[Look])
         .orientation(cm.VizOrientation.AUTO)
         .color_scheme(BY_THRESHOLDS)
     )
-    return _fields(panel, title, description, queries, look)
+    return _fields(panel, description, queries, look)
 
 
-def bargauge_panel(
-    title: str, description: str, *queries: Q, **look: Unpack[Look]
-) -> bargauge.Panel:
+def bargauge_panel(description: str, *queries: Q, **look: Unpack[Look]) -> bargauge.Panel:
     """A horizontal bar per series, of its value now."""
     panel = (
         bargauge.Panel()
@@ -242,10 +244,10 @@ def bargauge_panel(
         .show_unfilled(True)
         .color_scheme(BY_THRESHOLDS)
     )
-    return _fields(panel, title, description, queries, look, instant=True)
+    return _fields(panel, description, queries, look, instant=True)
 
 
-def table_panel(title: str, description: str, *queries: Q, **look: Unpack[Look]) -> table.Panel:
+def table_panel(description: str, *queries: Q, **look: Unpack[Look]) -> table.Panel:
     """A row per series and a column per query (their values now, merged on the labels),
     without the time column."""
     panel = (
@@ -259,17 +261,24 @@ def table_panel(title: str, description: str, *queries: Q, **look: Unpack[Look])
         )
         .color_scheme(BY_THRESHOLDS)
     )
-    return _fields(panel, title, description, queries, look, table_format=True)
+    return _fields(panel, description, queries, look, table_format=True)
 
 
-def text_panel(title: str, description: str, markdown: str) -> text.Panel:
+def text_panel(description: str, markdown: str) -> text.Panel:
     """A note across the dashboard, 3 rows high."""
-    panel = text.Panel().mode(tm.TextMode.MARKDOWN).content(markdown).span(24).height(3)
-    return panel.title(title).description(description)
+    return (
+        text.Panel()
+        .description(description)
+        .mode(tm.TextMode.MARKDOWN)
+        .content(markdown)
+        .span(24)
+        .height(3)
+    )
 
 
-def row(title: str) -> db.Row:
-    return db.Row(title)
+def row() -> db.Row:
+    """A row: a heading across the dashboard that starts a new line of panels."""
+    return db.Row("")
 
 
 # -- dashboards -------------------------------------------------------------------------
@@ -372,13 +381,14 @@ def dashboard(
     )
 
 
-def laid_out(board: db.Dashboard, panels: Sequence[Item]) -> dm.Dashboard:
-    """The dashboard with its panels numbered from 1, placed by the SDK."""
-    for panel_id, panel in enumerate(panels, start=1):
+def laid_out(board: db.Dashboard, panels: Mapping[str, Item]) -> dm.Dashboard:
+    """The dashboard with its panels (title -> panel, in reading order) titled, numbered
+    from 1 and placed by the SDK."""
+    for panel_id, (title, panel) in enumerate(panels.items(), start=1):
         if isinstance(panel, db.Row):
-            board.with_row(panel.id(panel_id))
+            board.with_row(panel.title(title).id(panel_id))
         else:
-            board.with_panel(panel.id(panel_id))
+            board.with_panel(panel.title(title).id(panel_id))
     built = board.build()
     built.schema_version = SCHEMA_VERSION
     return built
@@ -417,49 +427,41 @@ def overview() -> dm.Dashboard:
         "The cluster at a glance: capacity, what dcsched has reserved, what the hardware measures, "
         "and whether every part is scraped.",
     )
-    panels: list[Item] = [
-        row("Capacity"),
-        stat_panel(
-            "Nodes",
+    panels: dict[str, Item] = {
+        "Capacity": row(),
+        "Nodes": stat_panel(
             "Ray nodes alive, as the dcsched server sees them.",
             Q('count(max by (node) (dcsched_cluster_node_capacity{resource="cpus"}))'),
         ),
-        stat_panel(
-            "GPUs free / total",
+        "GPUs free / total": stat_panel(
             "GPUs reserved by no dcsched job, and all GPUs Ray reports.",
             Q(cluster("free", "gpus"), "free"),
             Q(cluster("capacity", "gpus"), "total"),
         ),
-        stat_panel(
-            "CPUs free / total",
+        "CPUs free / total": stat_panel(
             "CPUs reserved by no dcsched job, and all CPUs Ray reports.",
             Q(cluster("free", "cpus"), "free"),
             Q(cluster("capacity", "cpus"), "total"),
         ),
-        stat_panel(
-            "Running jobs", "Jobs in state RUNNING.", Q('sum(dcsched_jobs{state="RUNNING"})')
+        "Running jobs": stat_panel(
+            "Jobs in state RUNNING.", Q('sum(dcsched_jobs{state="RUNNING"})')
         ),
-        stat_panel(
-            "Pending jobs",
-            "Jobs waiting in the queue (all teams).",
-            Q("sum(dcsched_queue_length)"),
+        "Pending jobs": stat_panel(
+            "Jobs waiting in the queue (all teams).", Q("sum(dcsched_queue_length)")
         ),
-        stat_panel(
-            "GPU utilisation",
+        "GPU utilisation": stat_panel(
             "Mean measured SM busy ratio of all GPUs (NVML).",
             Q("cluster:dcsched_gpu_utilization_ratio:avg"),
             unit=RATIO,
         ),
-        row("Reserved and used"),
-        timeseries_panel(
-            "Reserved share by resource",
+        "Reserved and used": row(),
+        "Reserved share by resource": timeseries_panel(
             "Share of each resource that dcsched jobs hold (capacity minus free, over capacity). A "
             "resource the cluster has none of is not drawn.",
             Q("resource:dcsched_cluster_node_reserved:ratio", "{{resource}}"),
             unit=RATIO,
         ),
-        timeseries_panel(
-            "GPUs: capacity, allocated, used",
+        "GPUs: capacity, allocated, used": timeseries_panel(
             "GPUs Ray reports, GPUs allocated to running jobs (server) and GPU-equivalents those "
             "jobs use (node exporters: their SM share summed). The gap between allocated and used "
             "is what dcsched shows that neither DCGM nor Ray does.",
@@ -467,29 +469,25 @@ def overview() -> dm.Dashboard:
             Q("sum(dcsched_job_allocated_gpus)", "allocated"),
             Q("sum(job_id_team:dcsched_job_gpu_utilization_ratio:sum)", "used"),
         ),
-        timeseries_panel(
-            "CPU utilisation by node",
+        "CPU utilisation by node": timeseries_panel(
             "Measured busy ratio of all CPUs of each node (node exporter), and of the cluster "
             "weighted by CPUs.",
             Q("dcsched_node_cpu_utilization_ratio", NODE),
             Q("cluster:dcsched_node_cpu_utilization_ratio:avg", "cluster"),
             unit=RATIO,
         ),
-        timeseries_panel(
-            "Memory used by node",
+        "Memory used by node": timeseries_panel(
             "Host memory in use over total, per node.",
             Q("dcsched_node_memory_used_bytes / dcsched_node_memory_total_bytes", NODE),
             Q("cluster:dcsched_node_memory_used:ratio", "cluster"),
             unit=RATIO,
         ),
-        timeseries_panel(
-            "GPU utilisation by node",
+        "GPU utilisation by node": timeseries_panel(
             "Mean measured SM busy ratio of each node's GPUs.",
             Q("node:dcsched_gpu_utilization_ratio:avg", NODE),
             unit=RATIO,
         ),
-        timeseries_panel(
-            "Network and disk by node",
+        "Network and disk by node": timeseries_panel(
             "Bytes per second received and sent (all interfaces but loopback) and read and written "
             "(all disks).",
             Q(node_rate("dcsched_node_network_receive_bytes_total"), "{{node}} received"),
@@ -498,29 +496,25 @@ def overview() -> dm.Dashboard:
             Q(node_rate("dcsched_node_disk_written_bytes_total"), "{{node}} disk written"),
             unit="Bps",
         ),
-        row("Health of the monitoring"),
-        table_panel(
-            "Scrape targets",
+        "Health of the monitoring": row(),
+        "Scrape targets": table_panel(
             "Every target Prometheus scrapes for dcsched: the server, one exporter per node, Ray's "
             "metrics agents. Down targets raise DcschedSchedulerDown / DcschedExporterDown.",
             Q('up{job=~"dcsched-server|dcsched-node|ray"}'),
             mappings=UP_MAPPING,
         ),
-        timeseries_panel(
-            "GPU collector by node",
+        "GPU collector by node": timeseries_panel(
             "1 where the exporter read NVML at its last scrape, 0 where it could not (no GPU or no "
             "driver: no GPU series then).",
             Q("dcsched_gpu_collector_up", NODE),
             unit=Unit("short", 0, 1),
         ),
-        timeseries_panel(
-            "Exporter collector time",
+        "Exporter collector time": timeseries_panel(
             "How long each collector of each node exporter took at the last scrape.",
             Q("dcsched_exporter_scrape_duration_seconds", "{{node}} {{collector}}"),
             unit="s",
         ),
-        timeseries_panel(
-            "Scrape duration",
+        "Scrape duration": timeseries_panel(
             "How long Prometheus took to scrape each target.",
             Q(
                 'scrape_duration_seconds{job=~"dcsched-server|dcsched-node"}',
@@ -528,21 +522,19 @@ def overview() -> dm.Dashboard:
             ),
             unit="s",
         ),
-        row("Ray's own metrics"),
-        timeseries_panel(
-            "Ray logical resources",
+        "Ray's own metrics": row(),
+        "Ray logical resources": timeseries_panel(
             "What Ray itself reports (ray_resources, from the ray scrape job): logical CPUs and "
             "GPUs in use and available. Ray's own dashboards (see deploy/README.md) show much "
             "more.",
             Q('sum by (Name, State) (ray_resources{Name=~"CPU|GPU"})', "{{Name}} {{State}}"),
         ),
-        timeseries_panel(
-            "Ray node CPU",
+        "Ray node CPU": timeseries_panel(
             "CPU use of each Ray node in percent, as Ray's metrics agent measures it.",
             Q("avg by (instance) (ray_node_cpu_utilization)", "{{instance}}"),
             unit="percent",
         ),
-    ]
+    }
     return laid_out(board, panels)
 
 
@@ -581,48 +573,42 @@ def gpus() -> dm.Dashboard:
         ],
         time_from="now-1h",
     )
-    panels: list[Item] = [
-        row("DCGM exporter dashboard panels"),
-        timeseries_panel(
-            "GPU Temperature",
+    panels: dict[str, Item] = {
+        "DCGM exporter dashboard panels": row(),
+        "GPU Temperature": timeseries_panel(
             "DCGM_FI_DEV_GPU_TEMP -> dcsched_gpu_temperature_celsius (core temperature, NVML).",
             Q(per_gpu("dcsched_gpu_temperature_celsius"), GPU_LEGEND),
             unit="celsius",
             thresholds=TEMPERATURE_MARKS,
             width=18,
         ),
-        gauge_panel(
-            "GPU Avg. Temp",
+        "GPU Avg. Temp": gauge_panel(
             "Mean of the selected GPUs' temperature.",
             Q(f"avg(dcsched_gpu_temperature_celsius{{{GPU_SEL}}})"),
             unit=Unit("celsius", 0, 100),
             thresholds=TEMPERATURE_MARKS,
             width=6,
         ),
-        timeseries_panel(
-            "GPU Power Usage",
+        "GPU Power Usage": timeseries_panel(
             "DCGM_FI_DEV_POWER_USAGE -> dcsched_gpu_power_watts (power draw, NVML).",
             Q(per_gpu("dcsched_gpu_power_watts"), GPU_LEGEND),
             unit="watt",
             width=18,
         ),
-        gauge_panel(
-            "GPU Power Total",
+        "GPU Power Total": gauge_panel(
             "Sum of the selected GPUs' power draw.",
             Q(f"sum(dcsched_gpu_power_watts{{{GPU_SEL}}})"),
             unit=Unit("watt", 0),
             width=6,
         ),
-        timeseries_panel(
-            "GPU SM Clocks",
+        "GPU SM Clocks": timeseries_panel(
             "DCGM_FI_DEV_SM_CLOCK (MHz) -> dcsched_gpu_sm_clock_hertz (already in hertz, so no x "
             "1e6). A clock that drops under load means thermal or power throttling.",
             Q(per_gpu("dcsched_gpu_sm_clock_hertz"), GPU_LEGEND),
             unit="hertz",
             width=24,
         ),
-        timeseries_panel(
-            "GPU Utilization",
+        "GPU Utilization": timeseries_panel(
             "The DCGM dashboard plots DCGM_FI_PROF_GR_ENGINE_ACTIVE (a DCGM profiling metric: "
             "share of time the graphics engine is active). NVML has no profiling metrics; the "
             "nearest is its utilisation rate (DCGM_FI_DEV_GPU_UTIL), here "
@@ -633,8 +619,7 @@ def gpus() -> dm.Dashboard:
             unit=RATIO,
             width=24,
         ),
-        text_panel(
-            "Tensor Core Utilization",
+        "Tensor Core Utilization": text_panel(
             "No equivalent: the DCGM dashboard plots DCGM_FI_PROF_PIPE_TENSOR_ACTIVE, a DCGM "
             "profiling metric. NVML, which the dcsched exporter reads, has no tensor-pipe counter.",
             "**Tensor Core Utilization: no equivalent.** The DCGM exporter dashboard plots "
@@ -642,16 +627,14 @@ def gpus() -> dm.Dashboard:
             "(what `dcsched exporter` reads) has no tensor-pipe counter. Run NVIDIA's "
             "dcgm-exporter beside dcsched when you need it; its series join ours on the GPU UUID.",
         ),
-        timeseries_panel(
-            "GPU Framebuffer Mem Used",
+        "GPU Framebuffer Mem Used": timeseries_panel(
             "DCGM_FI_DEV_FB_USED (MiB) -> dcsched_gpu_memory_used_bytes (bytes).",
             Q(per_gpu("dcsched_gpu_memory_used_bytes"), GPU_LEGEND),
             unit="bytes",
             width=24,
         ),
-        row("Beyond DCGM"),
-        timeseries_panel(
-            "Framebuffer memory used share",
+        "Beyond DCGM": row(),
+        "Framebuffer memory used share": timeseries_panel(
             "Memory used over total, per GPU.",
             Q(
                 f"{per_gpu('dcsched_gpu_memory_used_bytes')} / "
@@ -660,8 +643,7 @@ def gpus() -> dm.Dashboard:
             ),
             unit=RATIO,
         ),
-        stat_panel(
-            "Energy in the time range",
+        "Energy in the time range": stat_panel(
             "Energy the selected GPUs used in the dashboard's time range, from the driver's energy "
             "counter (dcsched_gpu_energy_joules_total).",
             Q(f"sum(increase(dcsched_gpu_energy_joules_total{{{GPU_SEL}}}[$__range])) / 3.6e6"),
@@ -670,8 +652,7 @@ def gpus() -> dm.Dashboard:
             width=6,
             height=8,
         ),
-        stat_panel(
-            "GPU collector",
+        "GPU collector": stat_panel(
             "1 where the exporter read NVML at its last scrape; 0 where it could not (no GPU, no "
             "driver), and the GPU series are absent.",
             Q('dcsched_gpu_collector_up{node=~"$node"}', NODE),
@@ -679,47 +660,41 @@ def gpus() -> dm.Dashboard:
             width=6,
             height=8,
         ),
-        timeseries_panel(
-            "ECC errors",
+        "ECC errors": timeseries_panel(
             "Volatile ECC errors per interval. Uncorrected ones raise DcschedGPUUncorrectedECC.",
             Q(gpu_increase("node, gpu, type", "dcsched_gpu_ecc_errors_total"), GPU_TYPE_LEGEND),
         ),
-        timeseries_panel(
-            "XID errors",
+        "XID errors": timeseries_panel(
             "XID events per interval (they raise DcschedGPUXidError).",
             Q(gpu_increase("node, gpu", "dcsched_gpu_xid_errors_total"), GPU_LEGEND),
         ),
-        table_panel(
-            "Last XID",
+        "Last XID": table_panel(
             "Code of the last XID event of each GPU (0: none since the exporter started).",
             Q(f"max by (node, gpu, uuid, model) (dcsched_gpu_last_xid{{{GPU_SEL}}})"),
         ),
-        row("Who uses the GPUs"),
-        timeseries_panel(
-            "GPU memory by job",
+        "Who uses the GPUs": row(),
+        "GPU memory by job": timeseries_panel(
             "GPU memory of each dcsched job's processes, over the selected GPUs.",
             Q(gpu_sum("job_id, team", "dcsched_job_gpu_memory_used_bytes"), JOB_LEGEND),
             unit="bytes",
             stack=True,
             job_link=True,
         ),
-        timeseries_panel(
-            "SM share by job",
+        "SM share by job": timeseries_panel(
             "Each job's share of the SMs (NVML process samples), summed over the selected GPUs: 1 "
             "= one whole GPU.",
             Q(gpu_sum("job_id, team", "dcsched_job_gpu_utilization_ratio"), JOB_LEGEND),
             stack=True,
             job_link=True,
         ),
-        timeseries_panel(
-            "GPU memory outside dcsched",
+        "GPU memory outside dcsched": timeseries_panel(
             "GPU memory of processes that belong to no dcsched job: someone using the GPUs past "
             "the scheduler.",
             Q(gpu_sum("node, gpu", "dcsched_gpu_unattributed_memory_used_bytes"), GPU_LEGEND),
             unit="bytes",
             width=24,
         ),
-    ]
+    }
     return laid_out(board, panels)
 
 
@@ -759,22 +734,19 @@ def jobs() -> dm.Dashboard:
         "Who waits and why, how long, and what running jobs do with what they hold.",
         variables=[query_variable("team", "Team", "label_values(dcsched_jobs, team)")],
     )
-    panels: list[Item] = [
-        row("Queue"),
-        timeseries_panel(
-            "Live jobs by state",
+    panels: dict[str, Item] = {
+        "Queue": row(),
+        "Live jobs by state": timeseries_panel(
             "Jobs pending, admitted (reservation being made) and running.",
             Q(f"sum by (state) (dcsched_jobs{{{TEAM}, {LIVE}}})", "{{state}}"),
             stack=True,
         ),
-        bargauge_panel(
-            "Finished jobs by state",
+        "Finished jobs by state": bargauge_panel(
             "Jobs that ended, since the store began.",
             Q(f"sum by (state) (dcsched_jobs{{{TEAM}, {ENDED}}})", "{{state}}"),
             width=6,
         ),
-        timeseries_panel(
-            "Submissions per minute",
+        "Submissions per minute": timeseries_panel(
             "Jobs accepted by the API, per team.",
             Q(
                 f"sum by (team) (rate(dcsched_job_submissions_total{{{TEAM}}}"
@@ -783,31 +755,24 @@ def jobs() -> dm.Dashboard:
             ),
             width=6,
         ),
-        timeseries_panel(
-            "Queue length by team",
+        "Queue length by team": timeseries_panel(
             "PENDING jobs of each team.",
             Q(f"sum by (team) (dcsched_queue_length{{{TEAM}}})", TEAM_LEGEND),
             stack=True,
         ),
-        timeseries_panel(
-            "Oldest pending job",
+        "Oldest pending job": timeseries_panel(
             "Age of each team's oldest PENDING job (0: none). `dcsched list` says why each one "
             "waits.",
-            Q(
-                f"max by (team) (dcsched_queue_oldest_pending_age_seconds{{{TEAM}}})",
-                TEAM_LEGEND,
-            ),
+            Q(f"max by (team) (dcsched_queue_oldest_pending_age_seconds{{{TEAM}}})", TEAM_LEGEND),
             unit="s",
         ),
-        timeseries_panel(
-            "GPUs asked for by pending jobs",
+        "GPUs asked for by pending jobs": timeseries_panel(
             "GPUs the PENDING jobs of each team ask for, beside the GPUs nobody holds. Both above "
             "zero for 15 minutes raises DcschedJobsPendingWhileGPUsFree (fragmentation or quota).",
             Q(f"sum by (team) (dcsched_queue_pending_gpus{{{TEAM}}})", TEAM_LEGEND),
             Q(cluster("free", "gpus"), "free GPUs"),
         ),
-        timeseries_panel(
-            "Queue wait (p50, p90)",
+        "Queue wait (p50, p90)": timeseries_panel(
             "Submit-to-start time of jobs that started in the last 5 minutes, per team (recording "
             "rule; empty when none started).",
             Q(
@@ -816,20 +781,17 @@ def jobs() -> dm.Dashboard:
             ),
             unit="s",
         ),
-        bargauge_panel(
-            "Run time in the range (p50, p90)",
+        "Run time in the range (p50, p90)": bargauge_panel(
             "Start-to-end time of the jobs that ended in the dashboard's time range, by end state.",
             run_time(50),
             run_time(90),
             unit="s",
         ),
-        timeseries_panel(
-            "Preemptions",
+        "Preemptions": timeseries_panel(
             "Runs preempted per interval, by the preempted job's team.",
             Q(team_increase("dcsched_preemptions_total"), TEAM_LEGEND),
         ),
-        timeseries_panel(
-            "Admission pass duration",
+        "Admission pass duration": timeseries_panel(
             "One scheduling pass of the policy core (p50, p99 over 5 minutes).",
             Q(
                 "quantile:dcsched_admission_pass_duration_seconds:histogram_quantile",
@@ -837,26 +799,21 @@ def jobs() -> dm.Dashboard:
             ),
             unit="s",
         ),
-        row("Running jobs: allocated beside used"),
-        table_panel(
-            "Running jobs",
+        "Running jobs: allocated beside used": row(),
+        "Running jobs": table_panel(
             "Each running job's allocation (server) beside what its processes use (node "
             "exporters). Click a job id for its own dashboard.",
             Q(per_job("dcsched_job_allocated_gpus"), "GPUs allocated"),
             Q(f"job_id_team:dcsched_job_gpu_utilization_ratio:sum{{{TEAM}}}", "GPUs used"),
             Q(per_job("dcsched_job_allocated_cpus"), "CPUs allocated"),
             Q(JOB_CPU_RATE, "CPUs used"),
-            Q(
-                f"sum by (job_id, team) (dcsched_job_memory_rss_bytes{{{TEAM}}})",
-                "resident memory",
-            ),
+            Q(f"sum by (job_id, team) (dcsched_job_memory_rss_bytes{{{TEAM}}})", "resident memory"),
             Q(per_job("dcsched_job_training_epoch"), "epoch"),
             Q(per_job("dcsched_job_training_samples_per_second"), "samples/s"),
             job_link=True,
             width=24,
         ),
-        timeseries_panel(
-            "GPU use per allocated GPU",
+        "GPU use per allocated GPU": timeseries_panel(
             "Measured use over allocation of each job that holds GPUs (0 for one that never "
             "touches them). Under 10% for 15 minutes raises DcschedGPUAllocatedIdle.",
             Q(f"job_id_team:dcsched_job_gpu_used_per_allocated:ratio{{{TEAM}}}", JOB_LEGEND),
@@ -864,8 +821,7 @@ def jobs() -> dm.Dashboard:
             thresholds=IDLE_MARK,
             job_link=True,
         ),
-        timeseries_panel(
-            "CPU use per allocated CPU",
+        "CPU use per allocated CPU": timeseries_panel(
             "CPU time the job's processes burn over the CPUs reserved for it.",
             Q(
                 f"{JOB_CPU_RATE} / on (job_id, team) {per_job('dcsched_job_allocated_cpus')}",
@@ -874,41 +830,33 @@ def jobs() -> dm.Dashboard:
             unit=Unit("percentunit", 0),
             job_link=True,
         ),
-        timeseries_panel(
-            "Training throughput",
+        "Training throughput": timeseries_panel(
             "Samples per second each training job reports.",
             Q(per_job("dcsched_job_training_samples_per_second"), JOB_LEGEND),
             job_link=True,
         ),
-        timeseries_panel(
-            "Training loss",
+        "Training loss": timeseries_panel(
             "Last training loss each training job reports.",
             Q(per_job("dcsched_job_training_loss"), JOB_LEGEND),
             job_link=True,
         ),
-        row("Tuning studies"),
-        timeseries_panel(
-            "Trials of each tune job",
+        "Tuning studies": row(),
+        "Trials of each tune job": timeseries_panel(
             "Trials of each running tune job by state: COMPLETE, RUNNING (admitted or queued like "
             "any job), PRUNED (stopped early), FAIL, WAITING (not yet asked for; at most "
             "`parallel` are unfinished at once).",
-            Q(
-                f"sum by (job_id, state) (dcsched_tune_trials{{{TEAM}}})",
-                "{{job_id}} {{state}}",
-            ),
+            Q(f"sum by (job_id, state) (dcsched_tune_trials{{{TEAM}}})", "{{job_id}} {{state}}"),
             stack=True,
         ),
-        timeseries_panel(
-            "Best value of each tune job",
+        "Best value of each tune job": timeseries_panel(
             "The best value so far of the metric each running study optimises.",
             Q(
                 f"max by (job_id, metric) (dcsched_tune_best_value{{{TEAM}}})",
                 "{{job_id}} {{metric}}",
             ),
         ),
-        row("Batch inference"),
-        timeseries_panel(
-            "Inference progress",
+        "Batch inference": row(),
+        "Inference progress": timeseries_panel(
             "Rows each running `kind: infer` job has scored over the rows of its input (all "
             "workers; shown once every worker has read its shard).",
             Q(
@@ -920,23 +868,21 @@ def jobs() -> dm.Dashboard:
             job_link=True,
             width=8,
         ),
-        timeseries_panel(
-            "Inference rows: scored and total",
+        "Inference rows: scored and total": timeseries_panel(
             "Rows each running infer job has scored, beside the rows it scores in all.",
             Q(per_job("dcsched_job_inference_rows_done"), "{{job_id}} scored"),
             Q(per_job("dcsched_job_inference_rows"), "{{job_id}} total"),
             job_link=True,
             width=8,
         ),
-        timeseries_panel(
-            "Inference throughput",
+        "Inference throughput": timeseries_panel(
             "Rows per second each running infer job scores (all workers, since its first batch).",
             Q(per_job("dcsched_job_inference_rows_per_second"), JOB_LEGEND),
             unit="suffix: rows/s",
             job_link=True,
             width=8,
         ),
-    ]
+    }
     return laid_out(board, panels)
 
 
@@ -982,10 +928,9 @@ def serving() -> dm.Dashboard:
         ],
         time_from="now-1h",
     )
-    panels: list[Item] = [
-        row("Deployments"),
-        stat_panel(
-            "Replicas ready / wanted",
+    panels: dict[str, Item] = {
+        "Deployments": row(),
+        "Replicas ready / wanted": stat_panel(
             "Replicas in the load balancer and passing its health check, and the count each "
             "deployment aims for.",
             Q(
@@ -995,15 +940,13 @@ def serving() -> dm.Dashboard:
             wanted,
             width=6,
         ),
-        stat_panel(
-            "Requests per second",
+        "Requests per second": stat_panel(
             "Requests all replicas of the selected deployments answer, any code.",
             Q(f"sum({SERVE_RATE})"),
             unit="reqps",
             width=6,
         ),
-        stat_panel(
-            "5xx ratio",
+        "5xx ratio": stat_panel(
             "Share of requests the replicas failed (HTTP 5xx: the model raised). Over 1% for 5 "
             "minutes raises DcschedServeErrors; bad input is a 4xx and does not count.",
             Q(
@@ -1014,8 +957,7 @@ def serving() -> dm.Dashboard:
             thresholds=ERROR_MARK,
             width=6,
         ),
-        stat_panel(
-            "p99 latency",
+        "p99 latency": stat_panel(
             "99th percentile of the replicas' answer time, all selected deployments. Over 100 ms "
             "for 10 minutes raises DcschedServeSlow.",
             Q(latency(0.99)),
@@ -1023,16 +965,14 @@ def serving() -> dm.Dashboard:
             thresholds=SLOW_MARK,
             width=6,
         ),
-        row("Requests"),
-        timeseries_panel(
-            "Request rate by code",
+        "Requests": row(),
+        "Request rate by code": timeseries_panel(
             "Requests answered per second, by deployment and HTTP status code.",
             Q(f"sum by (deployment, code) ({SERVE_RATE})", "{{deployment}} {{code}}"),
             unit="reqps",
             stack=True,
         ),
-        timeseries_panel(
-            "Error ratio",
+        "Error ratio": timeseries_panel(
             "Share of requests answered 5xx (the replica failed; DcschedServeErrors above 1%) and "
             "4xx (the request was refused: malformed, wrong features, too large).",
             Q(errors("deployment", "5.."), "{{deployment}} 5xx"),
@@ -1040,8 +980,7 @@ def serving() -> dm.Dashboard:
             unit=Unit("percentunit", 0),
             thresholds=ERROR_MARK,
         ),
-        timeseries_panel(
-            "Latency p50, p99",
+        "Latency p50, p99": timeseries_panel(
             "From a request's last byte to its answer being written, as the replicas measure it "
             "(the load balancer's hop is not in it). p99 over 100 ms for 10 minutes raises "
             "DcschedServeSlow.",
@@ -1050,23 +989,20 @@ def serving() -> dm.Dashboard:
             unit=Unit("s", 0),
             thresholds=SLOW_MARK,
         ),
-        timeseries_panel(
-            "p99 latency by replica",
+        "p99 latency by replica": timeseries_panel(
             "The same p99, each replica on its own: one slow replica (a busy node) stands out "
             "here.",
             Q(latency(0.99, "deployment", "replica"), REPLICA_LEGEND),
             unit=Unit("s", 0),
             thresholds=SLOW_MARK,
         ),
-        row("Replicas"),
-        timeseries_panel(
-            "Requests per second by replica",
+        "Replicas": row(),
+        "Requests per second by replica": timeseries_panel(
             "How the load balancer spreads requests over each deployment's replicas.",
             Q(f"sum by (deployment, replica) ({SERVE_RATE})", REPLICA_LEGEND),
             unit="reqps",
         ),
-        timeseries_panel(
-            "In flight per replica",
+        "In flight per replica": timeseries_panel(
             "Requests each replica has received and not yet answered (autoscaling follows the "
             "balancer's own count of these toward `target_in_flight`).",
             Q(
@@ -1075,8 +1011,7 @@ def serving() -> dm.Dashboard:
             ),
             unit=Unit("short", 0),
         ),
-        timeseries_panel(
-            "Replicas by state",
+        "Replicas by state": timeseries_panel(
             "Each deployment's live replica jobs (server): pending (waiting for admission: "
             "`dcsched serve status` says why), starting (admitted or running, not passing the "
             "balancer's health check), ready, draining (retired by an update or a scale-down); and "
@@ -1088,22 +1023,17 @@ def serving() -> dm.Dashboard:
             wanted,
             unit=Unit("short", 0),
         ),
-        timeseries_panel(
-            "Replicas answering Prometheus",
+        "Replicas answering Prometheus": timeseries_panel(
             "Replicas listed in serving.json (the server writes every replica that has a balancer "
             "slot) and those whose /metrics answered the last scrape.",
             Q(
                 f'count by (deployment) (up{{job="dcsched-serving", {SERVE}}})',
                 "{{deployment}} listed",
             ),
-            Q(
-                f'sum by (deployment) (up{{job="dcsched-serving", {SERVE}}})',
-                "{{deployment}} up",
-            ),
+            Q(f'sum by (deployment) (up{{job="dcsched-serving", {SERVE}}})', "{{deployment}} up"),
             unit=Unit("short", 0),
         ),
-        timeseries_panel(
-            "Model version served",
+        "Model version served": timeseries_panel(
             "Replicas serving each model version: one version normally, two during a rolling "
             "update (`dcsched serve update`).",
             Q(
@@ -1114,7 +1044,7 @@ def serving() -> dm.Dashboard:
             stack=True,
             width=24,
         ),
-    ]
+    }
     return laid_out(board, panels)
 
 
@@ -1122,9 +1052,8 @@ def team_series(series: str, resource: str) -> str:
     return f'{series}{{{TEAM}, resource="{resource}"}}'
 
 
-def quota_panel(resource: str, name: str, unit: str) -> timeseries.Panel:
+def quota_panel(resource: str, unit: str) -> timeseries.Panel:
     return timeseries_panel(
-        f"{name} quota: nominal, used, borrowed",
         f"Nominal quota of each team ({resource}; absent: unlimited), what its admitted and "
         "running jobs hold, and the part of that above nominal, borrowed from its cohort.",
         Q(team_series("dcsched_team_quota_nominal", resource), "{{team}} nominal"),
@@ -1151,13 +1080,12 @@ def teams() -> dm.Dashboard:
         variables=[query_variable("team", "Team", "label_values(dcsched_team_quota_used, team)")],
         time_from="now-24h",
     )
-    panels: list[Item] = [
-        row("Quota"),
-        quota_panel("gpus", "GPU", "short"),
-        quota_panel("cpus", "CPU", "short"),
-        quota_panel("memory_bytes", "Memory", "bytes"),
-        bargauge_panel(
-            "Quota in use",
+    panels: dict[str, Item] = {
+        "Quota": row(),
+        "GPU quota: nominal, used, borrowed": quota_panel("gpus", "short"),
+        "CPU quota: nominal, used, borrowed": quota_panel("cpus", "short"),
+        "Memory quota: nominal, used, borrowed": quota_panel("memory_bytes", "bytes"),
+        "Quota in use": bargauge_panel(
             "Held over nominal quota, per team and resource (over 100%: borrowing).",
             Q(
                 f"dcsched_team_quota_used{{{TEAM}}} / dcsched_team_quota_nominal{{{TEAM}}}",
@@ -1168,49 +1096,42 @@ def teams() -> dm.Dashboard:
             width=24,
             height=6,
         ),
-        row("Allocated and used"),
-        timeseries_panel(
-            "GPUs: allocated vs used",
+        "Allocated and used": row(),
+        "GPUs: allocated vs used": timeseries_panel(
             "GPUs allocated to each team's running jobs (server) and GPU-equivalents they use "
             "(node exporters).",
             Q(f"team:dcsched_job_allocated_gpus:sum{{{TEAM}}}", "{{team}} allocated"),
             Q(f"team:dcsched_job_gpu_utilization_ratio:sum{{{TEAM}}}", "{{team}} used"),
         ),
-        timeseries_panel(
-            "CPUs: allocated vs used",
+        "CPUs: allocated vs used": timeseries_panel(
             "CPUs allocated to each team's running jobs and CPU-seconds per second their processes "
             "burn (5-minute rate).",
             Q(f"team:dcsched_job_allocated_cpus:sum{{{TEAM}}}", "{{team}} allocated"),
             Q(f"team:dcsched_job_cpu_seconds:rate5m{{{TEAM}}}", "{{team}} used"),
         ),
-        timeseries_panel(
-            "GPU use per allocated GPU",
+        "GPU use per allocated GPU": timeseries_panel(
             "Measured over allocated, per team.",
             Q(f"team:dcsched_job_gpu_used_per_allocated:ratio{{{TEAM}}}", TEAM_LEGEND),
             unit=RATIO,
             thresholds=IDLE_MARK,
         ),
-        timeseries_panel(
-            "GPUs allocated (5-minute average)",
+        "GPUs allocated (5-minute average)": timeseries_panel(
             "From the allocated GPU-seconds counter: the GPUs each team held on average.",
             Q(f"team:dcsched_allocated_gpu_seconds:rate5m{{{TEAM}}}", TEAM_LEGEND),
         ),
-        bargauge_panel(
-            "GPU-hours allocated in the range",
+        "GPU-hours allocated in the range": bargauge_panel(
             "GPU-seconds allocated to each team in the dashboard's time range, in hours (what "
             "`dcsched usage` reports).",
             allocated_hours("gpu"),
             unit="h",
         ),
-        bargauge_panel(
-            "CPU-hours allocated in the range",
+        "CPU-hours allocated in the range": bargauge_panel(
             "CPU-seconds allocated to each team in the time range, in hours.",
             allocated_hours("cpu"),
             unit="h",
         ),
-        row("Fair share"),
-        timeseries_panel(
-            "Dominant share vs weight",
+        "Fair share": row(),
+        "Dominant share vs weight": timeseries_panel(
             "Each team's dominant share of the cluster (its largest share of any resource) beside "
             "its weight's share of all weights. Under the fair policy, teams that all have work "
             "converge to their weight share.",
@@ -1222,20 +1143,18 @@ def teams() -> dm.Dashboard:
             ),
             unit=Unit("percentunit", 0),
         ),
-        timeseries_panel(
-            "Queue by team",
+        "Queue by team": timeseries_panel(
             "PENDING jobs and the GPUs they ask for.",
             Q(f"dcsched_queue_length{{{TEAM}}}", "{{team}} jobs"),
             Q(f"dcsched_queue_pending_gpus{{{TEAM}}}", "{{team}} GPUs"),
         ),
-        timeseries_panel(
-            "Preemptions",
+        "Preemptions": timeseries_panel(
             "The team's runs preempted per interval (by higher priority jobs of the team, or to "
             "reclaim quota it borrowed).",
             Q(team_increase("dcsched_preemptions_total"), TEAM_LEGEND),
             width=24,
         ),
-    ]
+    }
     return laid_out(board, panels)
 
 
@@ -1267,78 +1186,64 @@ def job() -> dm.Dashboard:
         ],
         time_from="now-1h",
     )
-    panels: list[Item] = [
-        stat_panel(
-            "Team",
+    panels: dict[str, Item] = {
+        "Team": stat_panel(
             "The team the job belongs to.",
             Q(f"max by (team) (dcsched_job_allocated_cpus{{{JOB}}})", TEAM_LEGEND),
         ),
-        stat_panel(
-            "GPUs allocated",
-            "GPUs reserved for the job.",
-            Q(f"max(dcsched_job_allocated_gpus{{{JOB}}})"),
+        "GPUs allocated": stat_panel(
+            "GPUs reserved for the job.", Q(f"max(dcsched_job_allocated_gpus{{{JOB}}})")
         ),
-        stat_panel(
-            "CPUs allocated",
-            "CPUs reserved for the job.",
-            Q(f"max(dcsched_job_allocated_cpus{{{JOB}}})"),
+        "CPUs allocated": stat_panel(
+            "CPUs reserved for the job.", Q(f"max(dcsched_job_allocated_cpus{{{JOB}}})")
         ),
-        stat_panel(
-            "GPU use per allocated GPU",
+        "GPU use per allocated GPU": stat_panel(
             "Measured over allocated (under 10% for 15 minutes raises DcschedGPUAllocatedIdle).",
             Q(f"max(job_id_team:dcsched_job_gpu_used_per_allocated:ratio{{{JOB}}})"),
             unit="percentunit",
             thresholds=IDLE_MARK,
         ),
-        stat_panel("Epoch", "Last finished epoch.", Q(f"max(dcsched_job_training_epoch{{{JOB}}})")),
-        stat_panel("Loss", "Last training loss.", Q(f"max(dcsched_job_training_loss{{{JOB}}})")),
-        timeseries_panel(
-            "SM share by GPU",
+        "Epoch": stat_panel("Last finished epoch.", Q(f"max(dcsched_job_training_epoch{{{JOB}}})")),
+        "Loss": stat_panel("Last training loss.", Q(f"max(dcsched_job_training_loss{{{JOB}}})")),
+        "SM share by GPU": timeseries_panel(
             "The job's share of each GPU's SMs (NVML process samples).",
             Q(f"sum by (node, gpu) (dcsched_job_gpu_utilization_ratio{{{JOB}}})", GPU_LEGEND),
             unit=RATIO,
         ),
-        timeseries_panel(
-            "GPU memory by GPU",
+        "GPU memory by GPU": timeseries_panel(
             "GPU memory of the job's processes on each GPU.",
             Q(f"sum by (node, gpu) (dcsched_job_gpu_memory_used_bytes{{{JOB}}})", GPU_LEGEND),
             unit="bytes",
         ),
-        timeseries_panel(
-            "CPU used vs allocated",
+        "CPU used vs allocated": timeseries_panel(
             "CPU-seconds per second of the job's processes (all nodes) beside the CPUs reserved.",
             Q(f"sum(rate(dcsched_job_cpu_seconds_total{{{JOB}}}[$__rate_interval]))", "used"),
             Q(f"max(dcsched_job_allocated_cpus{{{JOB}}})", "allocated"),
         ),
-        timeseries_panel(
-            "Resident memory by node",
+        "Resident memory by node": timeseries_panel(
             "Resident memory of the job's processes.",
             Q(f"sum by (node) (dcsched_job_memory_rss_bytes{{{JOB}}})", NODE),
             unit="bytes",
         ),
-        timeseries_panel(
-            "Training loss",
+        "Training loss": timeseries_panel(
             "Loss the job reports after each epoch.",
             Q(f"max(dcsched_job_training_loss{{{JOB}}})", "loss"),
         ),
-        timeseries_panel(
-            "Throughput",
+        "Throughput": timeseries_panel(
             "Samples per second the job reports.",
             Q(f"max(dcsched_job_training_samples_per_second{{{JOB}}})", "samples/s"),
         ),
-        timeseries_panel(
-            "Its GPUs: temperature",
+        "Its GPUs: temperature": timeseries_panel(
             "Temperature of the GPUs the job has memory on.",
             Q(its_gpus("dcsched_gpu_temperature_celsius"), GPU_LEGEND),
             unit="celsius",
         ),
-        timeseries_panel(
-            "Its GPUs: power",
+        "Its GPUs: power": timeseries_panel(
             "Power draw of the GPUs the job has memory on (shared GPUs: the whole GPU's draw).",
             Q(its_gpus("dcsched_gpu_power_watts"), GPU_LEGEND),
             unit="watt",
         ),
-    ]
+    }
     return laid_out(board, panels)
 
 
