@@ -14,7 +14,7 @@ apart (``Look``: unit and range, thresholds, width and height, a link to the job
 dashboard, value mappings); ``text_panel`` is a note, ``row()`` a heading. To add a panel,
 add a line to the table, e.g.::
 
-    "Queue length": timeseries_panel("PENDING jobs.", Q("sum(dcsched_queue_length)")),
+    "Queue length": timeseries_panel("PENDING jobs.", Q("sum(dcsched_queue_length)", "all")),
 
 The SDK's dashboard builder places the panels left to right and starts a new line once
 24 columns are full (a time series is 12 wide unless given, a stat 4), so keep each line

@@ -54,6 +54,24 @@ def test_the_committed_json_is_what_generate_writes() -> None:
         assert on_disk[name] == text, f"{name} is stale: {regenerate}"
 
 
+def test_the_documented_way_to_add_a_panel_builds_one() -> None:
+    """deploy/README.md's example entry of a dashboard's table of panels (also in
+    generate.py's docstring) runs as written and makes the panel it says."""
+    readme = (GRAFANA_DIR.parent / "README.md").read_text()
+    example = re.search(r"```python\n(.*?)\n```", readme, re.S)
+    assert example, "deploy/README.md shows no table entry"
+    entry = example.group(1).strip()
+    assert entry in (GRAFANA_DIR / "generate.py").read_text()
+    table = eval("{" + entry + "}", vars(generate))
+    board = generate.laid_out(generate.dashboard("uid", "title", "description"), table)
+    [panel] = board.panels
+    assert (panel.title, panel.type_val, panel.id_val) == ("Queue length", "timeseries", 1)
+    assert panel.description == "PENDING jobs."
+    assert [(t.expr, t.legend_format) for t in panel.targets] == [
+        ("sum(dcsched_queue_length)", "all")
+    ]
+
+
 def test_the_six_dashboards_exist() -> None:
     assert set(BOARDS) == {
         "dcsched-overview",
