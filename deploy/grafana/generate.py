@@ -140,6 +140,7 @@ def _fields(
     queries: Sequence[Q],
     look: Look,
     size: tuple[int, int] = (12, 8),
+    *,
     instant: bool = False,
     table_format: bool = False,
 ) -> FieldPanel:
@@ -181,8 +182,8 @@ def _fields(
 def timeseries_panel(description: str, *queries: Q, **look: Unpack[SeriesLook]) -> timeseries.Panel:
     """Lines over time, a colour per series; the thresholds drawn as lines."""
     stacking = cm.StackingMode.NORMAL if look.get("stack") else cm.StackingMode.NONE
-    lines = cm.GraphTresholdsStyleMode
-    marks = lines.LINE if look.get("thresholds") else lines.OFF
+    lines = cm.GraphTresholdsStyleMode  # (sic)
+    threshold_lines = lines.LINE if look.get("thresholds") else lines.OFF
     panel = (
         timeseries.Panel()
         .legend(
@@ -201,7 +202,7 @@ def timeseries_panel(description: str, *queries: Q, **look: Unpack[SeriesLook]) 
         .show_points(cm.VisibilityMode.NEVER)
         .span_nulls(False)
         .stacking(cb.StackingConfig().mode(stacking).group("A"))
-        .thresholds_style(cb.GraphThresholdsStyleConfig().mode(marks))
+        .thresholds_style(cb.GraphThresholdsStyleConfig().mode(threshold_lines))
     )
     return _fields(panel, description, queries, look)
 
@@ -218,8 +219,7 @@ def stat_panel(description: str, *queries: Q, **look: Unpack[StatLook]) -> stat.
         .orientation(cm.VizOrientation.AUTO)
         .color_scheme(BY_THRESHOLDS)
     )
-    instant = look.get("instant", False)
-    return _fields(panel, description, queries, look, (4, 4), instant)
+    return _fields(panel, description, queries, look, (4, 4), instant=look.get("instant", False))
 
 
 def gauge_panel(description: str, *queries: Q, **look: Unpack[Look]) -> gauge.Panel:
