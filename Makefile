@@ -49,6 +49,7 @@ typetree:
 
 typecheck: install typetree
 	MYPYPATH=build/typecheck $(BIN)/mypy -p dcsched
+	MYPYPATH=build/typecheck $(BIN)/mypy deploy/grafana/generate.py
 
 # The layering, by import-linter's contracts in pyproject.toml ([tool.importlinter]): the
 # core imports no ray, sqlite3, fastapi, uvicorn, click or torch, nor the rest of dcsched;
