@@ -9,6 +9,7 @@
     checkpoint/      kept across preemptions and restarts ($DCSCHED_CHECKPOINT_DIR)
     model/           a trained model (train jobs)
     logs/rank-N.log  each rank's output (run jobs and multi-worker train)
+    logs/driver-RUN.log  the output of the run's driver, all ranks (per run id)
 
 On a multi-node cluster this folder must be on storage every node mounts. This module is
 imported by the server, the runners and ``dcsched.report``: standard library only.
@@ -63,8 +64,9 @@ class RunDir:
         return self.logs / f"rank-{rank}.log"
 
     def driver_log(self, run_id: str) -> Path:
-        """The output of a run that has no Ray Job log (a tune trial started by the trial
-        host, ``dcsched.training.host``)."""
+        """The output of a run's driver, all ranks: a Ray Job's driver copies it here
+        beside Ray's job log (``dcsched.runs.tee``), a tune trial started by the trial
+        host (``dcsched.training.host``) writes it only here."""
         return self.logs / f"driver-{run_id}.log"
 
     # -- writing ---------------------------------------------------------------------

@@ -335,8 +335,9 @@ class SchedulerService:
         return self.store.events(job_id)
 
     def logs(self, run_id: str) -> str:
-        """What a run's driver wrote, as the executor has it (a trial on its node's trial
-        host has no Ray Job: its output is ``RunDir.driver_log``)."""
+        """What a run's driver wrote, whole, as the executor has it: only for runs whose
+        driver has no log file of its own (``RunDir.driver_log``, which every Ray Job's
+        driver and every hosted trial now writes), started by an older server."""
         return self.executor.logs(run_id)
 
     def stored_config(self) -> tuple[str, float] | None:

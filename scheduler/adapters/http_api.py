@@ -440,8 +440,10 @@ def create_app(
         rank: int | None = Query(None, ge=0, le=1023),
         limit: int = Query(LOG_CHUNK_BYTES, ge=1, le=LOG_CHUNK_BYTES),
     ) -> dict[str, Any]:
-        """The job's output from ``offset``: Ray's log of the run (all ranks) or, with
-        ``rank``, that rank's own log file; at most ``limit`` bytes a call."""
+        """The job's output from ``offset``: its driver's log (all ranks) or, with
+        ``rank``, that rank's own log file; at most ``limit`` bytes a call, read as a
+        byte range of the file. A run started by an older server, whose driver has no
+        log file, is read from Ray's job log (whole, then sliced)."""
         job = get_job_or_404(job_id)
         done = job.state.is_terminal()
         if rank is not None:
@@ -449,7 +451,7 @@ def create_app(
                 raise ApiError(400, f"rank {rank} does not exist; the job has {job.workers}")
             data, end = read_range(service.run_files(job.id).rank_log(rank), offset, limit)
             return {"logs": data.decode("utf-8", "replace"), "offset": end, "done": done}
-        own = service.run_files(job.id).driver_log(job.run_id)  # a hosted tune trial's
+        own = service.run_files(job.id).driver_log(job.run_id)  # see dcsched.runs.tee
         if own.is_file():
             data, end = read_range(own, offset, limit)
             return {"logs": data.decode("utf-8", "replace"), "offset": end, "done": done}

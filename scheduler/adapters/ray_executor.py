@@ -5,9 +5,12 @@ A job's gang is reserved as a *detached* placement group named ``dcsched-<run id
 placement policy chose), so the reservation survives a restart of the dcsched server.
 Once it is ready, the job runs as a Ray Job whose submission id is the dcsched job id,
 visible in the Ray dashboard with its logs (a job that runs again after a preemption
-gets run id ``<job id>-run<N>``: Ray keeps every submission id forever). The job's
-driver is pinned with ``entrypoint_label_selector`` to the first worker's node and asks
-Ray for no resources of its own: the placement group already holds them.
+gets run id ``<job id>-run<N>``: Ray keeps every submission id forever). The driver
+runs under ``dcsched.runs.tee``, which copies its output to Ray's job log and to
+``logs/driver-<run id>.log`` in the run directory, which `dcsched logs` reads by byte
+range. The job's driver is pinned with ``entrypoint_label_selector`` to the first
+worker's node and asks Ray for no resources of its own: the placement group already
+holds them.
 
 How each kind runs (``entrypoint``):
 - CPU-only single-worker jobs run in the driver itself, on the node whose CPUs and memory
@@ -197,7 +200,12 @@ class RayExecutor:
                     job.run_id,
                     exc,
                 )
-        argv = self.entrypoint(job, run_dir)
+        # The driver runs under a tee: its output goes both to Ray's job log (the
+        # dashboard's) and to the run's driver log, which `dcsched logs` reads by byte
+        # range (Ray's log can only be read whole). Created here, private, so that the
+        # tee only appends.
+        log = driver_log_file(RunDir(run_dir), job.run_id)
+        argv = [*teed(log), self.python, *self.entrypoint(job, run_dir)]
         entrypoint = shlex.join([self.python, *argv])
         env_vars = {
             "DCSCHED_JOB_ID": job.id,
@@ -415,12 +423,29 @@ class RayExecutor:
         return True
 
     def logs(self, run_id: str) -> str:
+        """Ray's log of the run's Ray Job, whole: for runs started before their driver
+        had a log file of its own (``start``)."""
         try:
             return str(self._client.get_job_logs(run_id))
         except RuntimeError as exc:
             if "404" in str(exc) or "does not exist" in str(exc):
                 return ""
             raise
+
+
+def teed(log: Path) -> list[str]:
+    """The Python arguments that run a driver command (appended to them) under
+    ``dcsched.runs.tee``: its output to its stdout, Ray's job log, and to ``log``."""
+    return ["-m", "dcsched.runs.tee", str(log), "--"]
+
+
+def driver_log_file(files: RunDir, run_id: str) -> Path:
+    """The run's driver log (``RunDir.driver_log``), created empty and private (0600)
+    if it is not there, its folder too (0700)."""
+    path = files.driver_log(run_id)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    return path
 
 
 class RayClusterView:

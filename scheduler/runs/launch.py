@@ -55,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     log = files.rank_log(0)
     process = RankProcess(run["command"], env, log, echo=True)
 
+    stopping: list[int] = []
+
     def on_term(signum: int, _frame: FrameType | None) -> None:
+        if stopping:
+            return  # a repeat: Ray's stop signals both the tee (dcsched.runs.tee) and us
+        stopping.append(signum)
         process.stop()
         sys.exit(128 + signum)
 

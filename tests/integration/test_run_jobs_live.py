@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from dcsched.processes import pid_alive
-from tests.conftest import EXAMPLES, Server, start_cluster, start_server
+from tests.conftest import EXAMPLES, Server, dashboard_url, start_cluster, start_server
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -342,7 +343,11 @@ def test_a_file_under_a_data_root_is_read_in_place(
     assert job["state"] == "SUCCEEDED", job
 
 
-def test_single_worker_run_reports_progress_and_its_failure(server: Server, tmp_path: Path) -> None:
+def test_single_worker_run_reports_progress_and_its_failure(
+    live: tuple[Any, Server, Path], server: Server, tmp_path: Path
+) -> None:
+    from ray.job_submission import JobSubmissionClient
+
     ok = write_job(
         tmp_path / "ok",
         "reporter",
@@ -353,6 +358,20 @@ def test_single_worker_run_reports_progress_and_its_failure(server: Server, tmp_
     assert job["state"] == "SUCCEEDED", job
     assert job["result"]["progress"]["step"] == 2
     assert "done reporting" in server.cli("logs", job["id"]).stdout
+    # The driver's output is teed (dcsched.runs.tee): Ray's job log, which the dashboard
+    # shows, has it, and so has the driver's own log that `dcsched logs` reads by range.
+    assert job["attempt"] == 1  # so its run id is its job id
+    ray_log = JobSubmissionClient(dashboard_url(live[0])).get_job_logs(job["id"])
+    assert "done reporting" in ray_log, ray_log
+    driver_log = server.home / "runs" / job["id"] / "logs" / f"driver-{job['id']}.log"
+    assert "done reporting" in driver_log.read_text()
+    assert stat.S_IMODE(driver_log.stat().st_mode) == 0o600
+    first, rest = (
+        json.loads(server.api("GET", f"/v1/jobs/{job['id']}/logs?offset={offset}&limit=4")[1])
+        for offset in (0, 4)
+    )
+    assert (first["offset"], rest["offset"]) == (4, 8)
+    assert (first["logs"] + rest["logs"]).encode() == driver_log.read_bytes()[:8]
     bad = write_job(tmp_path / "bad", "crasher", "print('about to fail')\nraise SystemExit(7)\n")
     job = server.wait_for_job(submit(server, bad), ended, timeout=120)
     assert job["state"] == "FAILED"

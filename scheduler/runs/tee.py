@@ -1,0 +1,69 @@
+"""``python -m dcsched.runs.tee LOG -- ARGV...``: run a Ray Job's driver (ARGV) with its
+output going both to our stdout and to the end of LOG.
+
+Ray's job log is the entrypoint's stdout, which the Ray dashboard shows; reading it back
+means loading the whole log (Ray's API has no byte range). So every Ray Job's entrypoint
+is this tee (``dcsched.adapters.ray_executor``): Ray's log keeps everything, and LOG, the
+run's ``logs/driver-<run id>.log`` that the server created private beforehand, has the
+same bytes for ``dcsched logs`` to read by byte range.
+
+The driver runs as our child (``RankProcess``: its own process group, unbuffered Python
+output, killed if we die), copied line by line. SIGTERM, SIGINT and SIGHUP are passed on
+to it, and we exit with its status (128 + N when signal N killed it), so a cancel reaches
+the user's command exactly as it did without the tee. A signal may reach the driver twice
+(Ray's stop signals the entrypoint and its children); the drivers treat a repeat as one.
+
+Standard library only: it starts before every Ray Job's driver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from dcsched.runs.process import RankProcess
+
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def exit_status(code: int) -> int:
+    """A child's status as our exit status: the same code, or 128 + N when signal N
+    killed it (what a shell reports)."""
+    return 128 - code if code < 0 else code
+
+
+def run_teed(command: list[str], log: Path) -> int:
+    """Run ``command`` with its output copied to our stdout and appended to ``log``;
+    forward the stop signals to it; its exit status (see ``exit_status``)."""
+    driver: RankProcess | None = None
+    early: list[int] = []  # signals that came before the driver started
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        if driver is None:
+            early.append(signum)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(driver.process.pid, signum)
+
+    for stop_signal in FORWARDED_SIGNALS:
+        signal.signal(stop_signal, forward)
+    driver = RankProcess(command, {}, log, echo=True)
+    for signum in early:
+        forward(signum, None)
+    return exit_status(driver.wait())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) < 3 or args[1] != "--":
+        print("usage: python -m dcsched.runs.tee LOG -- COMMAND...", file=sys.stderr)
+        return 2
+    return run_teed(args[2:], Path(args[0]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
