@@ -194,6 +194,9 @@ class SchedulerService:
         self._last_snapshot = ClusterSnapshot(())
         """Ray's view as last seen: what reads show while Ray is unreachable."""
         self.drivers: list[Driver] = []
+        self._cancelling: dict[str, int] = {}
+        """job id -> cancels of it whose stop is under way outside the lock (``cancel``):
+        passes neither reconcile, requeue nor preempt such a job meanwhile."""
 
     # -- configuration -----------------------------------------------------------------
 
@@ -283,27 +286,63 @@ class SchedulerService:
         return [f"name: {ModelNameTaken(spec.name, owner)}"]
 
     def cancel(self, job_id: str, reason: str = "cancelled by user") -> Job:
+        """Cancel a job; a job that holds resources is stopped first, and freed before it
+        is reported CANCELLED. The stop runs *outside* the service lock: a Ray job whose
+        stop hangs (up to the Ray bridge's call timeout) must hold up neither the
+        scheduling pass nor other cancels. Under the lock the intent is recorded
+        (``_cancelling``: passes leave the job to this call meanwhile); after the stop,
+        under the lock again, the reservation is freed and the job marked CANCELLED.
+        Called from inside a pass (a driver cancelling a trial), the lock is held
+        throughout, as before."""
         with self._lock:
             job = self.store.get_job(job_id)
             if job is None:
                 raise JobNotFound(job_id)
             if job.state.is_terminal():
                 raise JobAlreadyEnded(f"job {job_id} already ended as {job.state}")
-            if job.state.holds_resources():
+            if not job.state.holds_resources():
+                return self._record_cancel(job, reason)
+            self._cancelling[job.id] = self._cancelling.get(job.id, 0) + 1
+        unreachable = False
+        try:
+            self.executor.stop(job.run_id)
+        except RayUnreachable:
+            unreachable = True
+        except BaseException:
+            with self._lock:
+                self._stop_cancelling(job.id)  # the job is the passes' again, as it was
+            raise
+        with self._lock:
+            self._stop_cancelling(job.id)
+            current = self.store.get_job(job.id)
+            if current is None or current.state.is_terminal():
+                return current or job  # a concurrent cancel of the same job finished it
+            if not unreachable and current.state.holds_resources():
                 try:
-                    self.executor.stop(job.run_id)
-                    self._release(job.run_id, job.nodes, job.per_worker)
+                    self._release(current.run_id, current.nodes, current.per_worker)
                 except RayUnreachable:
-                    # Recorded now; the first sweep after Ray returns stops and frees it.
-                    logger.warning("job %s cancelled while Ray is unreachable", job_id)
-                    self._next_sweep = 0.0
-            job = self.store.transition(job_id, JobState.CANCELLED, self.clock.now(), reason)
-            self._waiting.pop(job_id, None)
-            self.events.finished(job, _run_seconds(job))
-            for driver in self.drivers:
-                driver.cancelled(job)
-            self._wake.set()
-            return job
+                    unreachable = True
+            if unreachable:
+                # Recorded now; the first sweep after Ray returns stops and frees it.
+                logger.warning("job %s cancelled while Ray is unreachable", job_id)
+                self._next_sweep = 0.0
+            return self._record_cancel(current, reason)
+
+    def _stop_cancelling(self, job_id: str) -> None:
+        left = self._cancelling.pop(job_id) - 1
+        if left:
+            self._cancelling[job_id] = left
+
+    def _record_cancel(self, job: Job, reason: str) -> Job:
+        """Mark a job CANCELLED (anything it held is freed already) and tell whom it may
+        concern."""
+        job = self.store.transition(job.id, JobState.CANCELLED, self.clock.now(), reason)
+        self._waiting.pop(job.id, None)
+        self.events.finished(job, _run_seconds(job))
+        for driver in self.drivers:
+            driver.cancelled(job)
+        self._wake.set()
+        return job
 
     def position(self, job_id: str) -> int | None:
         waiting = self._waiting.get(job_id)
@@ -511,6 +550,8 @@ class SchedulerService:
             self._sweep(active)
             lost = self._lost_nodes(active, snapshot)
             for job in active:
+                if job.id in self._cancelling:
+                    continue  # its cancel stops, frees and records it (``cancel``)
                 try:
                     if lost and lost.intersection(job.nodes):
                         self._requeue_after_node_loss(job, lost)
@@ -635,6 +676,8 @@ class SchedulerService:
     def _preempt(self, victim: Job, reason: str) -> None:
         """Stop a running job and put it back in the queue; its run directory keeps its
         checkpoints, so the next run resumes from the last epoch."""
+        if victim.id in self._cancelling:
+            return  # being cancelled: its room comes when that cancel frees it
         logger.info("preempting job %s: %s", victim.id, reason)
         # The store first: a crash after this leaves a run that no active job owns, which
         # the sweep stops and frees; never a victim that looks "stopped outside dcsched".
