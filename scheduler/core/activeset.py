@@ -83,6 +83,7 @@ _Request = tuple[
     int,  # priority value
     int,  # shape
     WaitReason | None,  # blocked
+    int,  # quota class
 ]
 
 
@@ -112,6 +113,9 @@ class QueuedJob:
     fifo_key: tuple[float, str]
     priority_key: tuple[int, float, str]
     has_dependencies: bool
+    quota_class: int
+    """Equal for jobs whose requests the quota ledger and preemption cannot tell apart
+    (team, total, GPU type, priority value, selector)."""
     spread_group: str | None = None
     behind: WaitReason | None = None
     decided: object = None
@@ -205,6 +209,7 @@ class ActiveSet(Sequence[Job]):
         """and how many due releases are not whole (then ``due`` has no answer)."""
         self._queued: dict[str, QueuedJob] = {}
         self._shapes: dict[tuple[object, ...], int] = {}
+        self._quota_classes: dict[tuple[object, ...], int] = {}
         self._never: dict[int, str | None] = {}
         self._empty: CapacityIndex | None = None
         self._sizes: dict[tuple[float, float, int, int], tuple[Resources, Resources]] = {}
@@ -262,7 +267,7 @@ class ActiveSet(Sequence[Job]):
             raise ValueError(f"job {job.id} has {job.workers} workers on {len(job.nodes)} nodes")
         known = self._requests.get(id(job.request))
         if known is not None and known[0] is job.request:  # computed when it was queued
-            per_worker, total, gpu_type, _, _, _, prio, _, _ = known[1]
+            per_worker, total, gpu_type, _, _, _, prio, _, _, _ = known[1]
             runtime = job.request.max_runtime
             run = RunningJob(
                 job=job,
@@ -361,7 +366,9 @@ class ActiveSet(Sequence[Job]):
             if len(self._requests) >= 50_000:
                 self._requests.clear()  # bounded: many sets keep few distinct requests
             known = self._requests[id(spec)] = (spec, self._request(spec))
-        per_worker, total, gpu_type, selector, key, policy, prio, shape, blocked = known[1]
+        per_worker, total, gpu_type, selector, key, policy, prio, shape, blocked, quota_class = (
+            known[1]
+        )
         submitted, job_id = job.submitted_at, job.id
         item = QueuedJob(  # positional, in field order: a pass makes one per pending job
             job,
@@ -380,6 +387,7 @@ class ActiveSet(Sequence[Job]):
             (submitted, job_id),
             (-prio, submitted, job_id),
             bool(spec.depends_on),
+            quota_class,
             spec.spread_group,
         )
         self._queued[job.id] = item
@@ -404,7 +412,11 @@ class ActiveSet(Sequence[Job]):
                 WaitKind.UNKNOWN_TEAM,
                 f"team {spec.team} is not a team of this cluster (unlisted teams are refused)",
             )
-        return per_worker, total, gpu_type, selector, key, policy, prio, shape, blocked
+        quota_key = (spec.team, total, gpu_type, prio, key)
+        quota_class = self._quota_classes.get(quota_key)
+        if quota_class is None:
+            quota_class = self._quota_classes[quota_key] = len(self._quota_classes)
+        return per_worker, total, gpu_type, selector, key, policy, prio, shape, blocked, quota_class
 
     def _shape(
         self, spec: SchedulingRequest, key: tuple[tuple[str, str], ...]

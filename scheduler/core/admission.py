@@ -55,6 +55,7 @@ shrinks, quota answers are cached until the ledger changes.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -67,7 +68,7 @@ from dcsched.core.lifecycle import JobState
 from dcsched.core.passstate import PassState
 from dcsched.core.placement import NoFit, Placement
 from dcsched.core.preemption import Preemption
-from dcsched.core.quota import QuotaFit
+from dcsched.core.quota import QuotaFit, QuotaLedger
 from dcsched.core.resources import EPSILON, Resources
 from dcsched.core.timeline import HeadReservation, estimate_starts
 from dcsched.core.waits import WaitKind, WaitReason
@@ -263,7 +264,7 @@ class _Walk:
             weights,
             self.inp.past_usage,
             self.state.queueing.fair_share_half_life,
-            lambda item: None if item.job.id in early else item.total,
+            (lambda item: None if item.job.id in early else item.total) if early else _total,
         )
 
     # -- step 3 and 4 ----------------------------------------------------------------------
@@ -275,20 +276,41 @@ class _Walk:
         deferred: list[int] = []
         early = self.early
         strict = not state.queueing.backfill
+        # A quota-blocked job's wait, per quota class (``QueuedJob.quota_class``), with
+        # the ledger it was decided on: a later job of the class gets the same answer while
+        # that ledger is unchanged, and its preemption try finds none either
+        # (``Preemption`` remembers the failure for the pass; the head, once set, stays
+        # set), so it waits for the same reason.
+        quota_waits: dict[int, tuple[QuotaLedger, int, Outcome]] = {}
         for i, item in enumerate(order):
             found = early.get(item.job.id) if early else None
             if found is not None:
                 results.append(found)
                 continue
-            fit = state.ledger.check(item.team, item.total, item.gpu_type)
+            if quota_waits:
+                known = quota_waits.get(item.quota_class)
+                if known is not None and known[0] is state.ledger:
+                    if known[1] == state.ledger.changes:
+                        results.append(known[2])
+                        continue
+            ledger = state.ledger
+            fit = ledger.check(item.team, item.total, item.gpu_type)
             kind = fit.kind
             if kind == "borrows":
                 deferred.append(i)
                 results.append(self.behind)  # decided below
-            elif kind == "fits-nominal" and strict and self.head is not None:
-                results.append(self.behind)  # as _decide says, without the call
+            elif kind == "fits-nominal":
+                if strict and self.head is not None:
+                    results.append(self.behind)  # as _decide says, without the call
+                else:
+                    results.append(self._decide(item, fit))
             else:
-                results.append(self._decide(item, fit))
+                changes = ledger.changes
+                outcome = self._decide(item, fit)
+                if type(outcome) is WaitReason and state.ledger is ledger:
+                    if ledger.changes == changes:
+                        quota_waits[item.quota_class] = (ledger, changes, outcome)
+                results.append(outcome)
         for i in deferred:
             item = order[i]
             results[i] = self._decide(
@@ -406,12 +428,9 @@ class _Walk:
         return None if found is None else Preempt(item.job.id, *found)
 
 
-def _fifo_key(item: QueuedJob) -> tuple[float, str]:
-    return item.fifo_key
-
-
-def _priority_key(item: QueuedJob) -> tuple[int, float, str]:
-    return item.priority_key
+_fifo_key = operator.attrgetter("fifo_key")
+_priority_key = operator.attrgetter("priority_key")
+_total = operator.attrgetter("total")
 
 
 def _dependencies(item: QueuedJob, states: Mapping[str, JobState]) -> Cancel | WaitReason | None:

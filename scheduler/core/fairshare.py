@@ -47,6 +47,7 @@ from dcsched.core.accounting import AllocationInterval
 from dcsched.core.resources import Resources
 
 _LN2 = math.log(2.0)
+_NONE = Resources()
 T = TypeVar("T")
 
 
@@ -108,42 +109,41 @@ def fair_order(
     caps = [(i, float(c)) for i, c in enumerate((capacity.cpus, capacity.gpus, capacity.memory))]
     caps = [(i, c) for i, c in caps if c > 0]
     scale = _LN2 / half_life
-    alloc = {team: list(a) for team, a in allocation.items()}
-    for team in queues:
-        past = past_usage.get(team, Resources())
-        a = alloc.setdefault(team, [0.0, 0.0, 0.0])
+    # Each team's shares before each of its jobs depend on its own jobs only, so they are
+    # computed team by team; then the order is the heap merge of the teams' sequences by
+    # (share, team): repeatedly the team whose next share is the lowest. Shares only grow
+    # when sizes are not negative; then that merge is a plain sort.
+    sequences: list[list[tuple[float, str, int, T]]] = []
+    monotone = True
+    for team, queue in queues.items():
+        a = list(allocation.get(team, (0.0, 0.0, 0.0)))
+        past = past_usage.get(team, _NONE)
         a[0] += past.cpus * scale
         a[1] += past.gpus * scale
         a[2] += past.memory * scale
-
-    def fair_order_share(team: str) -> float:
-        # max((a[i] / c for i, c in caps), default=0.0) / weights[team], as a loop: a
-        # pass calls this once per job it orders.
-        a = alloc[team]
-        share = None
-        for i, c in caps:
-            s = a[i] / c
-            if share is None or s > share:
-                share = s
-        return (0.0 if share is None else share) / weights[team]
-
-    heap = [(fair_order_share(team), team) for team in queues]
-    heapq.heapify(heap)
-    cursor = dict.fromkeys(queues, 0)
-    order: list[T] = []
-    while heap:
-        _, team = heapq.heappop(heap)
-        queue = queues[team]
-        i = cursor[team]
-        item = queue[i]
-        cursor[team] = i + 1
-        order.append(item)
-        taken = size(item)
-        if taken is not None:
-            a = alloc[team]
-            a[0] += taken.cpus
-            a[1] += taken.gpus
-            a[2] += taken.memory
-        if i + 1 < len(queue):
-            heapq.heappush(heap, (fair_order_share(team), team))
-    return order
+        weight = weights[team]
+        sequence: list[tuple[float, str, int, T]] = []
+        last = -math.inf
+        for k, item in enumerate(queue):
+            # max((a[i] / c for i, c in caps), default=0.0) / weight, as a loop
+            share = None
+            for i, c in caps:
+                x = a[i] / c
+                if share is None or x > share:
+                    share = x
+            share = (0.0 if share is None else share) / weight
+            if share < last:
+                monotone = False
+            last = share
+            sequence.append((share, team, k, item))
+            taken = size(item)
+            if taken is not None:
+                a[0] += taken.cpus
+                a[1] += taken.gpus
+                a[2] += taken.memory
+        sequences.append(sequence)
+    if monotone:
+        merged = [entry for sequence in sequences for entry in sequence]
+        merged.sort()  # (share, team, k) is unique: items are never compared
+        return [entry[3] for entry in merged]
+    return [entry[3] for entry in heapq.merge(*sequences)]

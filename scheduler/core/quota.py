@@ -147,6 +147,9 @@ class QuotaLedger:
         self._used: dict[str, dict[str, float]] = {}
         self._excess: dict[tuple[str, str], float] = {}
         self._answers: dict[tuple[str, int, str | None], tuple[Resources, QuotaFit]] = {}
+        self.changes = 0
+        """How many ``take``s and ``give``s this ledger has had: while it stays the same,
+        so do the ledger's answers."""
         for team in config.teams:
             self._teams[team.name] = _TeamQuota.of(team)
         for quota in list(self._teams.values()):
@@ -169,6 +172,7 @@ class QuotaLedger:
         clone._used = {team: dict(used) for team, used in self._used.items()}
         clone._excess = dict(self._excess)
         clone._answers = {}
+        clone.changes = 0
         return clone
 
     def whole(self) -> bool:
@@ -229,6 +233,7 @@ class QuotaLedger:
         self._add(team, request, gpu_type, -1.0)
 
     def _add(self, team: str, request: Resources, gpu_type: str | None, sign: float) -> None:
+        self.changes += 1
         if self._answers:
             self._answers = {}
         quota = self._team(team)

@@ -434,13 +434,15 @@ class Simulation:
         return reason
 
     def _queue_key(self, partition: _Partition, job: Job) -> tuple[object, ...]:
+        """The job's place in its team's queue, the job last (the id before it is unique,
+        so jobs are never compared)."""
         if partition.policy == "fifo":
-            return (job.submitted_at, job.id)
+            return (job.submitted_at, job.id, job)
         value = partition.class_values.get(job.priority)
         if value is None:
             cls = partition.config.priority_class(job.priority)
             value = partition.class_values[job.priority] = cls.value if cls else 0
-        return (-value, job.submitted_at, job.id)
+        return (-value, job.submitted_at, job.id, job)
 
     def _enqueue(self, partition: _Partition, job: Job) -> None:
         partition.pending[job.id] = job
@@ -527,7 +529,7 @@ class Simulation:
             queue = partition.queues[team]
             if len(queue) > limit:
                 truncated.add(team)
-            jobs.extend(partition.pending[str(key[-1])] for key in queue[:limit])
+            jobs.extend([key[-1] for key in queue[:limit]])  # type: ignore[misc]
         if partition.preemptors:
             seen = {job.id for job in jobs}
             jobs.extend(partition.pending[i] for i in sorted(partition.preemptors - seen))
@@ -573,7 +575,8 @@ class Simulation:
                     record.state, record.reason = "UNSCHEDULABLE", decision.reason
                 else:
                     waiting.add(queued[decision.job_id].team)
-            partition.preemptors = preemptors_after(partition.preemptors, decisions)
+            if preempted or partition.preemptors:  # else none is owed, as before
+                partition.preemptors = preemptors_after(partition.preemptors, decisions)
             # Again at once after preemptions, and when a team cut short had its whole
             # window started: its next jobs come within reach.
             if not (preempted or truncated - waiting):
