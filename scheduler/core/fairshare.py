@@ -125,13 +125,8 @@ def fair_order(
         sequence: list[tuple[float, str, int, T]] = []
         last = -math.inf
         for k, item in enumerate(queue):
-            # max((a[i] / c for i, c in caps), default=0.0) / weight, as a loop
-            share = None
-            for i, c in caps:
-                x = a[i] / c
-                if share is None or x > share:
-                    share = x
-            share = (0.0 if share is None else share) / weight
+            # max((a[i] / c for i, c in caps), default=0.0) / weight
+            share = max([a[i] / c for i, c in caps], default=0.0) / weight
             if share < last:
                 monotone = False
             last = share

@@ -519,20 +519,25 @@ class Simulation:
 
     # -- passes ------------------------------------------------------------------------
 
-    def _window(self, partition: _Partition) -> tuple[list[Job], set[str]]:
+    def _window(self, partition: _Partition) -> tuple[list[Job], dict[str, list[Job]]]:
         """The first ``lookahead`` pending jobs of each team and the preemptors owed their
-        room, and the teams cut short."""
+        room, and per team cut short, its jobs among them."""
         limit = self.options.lookahead
         jobs: list[Job] = []
-        truncated = set()
+        truncated: dict[str, list[Job]] = {}
         for team in sorted(partition.queues):
             queue = partition.queues[team]
+            window: list[Job] = [key[-1] for key in queue[:limit]]  # type: ignore[misc]
             if len(queue) > limit:
-                truncated.add(team)
-            jobs.extend([key[-1] for key in queue[:limit]])  # type: ignore[misc]
+                truncated[team] = window
+            jobs.extend(window)
         if partition.preemptors:
             seen = {job.id for job in jobs}
-            jobs.extend(partition.pending[i] for i in sorted(partition.preemptors - seen))
+            for i in sorted(partition.preemptors - seen):
+                job = partition.pending[i]
+                jobs.append(job)
+                if job.team in truncated:
+                    truncated[job.team] = [*truncated[job.team], job]
         return jobs, truncated
 
     def _passes(self, partition: _Partition, now: float) -> None:
@@ -556,30 +561,34 @@ class Simulation:
             # (victims requeued by a Preempt are not among this pass's jobs).
             queued = partition.pending
             preempted = False
-            waiting = set()
             for decision in decisions:
-                if type(decision) is Wait:
-                    if truncated:
-                        waiting.add(queued[decision.job_id].team)
-                elif isinstance(decision, Admit):
+                kind = type(decision)
+                if kind is Wait:
+                    continue
+                if kind is Admit:
                     self._start(partition, queued[decision.job_id], decision.nodes, now)
-                elif isinstance(decision, Preempt):
+                elif kind is Preempt:
                     for victim in decision.victims:
                         self._preempt(partition, victim, decision.reason, now)
                     preempted = True
-                elif isinstance(decision, Cancel):
+                elif kind is Cancel:
                     job = queued[decision.job_id]
                     self._dequeue(partition, job)
                     partition.active.forget(job.id)
                     record = self._by_id[job.id]
                     record.state, record.reason = "UNSCHEDULABLE", decision.reason
-                else:
-                    waiting.add(queued[decision.job_id].team)
+                else:  # pragma: no cover - plan gives only these four
+                    raise TypeError(f"unknown decision {decision!r}")
             if preempted or partition.preemptors:  # else none is owed, as before
                 partition.preemptors = preemptors_after(partition.preemptors, decisions)
             # Again at once after preemptions, and when a team cut short had its whole
-            # window started: its next jobs come within reach.
-            if not (preempted or truncated - waiting):
+            # window started: its next jobs come within reach. Without a preemption, a
+            # job of this pass is still pending exactly when it waits.
+            if preempted:
+                continue
+            if not any(
+                all(job.id not in queued for job in jobs) for jobs in truncated.values()
+            ):
                 return
         raise RuntimeError(  # pragma: no cover - the core guarantees progress
             f"more than {_MAX_PASSES_PER_INSTANT} passes at t={now:g}"
