@@ -212,7 +212,7 @@ class _Walk:
 
     def _early(self) -> None:
         states: dict[str, JobState] = {}
-        if any(item.has_dependencies for item in self.items):
+        if any(map(_has_dependencies, self.items)):
             states.update(self.inp.job_states)
             for job in self.inp.active:
                 states.setdefault(job.id, job.state)
@@ -431,6 +431,7 @@ class _Walk:
 _fifo_key = operator.attrgetter("fifo_key")
 _priority_key = operator.attrgetter("priority_key")
 _total = operator.attrgetter("total")
+_has_dependencies = operator.attrgetter("has_dependencies")
 
 
 def _dependencies(item: QueuedJob, states: Mapping[str, JobState]) -> Cancel | WaitReason | None:

@@ -124,18 +124,40 @@ def fair_order(
         weight = weights[team]
         sequence: list[tuple[float, str, int, T]] = []
         last = -math.inf
-        for k, item in enumerate(queue):
-            # max((a[i] / c for i, c in caps), default=0.0) / weight
-            share = max([a[i] / c for i, c in caps], default=0.0) / weight
-            if share < last:
-                monotone = False
-            last = share
-            sequence.append((share, team, k, item))
-            taken = size(item)
-            if taken is not None:
-                a[0] += taken.cpus
-                a[1] += taken.gpus
-                a[2] += taken.memory
+        if len(caps) == 3:  # every resource counts: the loop below, unrolled
+            (_, c0), (_, c1), (_, c2) = caps
+            a0, a1, a2 = a
+            for k, item in enumerate(queue):
+                share = a0 / c0
+                x = a1 / c1
+                if x > share:
+                    share = x
+                x = a2 / c2
+                if x > share:
+                    share = x
+                share /= weight
+                if share < last:
+                    monotone = False
+                last = share
+                sequence.append((share, team, k, item))
+                taken = size(item)
+                if taken is not None:
+                    a0 += taken.cpus
+                    a1 += taken.gpus
+                    a2 += taken.memory
+        else:
+            for k, item in enumerate(queue):
+                # max((a[i] / c for i, c in caps), default=0.0) / weight
+                share = max([a[i] / c for i, c in caps], default=0.0) / weight
+                if share < last:
+                    monotone = False
+                last = share
+                sequence.append((share, team, k, item))
+                taken = size(item)
+                if taken is not None:
+                    a[0] += taken.cpus
+                    a[1] += taken.gpus
+                    a[2] += taken.memory
         sequences.append(sequence)
     if monotone:
         merged = [entry for sequence in sequences for entry in sequence]
