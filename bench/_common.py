@@ -173,3 +173,34 @@ def client_for(env: dict[str, str]) -> Any:
     from dcsched.paths import Paths
 
     return Client.from_env(Paths(Path(env["DCSCHED_HOME"])), environ={})
+
+
+@contextmanager
+def baseline_tree(tree: Path | None) -> Iterator[dict[str, str] | None]:
+    """The environment in which ``python`` imports ``dcsched`` from another checkout
+    ``tree`` (its ``scheduler/`` folder: the previous version, say ``git worktree add
+    /tmp/before main``) instead of this one; None when ``tree`` is None. A benchmark runs
+    its baseline measurement in a child process with it, in the same sitting as its own."""
+    if tree is None:
+        yield None
+        return
+    source = tree.resolve() / "scheduler"
+    if not (source / "core" / "admission.py").is_file():
+        raise SystemExit(f"--baseline {tree}: no dcsched checkout there (no scheduler/core)")
+    with tempfile.TemporaryDirectory(prefix="dcsched-baseline-") as folder:
+        (Path(folder) / "dcsched").symlink_to(source, target_is_directory=True)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (folder, env.get("PYTHONPATH", "")) if p)
+        yield env
+
+
+def run_json(env: dict[str, str], *args: str) -> dict[str, Any]:
+    """Run ``python ARGS`` (a benchmark in its worker mode) under ``env`` and return the
+    last JSON line it printed."""
+    done = subprocess.run(
+        [sys.executable, *args], env=env, capture_output=True, text=True, cwd=REPO
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed: {done.stderr[-2000:]}")
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    return dict(json.loads(lines[-1]))

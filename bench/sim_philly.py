@@ -24,14 +24,22 @@ comparison with earlier figures). Each line gives ``wall_s`` (the replay) and
 preemptions, nodes spanned; as ``tests/unit/test_sim.py`` pins on a slice): two trees
 that decide alike give equal digests.
 
+The previous figure beside the new one, from the same run: ``--baseline TREE`` (another
+checkout, e.g. ``git worktree add /tmp/before main``) replays each run again with that
+tree's ``dcsched`` in a child process right after this tree's, and each line adds
+``baseline_wall_s``, ``baseline_cpu_s`` and ``results_unchanged`` (the two digests
+equal). ``--layout`` keeps only some layouts (the per-VC partition FIFO run, which the
+others are compared with, always runs).
+
 Usage: python bench/sim_philly.py [--trace PATH] [--load-factor X] [--pass-interval S]
-                                  [--quick]
+                                  [--quick] [--layout NAME]... [--baseline TREE]
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -39,7 +47,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, emit, machine
+from _common import REPO, baseline_tree, emit, machine, run_json
 
 from dcsched.core.config import load_config_yaml
 from dcsched.sim.engine import SimOptions, Simulation
@@ -50,6 +58,11 @@ FLOOR_S = 15.0
 OTHER_FLOOR_S = 60.0
 TARGET_RATIO = 1.9
 PUBLISHED = {"srtf": 2.81, "qssf": 2.31}
+LAYOUTS = {
+    "partition": {"partition": True},
+    "no-borrowing": {"partition": False, "borrowing": False},
+    "borrowing": {"partition": False, "borrowing": True},
+}
 
 
 def replay(jobs: list[Any], config: Any, **options: Any) -> tuple[dict[str, Any], float]:
@@ -68,6 +81,26 @@ def replay(jobs: list[Any], config: Any, **options: Any) -> tuple[dict[str, Any]
     return data, wall
 
 
+def _config() -> Any:
+    return load_config_yaml((REPO / "examples" / "clusters" / "philly-helios.yaml").read_text())
+
+
+def replay_worker(trace: Path, options: dict[str, Any]) -> None:
+    """One replay (the baseline's, in a child process): one JSON line."""
+    import dcsched
+
+    jobs = read_trace(trace, "philly").jobs
+    data, wall = replay(jobs, _config(), **options)
+    emit(
+        {
+            "wall_s": round(wall, 1),
+            "cpu_s": data["cpu_s"],
+            "results_digest": data["results_digest"],
+            "dcsched": str(Path(dcsched.__file__).resolve().parent),
+        }
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -76,8 +109,23 @@ def main() -> None:
     parser.add_argument("--load-factor", type=float, help="skip the search; use this factor")
     parser.add_argument("--pass-interval", type=float, default=0.0)
     parser.add_argument("--quick", action="store_true", help="fifo and fair only")
+    parser.add_argument(
+        "--layout", action="append", choices=sorted(LAYOUTS), help="only these layouts"
+    )
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout: replay each run with it too"
+    )
+    parser.add_argument("--replay", help=argparse.SUPPRESS)  # the baseline's child: options
     args = parser.parse_args()
-    config = load_config_yaml((REPO / "examples" / "clusters" / "philly-helios.yaml").read_text())
+    if args.replay is not None:
+        replay_worker(args.trace, json.loads(args.replay))
+        return
+    with baseline_tree(args.baseline) as baseline_env:
+        _main(args, baseline_env)
+
+
+def _main(args: argparse.Namespace, baseline_env: dict[str, str] | None) -> None:
+    config = _config()
     began = time.perf_counter()
     jobs = read_trace(args.trace, "philly").jobs
     emit(
@@ -106,9 +154,26 @@ def main() -> None:
         )
         return ratio, data, wall
 
+    def with_baseline(data: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+        if baseline_env is None:
+            return data
+        script = str(Path(__file__).resolve())
+        found = run_json(
+            baseline_env, script, "--trace", str(args.trace), "--replay", json.dumps(options)
+        )
+        return {
+            **data,
+            "baseline_wall_s": found["wall_s"],
+            "baseline_cpu_s": found["cpu_s"],
+            "baseline_results_digest": found["results_digest"],
+            "results_unchanged": found["results_digest"] == data["results_digest"],
+            "baseline_dcsched": found["dcsched"],
+        }
+
     if args.load_factor is not None:
         factor = args.load_factor
         ratio, fifo, fifo_wall = fifo_ratio(factor)
+        fifo = with_baseline(fifo, {**base, "load_factor": factor, "pass_interval": interval})
     else:
         tries = [(3.0, *fifo_ratio(3.0)), (4.0, *fifo_ratio(4.0))]
         for _ in range(4):
@@ -118,6 +183,7 @@ def main() -> None:
             x2 = min(8.0, max(1.0, x1 + (TARGET_RATIO - r1) * (x1 - x0) / (r1 - r0)))
             tries.append((x2, *fifo_ratio(x2)))
         factor, ratio, fifo, fifo_wall = min(tries, key=lambda t: abs(t[1] - TARGET_RATIO))
+        fifo = with_baseline(fifo, {**base, "load_factor": factor, "pass_interval": interval})
     emit(
         {
             "benchmark": "sim_philly_load_factor",
@@ -131,12 +197,8 @@ def main() -> None:
     )
     runs: list[tuple[dict[str, Any], dict[str, Any], float]] = [(base, fifo, fifo_wall)]
     policies = ("fifo", "fair") if args.quick else ("fifo", "priority", "fair")
-    layouts = (
-        {"partition": True},
-        {"partition": False, "borrowing": False},
-        {"partition": False, "borrowing": True},
-    )
-    for layout in layouts:
+    layouts = [LAYOUTS[name] for name in sorted(LAYOUTS) if name in (args.layout or LAYOUTS)]
+    for layout in sorted(layouts, key=lambda o: (not o["partition"], o.get("borrowing", False))):
         for policy in policies:
             for backfill in (False, True):
                 options = {**layout, "policy": policy, "backfill": backfill}
@@ -145,6 +207,9 @@ def main() -> None:
                 data, wall = replay(
                     jobs, config, load_factor=factor, pass_interval=interval, **options
                 )
+                data = with_baseline(
+                    data, {**options, "load_factor": factor, "pass_interval": interval}
+                )
                 runs.append((options, data, wall))
                 emit(_line(options, data, wall, fifo))
     emit(_line(base, fifo, fifo_wall, fifo))
@@ -152,8 +217,17 @@ def main() -> None:
     improvement = fifo["mean_jct_s"] / best["mean_jct_s"]
     headline = [(o, w) for o, _, w in runs if o["policy"] in ("fifo", "fair") and not o["backfill"]]
     headline = [(o, w) for o, w in headline if o["partition"] or o.get("borrowing")]
-    walls = {p: max(w for o, w in headline if o["policy"] == p) for p in ("fifo", "fair")}
+    walls = {
+        p: max((w for o, w in headline if o["policy"] == p), default=0.0) for p in ("fifo", "fair")
+    }
     slowest_other = max(w for _, _, w in runs)
+    baseline: dict[str, Any] = {}
+    if baseline_env is not None:
+        baseline = {
+            "baseline_slowest_any_wall_s": max(d["baseline_wall_s"] for _, d, _ in runs),
+            "baseline_slowest_any_cpu_s": max(d["baseline_cpu_s"] for _, d, _ in runs),
+            "all_results_unchanged": all(d["results_unchanged"] for _, d, _ in runs),
+        }
     emit(
         {
             "benchmark": "sim_philly_result",
@@ -171,6 +245,8 @@ def main() -> None:
             "slowest_wall_s": {p: round(w, 1) for p, w in walls.items()},
             "floor_wall_s": FLOOR_S,
             "slowest_any_wall_s": round(slowest_other, 1),
+            "slowest_any_cpu_s": max(d["cpu_s"] for _, d, _ in runs),
+            **baseline,
             "floor_any_wall_s": OTHER_FLOOR_S,
             "meets_floor": all(w <= FLOOR_S for w in walls.values())
             and slowest_other <= OTHER_FLOOR_S,
@@ -199,6 +275,7 @@ def _line(
         "cpu_s": data["cpu_s"],
         "passes": data["passes_run"],
         "results_digest": data["results_digest"],
+        **{k: v for k, v in data.items() if k.startswith("baseline_") or k == "results_unchanged"},
     }
 
 

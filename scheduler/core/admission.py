@@ -289,10 +289,10 @@ class _Walk:
                 continue
             if quota_waits:
                 known = quota_waits.get(item.quota_class)
-                if known is not None and known[0] is state.ledger:
-                    if known[1] == state.ledger.changes:
-                        results.append(known[2])
-                        continue
+                ledger = state.ledger
+                if known is not None and known[0] is ledger and known[1] == ledger.changes:
+                    results.append(known[2])
+                    continue
             ledger = state.ledger
             fit = ledger.check(item.team, item.total, item.gpu_type)
             kind = fit.kind
@@ -307,9 +307,9 @@ class _Walk:
             else:
                 changes = ledger.changes
                 outcome = self._decide(item, fit)
-                if type(outcome) is WaitReason and state.ledger is ledger:
-                    if ledger.changes == changes:
-                        quota_waits[item.quota_class] = (ledger, changes, outcome)
+                unchanged = state.ledger is ledger and ledger.changes == changes
+                if unchanged and type(outcome) is WaitReason:
+                    quota_waits[item.quota_class] = (ledger, changes, outcome)
                 results.append(outcome)
         for i in deferred:
             item = order[i]

@@ -586,9 +586,7 @@ class Simulation:
             # job of this pass is still pending exactly when it waits.
             if preempted:
                 continue
-            if not any(
-                all(job.id not in queued for job in jobs) for jobs in truncated.values()
-            ):
+            if not any(all(job.id not in queued for job in jobs) for jobs in truncated.values()):
                 return
         raise RuntimeError(  # pragma: no cover - the core guarantees progress
             f"more than {_MAX_PASSES_PER_INSTANT} passes at t={now:g}"
