@@ -29,13 +29,20 @@ admission's nodes, every wait's reason and estimated start), and, at the default
 before the pass was sped up). ``tests/unit/test_admission.py`` pins the same digests on
 a smaller input.
 
-Usage: python bench/admission.py [--pending N] [--nodes N] [--repeat N]
+The previous figure beside the new one, from the same run: ``--baseline TREE`` (another
+checkout, e.g. ``git worktree add /tmp/before main``) times each pass again with that
+tree's ``dcsched`` in a child process right after this tree's, and each line adds
+``baseline_decisions_per_s``, ``baseline_admissions_per_s``, their per-CPU-second
+figures, and ``same_decisions_as_baseline`` (the two digests equal).
+
+Usage: python bench/admission.py [--pending N] [--nodes N] [--repeat N] [--baseline TREE]
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import random
 import statistics
 import sys
@@ -45,7 +52,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import emit, machine
+from _common import baseline_tree, emit, machine, run_json
 
 from dcsched.core.activeset import ActiveSet
 from dcsched.core.admission import Admit, Cancel, Preempt, SchedulingInput, Wait, plan
@@ -236,40 +243,99 @@ def build_admitting(pending_count: int, node_count: int, seed: int = 11) -> tupl
     return ClusterSnapshot(nodes), [], pending, team_configs, past
 
 
+def measure(built: tuple[Any, ...], policy: str, backfill: bool, repeat: int) -> dict[str, Any]:
+    """``repeat`` passes over a fresh input each: median wall and CPU seconds, the kinds
+    of decisions and their digest."""
+    times = []
+    cpu_times = []
+    decisions: list[Any] = []
+    for _ in range(repeat):
+        inp, _ = scheduling_input(built, policy, backfill)
+        started = time.perf_counter()
+        cpu_started = time.process_time()
+        decisions = plan(inp)
+        cpu_times.append(time.process_time() - cpu_started)
+        times.append(time.perf_counter() - started)
+    counts = {
+        kind.__name__.lower(): sum(isinstance(d, kind) for d in decisions)
+        for kind in (Admit, Wait, Preempt, Cancel)
+    }
+    seconds = statistics.median(times)
+    cpu_seconds = statistics.median(cpu_times)
+    return {
+        "decisions": len(decisions),
+        "kinds": counts,
+        "median_s": round(seconds, 4),
+        "min_s": round(min(times), 4),
+        "decisions_per_s": round(len(decisions) / seconds, 1),
+        "admissions_per_s": round(counts["admit"] / seconds, 1),
+        "cpu_median_s": round(cpu_seconds, 4),
+        "decisions_per_cpu_s": round(len(decisions) / cpu_seconds, 1),
+        "admissions_per_cpu_s": round(counts["admit"] / cpu_seconds, 1),
+        "decisions_digest": digest(decisions),
+    }
+
+
+BUILDERS = {"mixed": build, "admitting": build_admitting}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pending", type=int, default=10_000)
     parser.add_argument("--nodes", type=int, default=1_000)
     parser.add_argument("--repeat", type=int, default=5, help="passes per policy; median kept")
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout: time each pass with it too"
+    )
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # the baseline's child: input,policy,bf
     args = parser.parse_args()
-    inputs = {
-        "mixed": build(args.pending, args.nodes),
-        "admitting": build_admitting(args.pending, args.nodes),
-    }
+    if args.one is not None:
+        import dcsched
+
+        name, policy, backfill = json.loads(args.one)
+        built = BUILDERS[name](args.pending, args.nodes)
+        found = measure(built, policy, backfill, args.repeat)
+        emit({**found, "dcsched": str(Path(dcsched.__file__).resolve().parent)})
+        return
+    with baseline_tree(args.baseline) as baseline_env:
+        _main(args, baseline_env)
+
+
+def _main(args: argparse.Namespace, baseline_env: dict[str, str] | None) -> None:
+    inputs = {name: build(args.pending, args.nodes) for name, build in BUILDERS.items()}
     default_sizes = (args.pending, args.nodes) == (10_000, 1_000)
+    script = str(Path(__file__).resolve())
     for name, built in inputs.items():
         cluster, active, pending, _, _ = built
         for policy in ("fifo", "priority", "fair"):
             for backfill in (False, True):
-                times = []
-                cpu_times = []
-                decisions: list[Any] = []
-                for _ in range(args.repeat):
-                    inp, _ = scheduling_input(built, policy, backfill)
-                    started = time.perf_counter()
-                    cpu_started = time.process_time()
-                    decisions = plan(inp)
-                    cpu_times.append(time.process_time() - cpu_started)
-                    times.append(time.perf_counter() - started)
-                seconds = statistics.median(times)
-                cpu_seconds = statistics.median(cpu_times)
-                counts = {
-                    kind.__name__.lower(): sum(isinstance(d, kind) for d in decisions)
-                    for kind in (Admit, Wait, Preempt, Cancel)
-                }
-                rate = len(decisions) / seconds
-                found = digest(decisions)
-                admit_rate = counts["admit"] / seconds
+                found = measure(built, policy, backfill, args.repeat)
+                rate = found["decisions_per_s"]
+                admit_rate = found["admissions_per_s"]
+                baseline: dict[str, Any] = {}
+                if baseline_env is not None:
+                    before = run_json(
+                        baseline_env,
+                        script,
+                        *("--pending", str(args.pending), "--nodes", str(args.nodes)),
+                        *("--repeat", str(args.repeat)),
+                        *("--one", json.dumps([name, policy, backfill])),
+                    )
+                    baseline = {
+                        "baseline_" + key: before[key]
+                        for key in (
+                            "decisions_per_s",
+                            "admissions_per_s",
+                            "decisions_per_cpu_s",
+                            "admissions_per_cpu_s",
+                            "median_s",
+                            "cpu_median_s",
+                        )
+                    }
+                    baseline["same_decisions_as_baseline"] = (
+                        before["decisions_digest"] == found["decisions_digest"]
+                    )
+                    baseline["baseline_dcsched"] = before["dcsched"]
                 emit(
                     {
                         "benchmark": "admission",
@@ -279,20 +345,13 @@ def main() -> None:
                         "pending": len(pending),
                         "active": len(active),
                         "nodes": len(cluster.nodes),
-                        "decisions": len(decisions),
-                        "kinds": counts,
                         "repeat": args.repeat,
-                        "median_s": round(seconds, 4),
-                        "min_s": round(min(times), 4),
-                        "decisions_per_s": round(rate, 1),
-                        "admissions_per_s": round(admit_rate, 1),
-                        "cpu_median_s": round(cpu_seconds, 4),
-                        "decisions_per_cpu_s": round(len(decisions) / cpu_seconds, 1),
-                        "admissions_per_cpu_s": round(counts["admit"] / cpu_seconds, 1),
-                        "decisions_digest": found,
-                        "decisions_unchanged": found == PINNED[(name, policy, backfill)]
+                        **found,
+                        "decisions_unchanged": found["decisions_digest"]
+                        == PINNED[(name, policy, backfill)]
                         if default_sizes
                         else None,
+                        **baseline,
                         "floor_decisions_per_s": FLOOR if name == "mixed" else None,
                         "floor_admissions_per_s": ADMIT_FLOOR if name == "admitting" else None,
                         "meets_floor": rate >= FLOOR
