@@ -322,6 +322,15 @@ class Preemption:
             ledger.give(run.team, run.total, run.gpu_type)
         if index is not None:
             index.give_all((run.nodes, run.per_worker) for run in chosen)
+        # ``_victims_would_borrow`` of what is left, kept as counts: per other team, how
+        # many victims and how many of each request (equal requests get equal answers).
+        sizes: dict[str, int] = {}
+        requests: dict[str, dict[tuple[Resources, str | None], int]] = {}
+        for run in chosen:
+            if run.team != item.team:
+                sizes[run.team] = sizes.get(run.team, 0) + 1
+                kinds = requests.setdefault(run.team, {})
+                kinds[run.total, run.gpu_type] = kinds.get((run.total, run.gpu_type), 0) + 1
         for run in reversed(list(chosen)):
             if len(chosen) <= 1:
                 break
@@ -330,7 +339,14 @@ class Preemption:
             trial.take(run.team, run.total, run.gpu_type)
             if trial.check(item.team, item.total, item.gpu_type).kind != "fits-nominal":
                 continue
-            if not self._victims_would_borrow(trial, item, rest):
+            own = run.team == item.team
+            if not own:
+                sizes[run.team] -= 1
+                requests[run.team][run.total, run.gpu_type] -= 1
+            if not _counted_victims_would_borrow(trial, sizes, requests):
+                if not own:
+                    sizes[run.team] += 1
+                    requests[run.team][run.total, run.gpu_type] += 1
                 continue
             room = None
             if index is not None:
@@ -338,6 +354,9 @@ class Preemption:
                 room.take_back(run.nodes, run.per_worker)
                 placed = room.place(item.per_worker, item.workers, item.policy, item.selector)
                 if not isinstance(placed, Placement):
+                    if not own:
+                        sizes[run.team] += 1
+                        requests[run.team][run.total, run.gpu_type] += 1
                     continue
             chosen, ledger, index = rest, trial, room
         return chosen
@@ -397,6 +416,22 @@ class Preemption:
                 f"{', '.join(others)} borrowed (for job {item.job.id})"
             )
         return "; ".join(parts)
+
+
+def _counted_victims_would_borrow(
+    ledger: QuotaLedger,
+    sizes: dict[str, int],
+    requests: dict[str, dict[tuple[Resources, str | None], int]],
+) -> bool:
+    """``Preemption._victims_would_borrow`` over victims given as counts: per team other
+    than the beneficiary's, how many, and how many of each (total, GPU type)."""
+    for team, kinds in requests.items():
+        if sizes[team] > 1 and any(
+            count > 0 and ledger.check(team, total, gpu_type).kind == "fits-nominal"
+            for (total, gpu_type), count in kinds.items()
+        ):
+            return False
+    return True
 
 
 _WHOLE_LIMIT = 2.0**52

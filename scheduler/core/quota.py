@@ -147,6 +147,11 @@ class QuotaLedger:
         self._used: dict[str, dict[str, float]] = {}
         self._excess: dict[tuple[str, str], float] = {}
         self._answers: dict[tuple[str, int, str | None], tuple[Resources, QuotaFit]] = {}
+        self._dimensions: dict[
+            tuple[int, str | None], tuple[Resources, tuple[tuple[str, float], ...]]
+        ] = {}
+        """``dimensions`` per request object (by identity, kept alive here) and GPU type;
+        shared with copies."""
         self.changes = 0
         """How many ``take``s and ``give``s this ledger has had: while it stays the same,
         so do the ledger's answers."""
@@ -172,6 +177,7 @@ class QuotaLedger:
         clone._used = {team: dict(used) for team, used in self._used.items()}
         clone._excess = dict(self._excess)
         clone._answers = {}
+        clone._dimensions = self._dimensions
         clone.changes = 0
         return clone
 
@@ -243,7 +249,13 @@ class QuotaLedger:
         cohort = quota.cohort if quota is not None else None
         guaranteed = quota.guaranteed if quota is not None else {}
         excess = self._excess
-        for dim, amount in dimensions(request, gpu_type):
+        known = self._dimensions.get((id(request), gpu_type))
+        if known is None or known[0] is not request:
+            if len(self._dimensions) >= 10_000:
+                self._dimensions.clear()  # bounded: few distinct requests in practice
+            known = (request, tuple(dimensions(request, gpu_type)))
+            self._dimensions[id(request), gpu_type] = known
+        for dim, amount in known[1]:
             before = used.get(dim, 0.0)
             after = before + sign * amount
             if abs(after) < EPSILON:
