@@ -354,6 +354,15 @@ class ActiveSet(Sequence[Job]):
 
     # -- for plan ------------------------------------------------------------------------
 
+    def queued_all(self, jobs: Iterable[Job]) -> list[QueuedJob]:
+        """``queued`` of each job, in order."""
+        known = self._queued
+        items = []
+        for job in jobs:
+            found = known.get(job.id)
+            items.append(found if found is not None and found.job is job else self.queued(job))
+        return items
+
     def queued(self, job: Job) -> QueuedJob:
         """The pending job's ``QueuedJob``: the one computed before while ``job`` is the
         same object, else a new one."""

@@ -201,7 +201,7 @@ class _Walk:
             ledger=active.ledger,
             ledger_at_start=active.ledger,
         )
-        self.items = [active.queued(job) for job in inp.pending]
+        self.items = active.queued_all(inp.pending)
         self.early: dict[str, Cancel | WaitReason] = {}
         self.head: QueuedJob | None = None
         self.behind = WaitReason(WaitKind.BEHIND_HEAD, "")
