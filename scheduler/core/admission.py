@@ -329,7 +329,7 @@ class _Walk:
         decisions: list[Decision] = []
         position = 0
         for item, result in zip(order, results, strict=True):
-            if type(result) is WaitReason:
+            if isinstance(result, WaitReason):
                 position += 1
                 start = starts.get(item.job.id) if starts else None
                 last = item.decided  # the same wait as in the last pass: reuse it

@@ -562,16 +562,15 @@ class Simulation:
             queued = partition.pending
             preempted = False
             for decision in decisions:
-                kind = type(decision)
-                if kind is Wait:
+                if type(decision) is Wait:
                     continue
-                if kind is Admit:
+                if isinstance(decision, Admit):
                     self._start(partition, queued[decision.job_id], decision.nodes, now)
-                elif kind is Preempt:
+                elif isinstance(decision, Preempt):
                     for victim in decision.victims:
                         self._preempt(partition, victim, decision.reason, now)
                     preempted = True
-                elif kind is Cancel:
+                elif isinstance(decision, Cancel):
                     job = queued[decision.job_id]
                     self._dequeue(partition, job)
                     partition.active.forget(job.id)
