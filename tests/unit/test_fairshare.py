@@ -16,7 +16,7 @@ from dcsched.core.accounting import (
     by_team,
     interval_seconds,
 )
-from dcsched.core.fairshare import decay_weight, decayed_usage
+from dcsched.core.fairshare import decay_weight, decayed_usage, fair_order
 from dcsched.core.resources import Resources
 
 GiB = 1024**3
@@ -176,3 +176,100 @@ def test_running_totals_equal_a_full_recount_at_every_call(
         for team, total in want.items():
             assert got[team].gpus == pytest.approx(total.gpus, abs=1e-6)
             assert got[team].cpus == pytest.approx(total.cpus, abs=1e-6)
+
+
+def _fair_order_by_heap(
+    queues: dict[str, list[tuple[str, Resources | None]]],
+    allocation: dict[str, list[float]],
+    capacity: Resources,
+    weights: dict[str, float],
+    past_usage: dict[str, Resources],
+    half_life: float,
+) -> list[tuple[str, Resources | None]]:
+    """``fair_order`` as it was written first: a heap of each team's next share, popped
+    one job at a time (the reference the faster one must equal)."""
+    import heapq
+
+    if len(queues) == 1:
+        return list(next(iter(queues.values())))
+    caps = [(i, float(c)) for i, c in enumerate((capacity.cpus, capacity.gpus, capacity.memory))]
+    caps = [(i, c) for i, c in caps if c > 0]
+    scale = math.log(2.0) / half_life
+    alloc = {team: list(a) for team, a in allocation.items()}
+    for team in queues:
+        past = past_usage.get(team, Resources())
+        a = alloc.setdefault(team, [0.0, 0.0, 0.0])
+        a[0] += past.cpus * scale
+        a[1] += past.gpus * scale
+        a[2] += past.memory * scale
+
+    def share(team: str) -> float:
+        a = alloc[team]
+        found = None
+        for i, c in caps:
+            s = a[i] / c
+            if found is None or s > found:
+                found = s
+        return (0.0 if found is None else found) / weights[team]
+
+    heap = [(share(team), team) for team in queues]
+    heapq.heapify(heap)
+    cursor = dict.fromkeys(queues, 0)
+    order = []
+    while heap:
+        _, team = heapq.heappop(heap)
+        item = queues[team][cursor[team]]
+        cursor[team] += 1
+        order.append(item)
+        if item[1] is not None:
+            a = alloc[team]
+            a[0] += item[1].cpus
+            a[1] += item[1].gpus
+            a[2] += item[1].memory
+        if cursor[team] < len(queues[team]):
+            heapq.heappush(heap, (share(team), team))
+    return order
+
+
+_amount = st.sampled_from([0.0, 0.5, 1.0, 2.0, 4.0, 8.0, -1.0])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    jobs=st.lists(
+        st.tuples(
+            st.sampled_from("abcd"),
+            st.one_of(
+                st.none(),
+                st.builds(lambda c, g, m: Resources(c, g, m), _amount, _amount, st.integers(-1, 3)),
+            ),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    held=st.dictionaries(st.sampled_from("abcd"), st.lists(_amount, min_size=3, max_size=3)),
+    past=st.dictionaries(
+        st.sampled_from("abcd"),
+        st.builds(lambda c, g: Resources(c, g, 0), _amount, _amount),
+    ),
+    weights=st.lists(st.sampled_from([0.5, 1.0, 2.0, 3.0]), min_size=4, max_size=4),
+    capacity=st.sampled_from(
+        [Resources(64, 8, 512), Resources(64, 0, 512), Resources(0, 8, 0), Resources()]
+    ),
+)
+def test_fair_order_equals_the_one_job_at_a_time_heap(
+    jobs: list[tuple[str, Resources | None]],
+    held: dict[str, list[float]],
+    past: dict[str, Resources],
+    weights: list[float],
+    capacity: Resources,
+) -> None:
+    """Shares computed team by team and merged give the order of the heap popped one job
+    at a time, also when a size is negative (shares then fall: the merge, not a sort)."""
+    queues: dict[str, list[tuple[str, Resources | None]]] = {}
+    for i, (team, size) in enumerate(jobs):
+        queues.setdefault(team, []).append((f"{team}{i}", size))
+    team_weights = dict(zip("abcd", weights, strict=True))
+    expected = _fair_order_by_heap(queues, held, capacity, team_weights, past, H)
+    found = fair_order(queues, held, capacity, team_weights, past, H, lambda job: job[1])
+    assert found == expected
