@@ -31,7 +31,7 @@ a smaller input.
 
 The previous figure beside the new one, from the same run: ``--baseline TREE`` (another
 checkout, e.g. ``git worktree add /tmp/before main``) times each pass again with that
-tree's ``dcsched`` in a child process right after this tree's, and each line adds
+tree's ``dcsched``, each tree in a fresh child process, in turns, and each line adds
 ``baseline_decisions_per_s``, ``baseline_admissions_per_s``, their per-CPU-second
 figures, and ``same_decisions_as_baseline`` (the two digests equal).
 
@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import random
 import statistics
 import sys
@@ -302,25 +303,33 @@ def main() -> None:
 
 
 def _main(args: argparse.Namespace, baseline_env: dict[str, str] | None) -> None:
-    inputs = {name: build(args.pending, args.nodes) for name, build in BUILDERS.items()}
     default_sizes = (args.pending, args.nodes) == (10_000, 1_000)
     script = str(Path(__file__).resolve())
-    for name, built in inputs.items():
+    turn = 0
+    for name, build_input in BUILDERS.items():
+        built = build_input(args.pending, args.nodes)  # one input alive at a time
         cluster, active, pending, _, _ = built
         for policy in ("fifo", "priority", "fair"):
             for backfill in (False, True):
-                found = measure(built, policy, backfill, args.repeat)
-                rate = found["decisions_per_s"]
-                admit_rate = found["admissions_per_s"]
                 baseline: dict[str, Any] = {}
-                if baseline_env is not None:
-                    before = run_json(
-                        baseline_env,
+                if baseline_env is None:
+                    found = measure(built, policy, backfill, args.repeat)
+                else:
+                    # Both trees alike: each in a fresh child process, in turns.
+                    child = [
                         script,
                         *("--pending", str(args.pending), "--nodes", str(args.nodes)),
                         *("--repeat", str(args.repeat)),
                         *("--one", json.dumps([name, policy, backfill])),
-                    )
+                    ]
+                    own_env = dict(os.environ)
+                    turn += 1
+                    if turn % 2:
+                        found = run_json(own_env, *child)
+                        before = run_json(baseline_env, *child)
+                    else:
+                        before = run_json(baseline_env, *child)
+                        found = run_json(own_env, *child)
                     baseline = {
                         "baseline_" + key: before[key]
                         for key in (
@@ -336,6 +345,8 @@ def _main(args: argparse.Namespace, baseline_env: dict[str, str] | None) -> None
                         before["decisions_digest"] == found["decisions_digest"]
                     )
                     baseline["baseline_dcsched"] = before["dcsched"]
+                rate = found["decisions_per_s"]
+                admit_rate = found["admissions_per_s"]
                 emit(
                     {
                         "benchmark": "admission",
