@@ -161,6 +161,19 @@ class JobStore(Protocol):
         limit: int | None = None,
     ) -> list[Job]: ...
 
+    def list_job_states(
+        self,
+        states: Sequence[JobState] | None = None,
+        team: str | None = None,
+        limit: int | None = None,
+    ) -> list[tuple[str, JobState]]:
+        """(id, state) of the jobs ``list_jobs`` returns, in the same order."""
+        ...
+
+    def jobs_by_id(self, job_ids: Sequence[str]) -> dict[str, Job]:
+        """The jobs of these ids that exist, by id."""
+        ...
+
     def transition(
         self,
         job_id: str,

@@ -20,6 +20,7 @@ import os
 import shutil
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -165,6 +166,9 @@ _DEPLOYMENT_COLUMNS = (
     " target_in_flight, scale_down_after_s, host, port, slots, message, created_at, updated_at"
 )
 
+_IDS_PER_QUERY = 500
+"""Most ids one ``jobs_by_id`` query names (SQLite limits a statement's parameters)."""
+
 _JOB_COLUMNS = (
     "id, spec, state, submitted_at, admitted_at, started_at, finished_at, nodes, reason, result,"
     " attempt, reason_kind"
@@ -281,22 +285,28 @@ class SQLiteStore:
         team: str | None = None,
         limit: int | None = None,
     ) -> list[Job]:
-        where: list[str] = []
-        args: list[Any] = []
-        if states is not None:
-            where.append(f"state IN ({','.join('?' * len(states))})")
-            args.extend(s.value for s in states)
-        if team is not None:
-            where.append("team = ?")
-            args.append(team)
-        sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY submitted_at DESC, id DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
+        sql, args = _list_query(_JOB_COLUMNS, states, team, limit)
         return [_job_from_row(row) for row in self._conn().execute(sql, args)]
+
+    def list_job_states(
+        self,
+        states: Sequence[JobState] | None = None,
+        team: str | None = None,
+        limit: int | None = None,
+    ) -> list[tuple[str, JobState]]:
+        """(id, state) of the jobs ``list_jobs`` returns, in its order; nothing parsed."""
+        sql, args = _list_query("id, state", states, team, limit)
+        return [(row[0], JobState(row[1])) for row in self._conn().execute(sql, args)]
+
+    def jobs_by_id(self, job_ids: Sequence[str]) -> dict[str, Job]:
+        """The jobs of these ids that exist, by id."""
+        found: dict[str, Job] = {}
+        conn = self._conn()
+        for first in range(0, len(job_ids), _IDS_PER_QUERY):
+            chunk = job_ids[first : first + _IDS_PER_QUERY]
+            sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id IN ({','.join('?' * len(chunk))})"
+            found.update((row[0], _job_from_row(row)) for row in conn.execute(sql, chunk))
+        return found
 
     def transition(
         self,
@@ -339,6 +349,7 @@ class SQLiteStore:
         if target.is_terminal():
             sets.append("finished_at = ?")
             args.append(at)
+            _forget_spec(job_id)
         if nodes is not None:
             sets.append("nodes = ?")
             args.append(json.dumps(list(nodes)))
@@ -437,7 +448,7 @@ class SQLiteStore:
             if to_state == JobState.ADMITTED.value:
                 open_since[job_id] = at
             elif to_state != JobState.RUNNING.value and job_id in open_since:
-                request = _spec_of(job_id, spec_text)[0]
+                request = _spec_of(job_id, spec_text, keep=False)[0]  # read once
                 intervals.append(_interval(job_id, request, open_since.pop(job_id), at))
         for job_id, start in open_since.items():
             job = self.get_job(job_id)
@@ -716,10 +727,14 @@ def directory_checksum(directory: Path) -> str:
 
 
 _SPEC_CACHE_SIZE = 4096
-"""Most parsed specs kept (~3 KiB each; one parse costs ~25 us): enough for the queue, the
-running jobs and a listing's newest, and flat in memory however many jobs the store has."""
+"""Most parsed specs kept (~3 KiB and ~35 objects the garbage collector scans each; one
+parse costs ~25 us): those of jobs that have not ended (the queue and the running jobs,
+which every scheduling pass reads), least recently used first out. An ended job's spec
+is parsed when read and not kept, and a job's is dropped when it ends: memory and
+collection pauses follow the jobs in flight, not the size of the store."""
 _ParsedSpec = tuple[SchedulingRequest, str, dict[str, Any]]
-_spec_cache: dict[str, _ParsedSpec] = {}
+_spec_cache: OrderedDict[str, _ParsedSpec] = OrderedDict()
+_spec_cache_lock = threading.Lock()
 
 
 class _IntervalWindow:
@@ -771,6 +786,28 @@ class _IntervalWindow:
         return result
 
 
+def _list_query(
+    columns: str, states: Sequence[JobState] | None, team: str | None, limit: int | None
+) -> tuple[str, list[Any]]:
+    """SQL and arguments of a listing: newest first, the limit applied by SQLite."""
+    where: list[str] = []
+    args: list[Any] = []
+    if states is not None:
+        where.append(f"state IN ({','.join('?' * len(states))})")
+        args.extend(s.value for s in states)
+    if team is not None:
+        where.append("team = ?")
+        args.append(team)
+    sql = f"SELECT {columns} FROM jobs"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY submitted_at DESC, id DESC"
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(limit)
+    return sql, args
+
+
 def _document(job: Job) -> dict[str, Any]:
     """The stored spec: the request's fields, ``kind`` and the kind's payload."""
     return {**job.request.model_dump(mode="json"), "kind": job.kind, **job.payload}
@@ -782,22 +819,33 @@ def _interval(
     return AllocationInterval(request.team, request.resources.total(), start, end, job_id)
 
 
-def _spec_of(job_id: str, text: str) -> _ParsedSpec:
+def _spec_of(job_id: str, text: str, keep: bool = True) -> _ParsedSpec:
     """(request, kind, payload) of a stored spec. Specs never change after submission:
-    each is parsed once (bounded cache)."""
-    parsed = _spec_cache.get(job_id)
-    if parsed is None:
-        document = json.loads(text)
-        payload = {k: v for k, v in document.items() if k not in REQUEST_FIELDS and k != "kind"}
-        parsed = (request_of(document), str(document.get("kind", "train")), payload)
-        if len(_spec_cache) >= _SPEC_CACHE_SIZE:
-            _spec_cache.clear()
-        _spec_cache[job_id] = parsed
+    a job's is parsed once while it has not ended (``keep``), see ``_SPEC_CACHE_SIZE``."""
+    with _spec_cache_lock:
+        parsed = _spec_cache.get(job_id)
+        if parsed is not None:
+            _spec_cache.move_to_end(job_id)
+            return parsed
+    document = json.loads(text)
+    payload = {k: v for k, v in document.items() if k not in REQUEST_FIELDS and k != "kind"}
+    parsed = (request_of(document), str(document.get("kind", "train")), payload)
+    if keep:
+        with _spec_cache_lock:
+            _spec_cache[job_id] = parsed
+            while len(_spec_cache) > _SPEC_CACHE_SIZE:
+                _spec_cache.popitem(last=False)
     return parsed
 
 
+def _forget_spec(job_id: str) -> None:
+    """The job ended: its parsed spec is no longer kept."""
+    with _spec_cache_lock:
+        _spec_cache.pop(job_id, None)
+
+
 def _job_from_row(row: tuple[Any, ...]) -> Job:
-    request, kind, payload = _spec_of(row[0], row[1])
+    request, kind, payload = _spec_of(row[0], row[1], keep=not JobState(row[2]).is_terminal())
     return Job(
         id=row[0],
         request=request,

@@ -263,6 +263,43 @@ def test_parsed_specs_kept_in_memory_are_bounded(tmp_path: Path) -> None:
     assert len(store.list_jobs()) == 5000
     assert 0 < len(sqlite_store._spec_cache) <= 4096
     assert store.get_job("j0") == pending("j0", at=0.0)
+    assert "j0" in sqlite_store._spec_cache  # the one just read stays (least recent out)
+
+
+def test_only_specs_of_jobs_not_ended_are_kept(tmp_path: Path) -> None:
+    # What a server keeps parsed follows the jobs in flight, not the size of its store
+    # (bench/api_scale.py: 10,000 ended jobs grew it by ~50 MiB and its GC pauses).
+    store = make_store(tmp_path)
+    for n in range(300):
+        store.add_job(pending(f"e{n}", at=float(n)))
+    store.add_job(pending("live", at=1000.0))
+    for n in range(300):
+        store.transition(f"e{n}", JobState.CANCELLED, 2000.0, "cancelled by user")
+    sqlite_store._spec_cache.clear()
+    listed = store.list_jobs()
+    assert len(listed) == 301 and listed[0].request == REQUEST
+    assert store.get_job("e7") is not None and store.jobs_by_id(["e8", "live"]).keys() == {
+        "e8",
+        "live",
+    }
+    assert [k for k in sqlite_store._spec_cache if k.startswith("e")] == []
+    assert "live" in sqlite_store._spec_cache
+    store.transition("live", JobState.CANCELLED, 3000.0, "cancelled by user")
+    assert "live" not in sqlite_store._spec_cache  # dropped when it ended
+
+
+def test_job_states_and_jobs_by_id_answer_what_list_jobs_does(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    for n in range(1200):  # more ids than one query names
+        store.add_job(pending(f"j{n:04d}", at=float(n % 7)))
+    for n in range(0, 1200, 3):
+        store.transition(f"j{n:04d}", JobState.CANCELLED, 10.0, "cancelled by user")
+    for states, limit in ((None, None), ([JobState.PENDING], 50), ([JobState.CANCELLED], None)):
+        jobs = store.list_jobs(states=states, limit=limit)
+        keys = store.list_job_states(states=states, limit=limit)
+        assert keys == [(j.id, j.state) for j in jobs]
+        by_id = store.jobs_by_id([job_id for job_id, _ in keys] + ["missing"])
+        assert [by_id[job_id] for job_id, _ in keys] == jobs
 
 
 def test_each_connection_caches_at_most_512_kib_of_pages(tmp_path: Path) -> None:
