@@ -369,6 +369,18 @@ class SchedulerService:
         """Jobs of every kind, newest first (``jobs_in`` leaves out driven kinds)."""
         return self.store.list_jobs(states=states, team=team, limit=limit)
 
+    def job_states(
+        self,
+        states: Sequence[JobState] | None = None,
+        team: str | None = None,
+        limit: int | None = None,
+    ) -> list[tuple[str, JobState]]:
+        """(id, state) of what ``jobs`` returns, in its order, without reading the jobs."""
+        return self.store.list_job_states(states=states, team=team, limit=limit)
+
+    def jobs_by_id(self, job_ids: Sequence[str]) -> dict[str, Job]:
+        return self.store.jobs_by_id(job_ids)
+
     def history(self, job_id: str) -> list[JobEvent]:
         """A job's history, oldest first."""
         return self.store.events(job_id)
