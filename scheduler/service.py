@@ -625,7 +625,7 @@ class SchedulerService:
                 pending=pending,
                 active=ActiveSet(snapshot, config, held=active),
                 now=now,
-                past_usage=self._past_usage(now) if config.queueing.policy == "fair" else {},
+                past_usage=self._past_usage(now) if _fair_between_teams(config, pending) else {},
                 job_states=self._dependency_states(pending),
                 preemptors=self._preemptors.intersection(j.id for j in pending),
             )
@@ -827,6 +827,16 @@ class SchedulerService:
 
 def _stored_document(job: Job) -> dict[str, Any]:
     return document_of(job.request, job.kind, dict(job.payload))
+
+
+def _fair_between_teams(config: ClusterConfig, pending: list[Job]) -> bool:
+    """Whether the pass orders teams by fair share: ``fair`` queueing with jobs of more
+    than one team waiting (one team's jobs keep their own order, and its past usage is
+    not read: summing it costs ~7 ms a pass per 10,000 jobs of the last ten half-lives)."""
+    if config.queueing.policy != "fair":
+        return False
+    teams = {job.team for job in pending}
+    return len(teams) > 1
 
 
 def _reserved_by_node(active: list[Job]) -> dict[str, Resources]:
