@@ -69,6 +69,8 @@ LOG_CHUNK_BYTES = 1024 * 1024
 """Most log bytes one call returns; ``dcsched logs`` pages with ``offset``."""
 MAX_LIST_LIMIT = 100_000
 """Most jobs (or audit entries) one list call returns."""
+LIST_PAGE = 500
+"""Jobs a listing reads from the store at a time."""
 MAX_TIMESTAMP = 2**33
 """Largest time (seconds since 1970, about the year 2242) a query may name."""
 MAX_OFFSET = 2**62
@@ -331,18 +333,21 @@ def create_app(
 
     def listing(keys: list[tuple[str, JobState]]) -> bytes:
         """``{"jobs": [views]}`` of the jobs ``keys`` names, in its order: an ended job's
-        view as kept, the others (and ended jobs not kept) read in one query."""
-        kept = {job_id: ended_views.get(job_id) for job_id, state in keys if state.is_terminal()}
-        fresh = service.jobs_by_id([job_id for job_id, _ in keys if kept.get(job_id) is None])
+        view as kept, the others (and ended jobs not kept) read a page at a time, so that
+        a listing of the whole store holds no more than a page of jobs in memory."""
         parts = []
-        for job_id, _ in keys:
-            part = kept.get(job_id)
-            if part is None:
-                job = fresh.get(job_id)
-                if job is None:
-                    continue
-                part = view_bytes(job)
-            parts.append(part)
+        for first in range(0, len(keys), LIST_PAGE):
+            page = keys[first : first + LIST_PAGE]
+            kept = {job_id: ended_views.get(job_id) for job_id, s in page if s.is_terminal()}
+            fresh = service.jobs_by_id([job_id for job_id, _ in page if kept.get(job_id) is None])
+            for job_id, _ in page:
+                part = kept.get(job_id)
+                if part is None:
+                    job = fresh.get(job_id)
+                    if job is None:
+                        continue
+                    part = view_bytes(job)
+                parts.append(part)
         return b'{"jobs":[' + b",".join(parts) + b"]}"
 
     def get_job_or_404(job_id: str) -> Job:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import dcsched.adapters.http_api as http_api
 import dcsched.adapters.sqlite_store as sqlite_store
 from dcsched.client import Client
 from dcsched.core.job import Job
@@ -90,6 +91,29 @@ def test_listing_ended_jobs_again_parses_no_spec_and_reads_no_run_directory(
         "SUCCEEDED",
     ]
     assert detail["ray"]["reachable"] is True and detail["spec"]["team"] == "speech"
+
+
+def test_a_listing_of_the_whole_store_reads_a_page_of_jobs_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # bench/api_scale.py lists all 10,000 ids: read at once, they grew the server by ~50 MiB
+    api = build_api(tmp_path / "home")
+    fill(api, 30)
+    with serve(api.app) as url:
+        whole = Client(url=url, token=TOKEN).list_jobs()
+    monkeypatch.setattr(http_api, "LIST_PAGE", 7)
+    again = build_api(tmp_path / "home")  # nothing kept yet
+    read: list[int] = []
+    by_id = again.service.jobs_by_id
+
+    def counting(job_ids: Any) -> Any:
+        read.append(len(job_ids))
+        return by_id(job_ids)
+
+    again.service.jobs_by_id = counting  # type: ignore[method-assign]
+    with serve(again.app) as url:
+        assert Client(url=url, token=TOKEN).list_jobs() == whole
+    assert len(whole) == 35 and sum(read) == 35 and max(read) == 7
 
 
 def test_a_pending_job_that_ends_is_listed_as_it_is_now(tmp_path: Path) -> None:
