@@ -335,7 +335,7 @@ def create_app(
         """``{"jobs": [views]}`` of the jobs ``keys`` names, in its order: an ended job's
         view as kept, the others (and ended jobs not kept) read a page at a time, so that
         a listing of the whole store holds no more than a page of jobs in memory."""
-        parts = []
+        body = bytearray(b'{"jobs":[')
         for first in range(0, len(keys), LIST_PAGE):
             page = keys[first : first + LIST_PAGE]
             kept = {job_id: ended_views.get(job_id) for job_id, s in page if s.is_terminal()}
@@ -347,8 +347,14 @@ def create_app(
                     if job is None:
                         continue
                     part = view_bytes(job)
-                parts.append(part)
-        return b'{"jobs":[' + b",".join(parts) + b"]}"
+                body += part
+                body += b","
+        if body.endswith(b","):
+            body[-1:] = b"]"
+        else:
+            body += b"]"
+        body += b"}"
+        return bytes(body)
 
     def get_job_or_404(job_id: str) -> Job:
         job = service.job(job_id)
