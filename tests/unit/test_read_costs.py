@@ -162,3 +162,24 @@ def test_a_fair_pass_reads_past_usage_only_when_teams_compete(tmp_path: Path) ->
     service.submit({**spec("b0", cpus=4), "team": "other"})
     service.tick()
     assert len(reads) == 1
+
+
+def test_a_members_rights_still_follow_the_jobs_team(tmp_path: Path) -> None:
+    # the job's team is now looked up for members only: they must still be refused
+    from dcsched.client import ApiError
+    from dcsched.core.auth import new_token, token_hash
+
+    api = build_api(tmp_path / "home")
+    fill(api, 2)  # old-0000 is team vision, old-0001 speech; new-* vision and pending
+    token = new_token()
+    api.store.add_principal("alice", "member", "speech", token_hash(token.encode()), 1.0)
+    with serve(api.app) as url:
+        alice = Client(url=url, token=token)
+        assert alice.get_job("old-0000")["team"] == "vision"  # members read every team's
+        with pytest.raises(ApiError) as refused:
+            alice.cancel("new-0")
+        assert refused.value.status == 403
+        with pytest.raises(ApiError) as refused:
+            alice.job_logs("old-0000")
+        assert refused.value.status == 403
+        assert Client(url=url, token=TOKEN).cancel("new-0")["state"] == "CANCELLED"
