@@ -13,6 +13,11 @@ to it, and we exit with its status (128 + N when signal N killed it), so a cance
 the user's command exactly as it did without the tee. A signal may reach the driver twice
 (Ray's stop signals the entrypoint and its children); the drivers treat a repeat as one.
 
+When our parent is gone (a node lost with its Ray worker, which started us), we stop the
+driver as a cancel would (SIGTERM to its group, SIGKILL after the grace) and exit: the
+driver's own parent is the tee, so without this check a driver that watches its parent
+(a serving replica) would outlive its node.
+
 Standard library only: it starts before every Ray Job's driver.
 """
 
@@ -22,12 +27,17 @@ import contextlib
 import os
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from types import FrameType
 
 from dcsched.runs.process import RankProcess
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+PARENT_CHECK_S = 1.0
+"""How often the tee checks that the process that started it is still there."""
 
 
 def exit_status(code: int) -> int:
@@ -36,9 +46,20 @@ def exit_status(code: int) -> int:
     return 128 - code if code < 0 else code
 
 
+def stop_when_orphaned(driver: RankProcess, parent: int, check_s: float = PARENT_CHECK_S) -> None:
+    """Until the driver ends: once our parent is no longer ``parent``, stop the driver."""
+    while driver.process.poll() is None:
+        time.sleep(check_s)
+        if os.getppid() != parent:
+            driver.stop()
+            return
+
+
 def run_teed(command: list[str], log: Path) -> int:
     """Run ``command`` with its output copied to our stdout and appended to ``log``;
-    forward the stop signals to it; its exit status (see ``exit_status``)."""
+    forward the stop signals to it; stop it if our parent goes; its exit status (see
+    ``exit_status``)."""
+    parent = os.getppid()
     driver: RankProcess | None = None
     early: list[int] = []  # signals that came before the driver started
 
@@ -54,6 +75,7 @@ def run_teed(command: list[str], log: Path) -> int:
     driver = RankProcess(command, {}, log, echo=True)
     for signum in early:
         forward(signum, None)
+    threading.Thread(target=stop_when_orphaned, args=(driver, parent), daemon=True).start()
     return exit_status(driver.wait())
 
 

@@ -94,6 +94,52 @@ def test_a_driver_killed_by_a_signal_exits_as_a_shell_reports_it(tmp_path: Path)
     assert log.read_bytes() == b"up\n"
 
 
+def test_the_driver_is_stopped_when_the_process_that_started_the_tee_is_gone(
+    tmp_path: Path,
+) -> None:
+    """A lost node takes the Ray worker that started the tee; the driver must not outlive it
+    (a serving replica would keep answering from a node dcsched counts as gone)."""
+    log = tmp_path / "driver.log"
+    pids = tmp_path / "pids"
+    starter = (  # the Ray worker's part: start the tee, say its pid, then wait
+        "import subprocess, sys, time\n"
+        f"tee = subprocess.Popen({tee(log, sys.executable, '-c', STOPPABLE)!r})\n"
+        f"open({str(pids)!r}, 'w').write(str(tee.pid))\n"
+        "time.sleep(120)\n"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", starter], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (log.exists() and b"ready" in log.read_bytes()):
+            assert time.monotonic() < deadline, "the driver did not start"
+            time.sleep(0.1)
+        tee_pid = int(pids.read_text())
+        driver = int(log.read_bytes().split()[1])
+        worker.kill()  # the worker dies without a word to its children
+        worker.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while alive(driver) or alive(tee_pid):
+            assert time.monotonic() < deadline, "the driver outlived the tee's parent"
+            time.sleep(0.1)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    # Stopped as a cancel stops it: SIGTERM to its group, which it handled.
+    assert f"got signal {int(signal.SIGTERM)}".encode() in log.read_bytes()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead: only its parent's wait is missing
+        with open(f"/proc/{pid}/stat") as stat_file:
+            return stat_file.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 @pytest.mark.parametrize(("code", "status"), [(0, 0), (3, 3), (-15, 143), (-9, 137)])
 def test_exit_status(code: int, status: int) -> None:
     assert exit_status(code) == status
