@@ -12,7 +12,8 @@ from pathlib import Path
 
 
 def pid_alive(pid: int) -> bool:
-    """True while ``pid`` runs; a zombie child of ours counts as dead (and is reaped)."""
+    """True while ``pid`` runs; a zombie counts as dead (a child of ours is reaped; another's
+    waits for its parent, which in a container's init may never come)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -21,8 +22,12 @@ def pid_alive(pid: int) -> bool:
         return True
     try:
         waited, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:  # not our child: it exists, so it runs
-        return True
+    except ChildProcessError:  # not our child: it runs unless it is a zombie
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return not Path("/proc/self").exists()  # gone now, or no /proc to tell
+        return "zombie" not in status.lower()
     return waited != pid
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from dcsched.processes import pid_alive
 from tests.conftest import Server, start_cluster, start_server
 
 pytestmark = [pytest.mark.ray]
@@ -466,7 +467,7 @@ def test_losing_a_node_leaves_the_url_answering_and_the_replica_comes_back(
         await_condition("answers after the loss", lambda: load.count() > lost_at + 200)
         # The replica's process goes with its node (here, where the "node" is a set of
         # processes on this host: it stops itself once its Ray parent is gone).
-        await_condition("the lost replica's process to end", lambda: not alive(endpoint["pid"]))
+        await_condition("the lost replica's process to end", lambda: not pid_alive(endpoint["pid"]))
         # Ray reports the node dead; the replica's job is requeued and placed on the node
         # left (its spread group's node, the only one with room): two replicas again.
         requeued = trained.wait_for_job(victim["job"], lambda j: j["attempt"] >= 2, timeout=180)
@@ -478,12 +479,3 @@ def test_losing_a_node_leaves_the_url_answering_and_the_replica_comes_back(
     assert len(load.failed) <= load.threads, load.failed
     assert {m["node"] for m in back["members"]} == {survivor["node"]}
     assert {m["job"] for m in back["members"]} == {victim["job"], survivor["job"]}
-
-
-def alive(pid: int) -> bool:
-    """Whether the process runs (a zombie, ended but not yet reaped, does not)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "zombie" not in status.lower()

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from dcsched.adapters.ray_executor import driver_log_file, teed
+from dcsched.processes import pid_alive
 from dcsched.rundir import RunDir
 from dcsched.runs.tee import exit_status
 
@@ -118,7 +119,7 @@ def test_the_driver_is_stopped_when_the_process_that_started_the_tee_is_gone(
         worker.kill()  # the worker dies without a word to its children
         worker.wait(timeout=10)
         deadline = time.monotonic() + 20
-        while alive(driver) or alive(tee_pid):
+        while pid_alive(driver) or pid_alive(tee_pid):
             assert time.monotonic() < deadline, "the driver outlived the tee's parent"
             time.sleep(0.1)
     finally:
@@ -126,18 +127,6 @@ def test_the_driver_is_stopped_when_the_process_that_started_the_tee_is_gone(
             worker.kill()
     # Stopped as a cancel stops it: SIGTERM to its group, which it handled.
     assert f"got signal {int(signal.SIGTERM)}".encode() in log.read_bytes()
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead: only its parent's wait is missing
-        with open(f"/proc/{pid}/stat") as stat_file:
-            return stat_file.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.parametrize(("code", "status"), [(0, 0), (3, 3), (-15, 143), (-9, 137)])
