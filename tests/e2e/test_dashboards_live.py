@@ -212,7 +212,10 @@ def tune_spec(tmp_path: Path) -> Path:
     text = (
         text.replace("team: research", "team: vision")
         .replace("memory: 512MiB", "memory: 64MiB")
-        .replace("epochs: 8", "epochs: 2")
+        # Trials of a few seconds each: warm trials of 2 epochs took 0.3 s, and the
+        # study ran all its trials in the CPUs the victim left before the jobs below
+        # filled them, so no tuning series was left to query.
+        .replace("epochs: 8", "epochs: 200")
         .replace("trials: 6", "trials: 50")
         .replace("parallel: 2", "parallel: 1")
         .replace("pruner: asha", "pruner: none")
@@ -333,11 +336,25 @@ def pause_mid_run(server: Server, job_id: str) -> psutil.Process:
         total, done = last.get("rows_total"), last.get("rows_done") or 0
         return last if total and 0 < done < total else None
 
+    def runs_module(command: list[str], module: str) -> bool:
+        # The driver itself, not the tee that starts it (``python -m dcsched.runs.tee LOG --
+        # python -m dcsched.inference.batch ...`` names the module too): stopping the tee
+        # would leave the driver running until the pipe fills.
+        return "-m" in command and command[command.index("-m") + 1 :][:1] == [module]
+
     await_condition("the infer job to report progress", mid_run, timeout=240, interval=0.1)
     for process in psutil.process_iter(["cmdline"]):
         command = process.info["cmdline"] or []
-        if "dcsched.inference.batch" in command and any(job_id in arg for arg in command):
+        if runs_module(command, "dcsched.inference.batch") and any(
+            job_id in arg for arg in command
+        ):
             process.send_signal(signal.SIGSTOP)
+            await_condition(
+                "the infer job's driver to stop",
+                lambda stopping=process: stopping.status() == psutil.STATUS_STOPPED,
+                timeout=10,
+                interval=0.05,
+            )
             last = mid_run()
             assert last is not None, "the infer job finished before it could be paused"
             return process

@@ -231,11 +231,15 @@ def test_the_study_survives_kill_9_of_the_server(cluster: Any, tmp_path: Path) -
     home = tmp_path / "home"
     home.mkdir()
     server = start_server(home, cluster.address, CONFIG)
-    tune_id = submit(server, tune_spec("crash-tune", trials=6, parallel=2, pruner="none"))
+    # 40 epochs: a trial of 3 lasts a fraction of a second once warm, and the whole study
+    # could end before the kill below.
+    spec = tune_spec("crash-tune", trials=6, parallel=2, pruner="none", epochs=40)
+    tune_id = submit(server, spec)
     deadline = time.monotonic() + 300
-    while get(server, f"/v1/jobs/{tune_id}/trials")["summary"]["done"] < 2:
+    while (summary := get(server, f"/v1/jobs/{tune_id}/trials")["summary"])["done"] < 2:
         assert time.monotonic() < deadline, "no trial finished"
         time.sleep(0.5)
+    assert summary["done"] < 6, summary  # the kill lands mid-study
     server.process.kill()  # kill -9, mid-study: trials are running in Ray
     server.process.wait()
     restarted = start_server(home, cluster.address)
