@@ -192,6 +192,20 @@ class JobStore(Protocol):
         ``reason_kind``. A transition clears ``reason_kind``."""
         ...
 
+    def request_cancel(self, job_id: str, reason: str, at: float) -> None:
+        """Record that a job is being cancelled (its run is being stopped), so that a
+        server killed before the cancel ends finishes it at its next start."""
+        ...
+
+    def withdraw_cancel(self, job_id: str) -> None:
+        """Forget a job's cancel request (its stop failed; the job is as it was)."""
+        ...
+
+    def cancel_requests(self) -> dict[str, str]:
+        """The reasons of the cancels asked for and not yet carried out, by job id. A job's
+        request goes when the job ends."""
+        ...
+
     def events(self, job_id: str) -> list[JobEvent]: ...
 
     def finish_with_model(

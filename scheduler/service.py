@@ -302,7 +302,11 @@ class SchedulerService:
                 raise JobAlreadyEnded(f"job {job_id} already ended as {job.state}")
             if not job.state.holds_resources():
                 return self._record_cancel(job, reason)
+            # Durable first: a server killed during the stop finishes this cancel at its
+            # first pass (``_finish_cancel_requests``).
+            self.store.request_cancel(job.id, reason, self.clock.now())
             self._cancelling[job.id] = self._cancelling.get(job.id, 0) + 1
+        fault_point("cancel:after-request")
         unreachable = False
         try:
             self.executor.stop(job.run_id)
@@ -310,7 +314,8 @@ class SchedulerService:
             unreachable = True
         except BaseException:
             with self._lock:
-                self._stop_cancelling(job.id)  # the job is the passes' again, as it was
+                if not self._stop_cancelling(job.id):
+                    self.store.withdraw_cancel(job.id)  # the passes' again, as it was
             raise
         with self._lock:
             self._stop_cancelling(job.id)
@@ -328,10 +333,36 @@ class SchedulerService:
                 self._next_sweep = 0.0
             return self._record_cancel(current, reason)
 
-    def _stop_cancelling(self, job_id: str) -> None:
+    def _stop_cancelling(self, job_id: str) -> int:
+        """One cancel of the job is over; how many others are still under way."""
         left = self._cancelling.pop(job_id) - 1
         if left:
             self._cancelling[job_id] = left
+        return left
+
+    def _finish_cancel_requests(self, active: list[Job]) -> set[str]:
+        """Carry out the cancels that a killed server left half done (``cancel`` records
+        each before it stops the run): stop the run, free it, mark the job CANCELLED with
+        the reason asked for. Cancels under way in this process are left to themselves.
+        The ids of the jobs it cancelled."""
+        requested = self.store.cancel_requests()
+        finished: set[str] = set()
+        if not requested:
+            return finished
+        holding = {job.id: job for job in active}
+        for job_id, reason in requested.items():
+            if job_id in self._cancelling:
+                continue
+            job = holding.get(job_id) or self.store.get_job(job_id)
+            if job is None or job.state.is_terminal():
+                continue
+            logger.warning("finishing the cancel of job %s that a server restart cut short", job_id)
+            if job.state.holds_resources():
+                self.executor.stop(job.run_id)
+                self._release(job.run_id, job.nodes, job.per_worker)
+            self._record_cancel(job, reason)
+            finished.add(job_id)
+        return finished
 
     def _record_cancel(self, job: Job, reason: str) -> Job:
         """Mark a job CANCELLED (anything it held is freed already) and tell whom it may
@@ -559,6 +590,8 @@ class SchedulerService:
         with self._lock:
             snapshot = self._ray_snapshot()  # Ray unreachable: this pass changes nothing
             active = _holding(self.store.list_jobs(states=ACTIVE_STATES))
+            finished = self._finish_cancel_requests(active)
+            active = [job for job in active if job.id not in finished]
             self._sweep(active)
             lost = self._lost_nodes(active, snapshot)
             for job in active:
@@ -867,7 +900,7 @@ FAULT_POINT_ENV = "DCSCHED_FAULT_POINT"
 
 def fault_point(name: str) -> None:
     """Tests only: die here, as ``kill -9`` would, when $DCSCHED_FAULT_POINT names this
-    point (``finish:after-release``, ``preempt:after-requeue``)."""
+    point (``finish:after-release``, ``preempt:after-requeue``, ``cancel:after-request``)."""
     if os.environ.get(FAULT_POINT_ENV) == name:
         logger.error("fault injection: dying at %s", name)
         os.kill(os.getpid(), signal.SIGKILL)

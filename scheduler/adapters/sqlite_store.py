@@ -154,6 +154,16 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at REAL NOT NULL
     );
     """,
+    # 8: cancels asked for but not yet carried out (the job's run still being stopped);
+    # a server killed meanwhile finishes them at its first pass. A row goes with its
+    # job's end.
+    """
+    CREATE TABLE cancel_requests (
+        job_id TEXT PRIMARY KEY REFERENCES jobs(id),
+        reason TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    """,
 )
 
 PAGE_CACHE_KIB = 512
@@ -350,6 +360,7 @@ class SQLiteStore:
             sets.append("finished_at = ?")
             args.append(at)
             _forget_spec(job_id)
+            conn.execute("DELETE FROM cancel_requests WHERE job_id = ?", (job_id,))
         if nodes is not None:
             sets.append("nodes = ?")
             args.append(json.dumps(list(nodes)))
@@ -378,6 +389,21 @@ class SQLiteStore:
                     for job_id, why in reasons.items()
                 ],
             )
+
+    def request_cancel(self, job_id: str, reason: str, at: float) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO cancel_requests (job_id, reason, at) VALUES (?,?,?)",
+                (job_id, reason, at),
+            )
+
+    def withdraw_cancel(self, job_id: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM cancel_requests WHERE job_id = ?", (job_id,))
+
+    def cancel_requests(self) -> dict[str, str]:
+        rows = self._conn().execute("SELECT job_id, reason FROM cancel_requests")
+        return {row[0]: row[1] for row in rows}
 
     def events(self, job_id: str) -> list[JobEvent]:
         rows = self._conn().execute(

@@ -1,9 +1,10 @@
-"""Faults on a real two-node Ray cluster: the server killed (-9) at the two crash windows
+"""Faults on a real two-node Ray cluster: the server killed (-9) at the three crash windows
 of the service (fault-injection points, enabled only by an environment variable), a
 worker node lost mid-job, and a second server on the same home."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
@@ -12,7 +13,14 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Server, cli_env, run_cli, start_cluster, start_server
+from tests.conftest import (
+    Server,
+    cli_env,
+    dashboard_url,
+    run_cli,
+    start_cluster,
+    start_server,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -127,6 +135,35 @@ def test_killed_between_requeueing_a_victim_and_stopping_it(cluster: Any, tmp_pa
             if any("preempted" in (e["reason"] or "") for e in j["events"])  # type: ignore[index]
         ]
         assert len(victims) == 1
+    finally:
+        restarted.stop()
+
+
+def test_killed_between_recording_a_cancel_and_stopping_the_run(
+    cluster: Any, tmp_path: Path
+) -> None:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    home = tmp_path / "home"
+    home.mkdir()
+    server = start_server(
+        home, cluster.address, extra_env={"DCSCHED_FAULT_POINT": "cancel:after-request"}
+    )
+    job_id = submit(server, run_spec("doomed", resumable(tmp_path, 400)))  # ~100 s
+    server.wait_for_job(job_id, lambda j: j["state"] == "RUNNING", timeout=120)
+    with contextlib.suppress(OSError):  # the server dies before it answers
+        server.api("POST", f"/v1/jobs/{job_id}/cancel")
+    wait_dead(server)
+    restarted = start_server(home, cluster.address)
+    try:
+        job = restarted.wait_for_job(job_id, ended, timeout=60)
+        assert (job["state"], job["reason"]) == ("CANCELLED", "cancelled by user"), job
+        deadline = time.monotonic() + 30
+        while not all_free(restarted):
+            assert time.monotonic() < deadline, "the cancelled job's reservation leaked"
+            time.sleep(0.5)
+        ray_jobs = JobSubmissionClient(dashboard_url(cluster))
+        assert ray_jobs.get_job_status(job_id) is JobStatus.STOPPED
     finally:
         restarted.stop()
 

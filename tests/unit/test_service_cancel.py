@@ -142,6 +142,7 @@ def test_a_stop_that_fails_leaves_the_job_to_the_passes_as_it_was(world: Any) ->
     with pytest.raises(RuntimeError, match="Ray said no"):
         service.cancel(job.id)
     assert service.store.get_job(job.id).state is JobState.RUNNING
+    assert service.store.cancel_requests() == {}  # withdrawn: a restart would not cancel it
     service.tick()  # its run was stopped meanwhile: the pass records that, as before
     job = service.store.get_job(job.id)
     assert job.state is JobState.CANCELLED and job.reason == STOPPED_OUTSIDE
@@ -166,3 +167,44 @@ def test_a_preemption_leaves_a_job_being_cancelled_to_its_cancel(world: Any) -> 
     service.tick()
     assert service.store.get_job(urgent.id).state is JobState.ADMITTED  # the room it got
     assert [service.store.get_job(low.id).state for low in lows] == [JobState.CANCELLED] * 2
+
+
+def test_a_cancel_cut_short_by_a_server_kill_is_finished_by_the_next_server(
+    tmp_path: Path,
+) -> None:
+    """The cancel is recorded before the stop; a server killed while the stop hangs (its
+    thread never comes back) leaves the request, which the next server's first pass
+    carries out: the run stopped and freed, the job CANCELLED with the reason asked for,
+    never "stopped outside dcsched" nor left running."""
+    executor, clocks = Executor(), Clocks()
+    service = make_service(tmp_path, executor, Cluster(), clocks)
+    (job,) = running(service, "job")
+    stop = HangingStop(executor, job.run_id)
+    cancelling, _ = in_thread(service.cancel, job.id, "cancelled by alice")
+    assert stop.entered.wait(10)
+    executor.phase[job.run_id] = RunPhase.RUNNING  # the kill came before Ray stopped it
+    assert service.store.cancel_requests() == {job.id: "cancelled by alice"}
+
+    restarted = make_service(tmp_path, executor, Cluster(), clocks)  # the old one is dead
+    restarted.tick()
+    found = restarted.store.get_job(job.id)
+    assert found.state is JobState.CANCELLED and found.reason == "cancelled by alice"
+    assert job.run_id not in executor.groups
+    assert executor.calls.index(("stop", job.run_id)) < executor.calls.index(
+        ("release", job.run_id)
+    )
+    assert restarted.store.cancel_requests() == {}
+    stop.finish()  # (the dead server's thread, for the test's sake)
+    assert finished_within(cancelling)
+
+
+def test_a_cancel_request_of_a_job_that_no_longer_holds_anything_just_ends_it(
+    tmp_path: Path,
+) -> None:
+    executor, clocks = Executor(), Clocks()
+    service = make_service(tmp_path, executor, Cluster(), clocks)
+    waiting = service.submit(spec("waiting"))  # PENDING: no pass has run
+    service.store.request_cancel(waiting.id, "cancelled by bob", clocks.now())
+    make_service(tmp_path, executor, Cluster(), clocks).tick()
+    found = service.store.get_job(waiting.id)
+    assert found.state is JobState.CANCELLED and found.reason == "cancelled by bob"

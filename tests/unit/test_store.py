@@ -31,10 +31,10 @@ def pending(job_id: str, at: float = 1.0) -> Job:
 
 def test_migrations_run_once_and_wal_is_on(tmp_path: Path) -> None:
     store = make_store(tmp_path)
-    assert store.schema_version() == 7
+    assert store.schema_version() == 8
     store.close()
     again = make_store(tmp_path)
-    assert again.schema_version() == 7
+    assert again.schema_version() == 8
     mode = sqlite3.connect(tmp_path / "dcsched.db").execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
 
@@ -146,7 +146,7 @@ def test_configs_are_kept_and_the_newest_wins(tmp_path: Path) -> None:
     store.save_config("placement: spread\n", 1.0)
     store.save_config("placement: binpack\n", 2.0)
     assert store.latest_config() == ("placement: binpack\n", 2.0)
-    assert store.schema_version() == 7
+    assert store.schema_version() == 8
 
 
 def test_deployments_are_rows_that_survive_reopening(tmp_path: Path) -> None:
